@@ -1,0 +1,20 @@
+//! Support code for the costack comparison benchmarks.
+//!
+//! The crate holds three things:
+//!
+//! * the `compare` criterion benchmark (`benches/compare.rs`), which measures
+//!   costack and its peers on the same work in one `cargo bench` run;
+//! * the `report` binary, which turns criterion's and callgrind's output into
+//!   `BENCHMARKS.md` and `docs/bench.svg` (driven by `scripts/bench.sh`);
+//! * the `switch_count` binary, which does a fixed number of coroutine round
+//!   trips so that callgrind can count the instructions of one switch.
+//!
+//! This library is what those three share: the list of benchmark groups and
+//! implementation labels ([`catalog`]), the parsers for criterion's and
+//! callgrind's files ([`parse`]), and a hand-written `swapcontext` coroutine
+//! ([`ucx`]) that serves as the libc baseline.
+
+pub mod catalog;
+pub mod parse;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub mod ucx;

@@ -1,0 +1,4 @@
+//! Architecture-specific context switches.
+
+#[cfg(all(target_arch = "x86_64", not(feature = "ucontext")))]
+pub(crate) mod x86_64;

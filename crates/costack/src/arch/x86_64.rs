@@ -1,0 +1,238 @@
+//! The context switch for x86_64 System V (Linux), in assembly.
+//!
+//! # Design
+//!
+//! A switch has to save what the ABI says a callee must preserve — `rsp`, `rbx`, `rbp`,
+//! `r12`–`r15`, the return address — and nothing else. There is no signal mask to save
+//! (`swapcontext` makes two `rt_sigprocmask` system calls per switch; we make none) and no
+//! caller-saved register to save either: the two inline-assembly blocks below tell the compiler
+//! that every register except `rsp`, `rbx` and `rbp` is clobbered, so the compiler spills exactly
+//! the values that are live across the switch and no more. `rbx` and `rbp` cannot be declared as
+//! clobbered in Rust inline assembly, so they are pushed and popped by hand.
+//!
+//! ## Call and return stay balanced
+//!
+//! The CPU predicts `ret` targets with a small return-address stack. A switch built from
+//! `push addr; ret` (or `jmp`) mispredicts every time. Here the enterer *calls* into the
+//! coroutine (`call [resume address]`) and the coroutine *returns* to the enterer when it yields
+//! (`ret` on the enterer's stack). Each enter pairs one `call` with one `ret`, so the predictor
+//! stays right; the resume address is an indirect-call target, which the indirect branch
+//! predictor learns.
+//!
+//! ## The two saved stack pointers
+//!
+//! A coroutine's [`Context`] holds two words, at fixed offsets that the assembly uses:
+//!
+//! * `sp` (offset 0): the coroutine's stack pointer while it is suspended. The word at `[sp]` is
+//!   the address where it resumes.
+//! * `link` (offset 8): the enterer's stack pointer while the coroutine runs. The word at
+//!   `[link]` is the return address pushed by the enterer's `call`.
+//!
+//! ```text
+//!   enterer's stack (any stack)              coroutine's stack (suspended)
+//!   +--------------------------+             +--------------------------+
+//!   | enterer's frame          |             | coroutine frames ...     |
+//!   | MXCSR, x87 control word  |             | MXCSR, x87 control word  |
+//!   | saved rbp                |             | saved rbp                |
+//!   | saved rbx                |             | saved rbx                |
+//!   | return address (call)    | <- link     | resume address           | <- sp
+//!   +--------------------------+             +--------------------------+
+//! ```
+//!
+//! Enter (`resume`): push `rbp`, `rbx`; load `sp`; `call [sp]`. The resume code stores the
+//! enterer's `rsp` into `link`, moves `rsp` to `sp + 8`, pops the coroutine's `rbx`/`rbp` and
+//! carries on after its last yield.
+//!
+//! Yield (`suspend`): push `rbp`, `rbx` and the resume address; store `rsp` into `sp`; load `rsp`
+//! from `link`; `ret` — which pops the enterer's return address, and the enterer pops its own
+//! `rbx`/`rbp`.
+//!
+//! ## A fresh coroutine
+//!
+//! A new stack is prepared so that its resume address is [`costack_trampoline`] and `sp + 8` is
+//! 16-byte aligned. The trampoline records `link`, keeps the context pointer in `rbx` (callee
+//! saved, so every frame above can recover it), and calls the Rust entry function, which never
+//! returns: when the coroutine's closure is done it switches out one last time with [`finish`].
+//!
+//! ## Backtraces cross the switch
+//!
+//! The trampoline carries hand-written DWARF call-frame information saying that *its* caller is
+//! the enterer: the canonical frame address is `[rbx + 8] + 32` (the enterer's `rsp` before it
+//! reserved a word for its floating-point control state and pushed `rbp`, `rbx` and the return
+//! address), the return address is at CFA-32, `rbx` at CFA-24 and `rbp` at CFA-16. So `std::backtrace`, a panic with `RUST_BACKTRACE=1`, and gdb's `bt`
+//! walk from the coroutine's frames straight into the frames of the code that entered it.
+//!
+//! ## Floating-point control state
+//!
+//! The ABI makes the MXCSR control bits and the x87 control word callee-saved. The switch saves
+//! and restores both on each side, so every coroutine has its own rounding mode and exception
+//! masks: a coroutine that changes the rounding mode and yields does not change its enterer's,
+//! exactly as if `enter` were an ordinary function call. A new coroutine starts with its first
+//! enterer's settings.
+
+use core::arch::{asm, global_asm};
+
+/// Saved stack pointers of one coroutine; see the module documentation for the layout.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Context {
+    /// The suspended coroutine's stack pointer; `[sp]` is its resume address.
+    sp: *mut u8,
+    /// The enterer's stack pointer while the coroutine runs; `[link]` is a return address.
+    link: *mut u8,
+}
+
+impl Context {
+    /// A context that has not been prepared yet.
+    pub(crate) const fn new() -> Context {
+        Context {
+            sp: core::ptr::null_mut(),
+            link: core::ptr::null_mut(),
+        }
+    }
+
+    /// Prepares a fresh coroutine whose stack frames start below `top`.
+    ///
+    /// # Safety
+    /// `top` must point into (or one past) a writable stack region with room below it for the
+    /// coroutine's frames, and `self` must stay at this address until the coroutine finishes.
+    pub(crate) unsafe fn init(&mut self, top: *mut u8, _bottom: *mut u8) {
+        // 16-byte align, then leave one word for the resume address so that `sp + 8` is 16-byte
+        // aligned when the trampoline calls into Rust.
+        let aligned = (top as usize) & !15;
+        let sp = (aligned - 16 + 8) as *mut usize;
+        // SAFETY: the caller guarantees `top` is the end of writable stack memory; `sp` lies
+        // 8 bytes below its 16-aligned version.
+        unsafe { sp.write(costack_trampoline as *const () as usize) };
+        self.sp = sp.cast();
+        self.link = core::ptr::null_mut();
+    }
+}
+
+/// Switches from the enterer into the coroutine whose context is `ctx`, and returns when that
+/// coroutine yields or finishes.
+///
+/// # Safety
+/// `ctx` must be a context prepared by [`Context::init`] whose coroutine is suspended (or not yet
+/// started), not running anywhere, with a live stack; the coroutine code it runs must only
+/// switch back through [`suspend`] or [`finish`] with the same `ctx`.
+#[inline(always)]
+pub(crate) unsafe fn resume(ctx: *mut Context) {
+    // SAFETY: see the function's contract. Every register but rsp/rbx/rbp is declared clobbered
+    // because the coroutine runs arbitrary code before it switches back; rbx and rbp are saved
+    // on our stack by hand. The stack is used (no `nostack`), so the compiler keeps the red zone
+    // free and rsp 16-byte aligned at entry.
+    unsafe {
+        asm!(
+            // Room for the floating-point control state, which is callee-saved by the ABI.
+            "sub rsp, 8",
+            "stmxcsr [rsp]",            // MXCSR (rounding mode, exception masks)
+            "fnstcw [rsp + 4]",         // x87 control word
+            "push rbp",                 // rbp and rbx cannot be clobbers: save them here
+            "push rbx",
+            "mov rax, [rdi]",           // rax = the coroutine's saved sp; [rax] = resume address
+            "call [rax]",               // push our return address, jump into the coroutine
+            // The coroutine has yielded or finished with a `ret` to here; rsp is ours again.
+            "pop rbx",
+            "pop rbp",
+            "ldmxcsr [rsp]",            // restore our floating-point control state
+            "fldcw [rsp + 4]",
+            "add rsp, 8",
+            inout("rdi") ctx => _,
+            out("r12") _, out("r13") _, out("r14") _, out("r15") _,
+            clobber_abi("sysv64"),
+        );
+    }
+}
+
+/// Suspends the running coroutine (whose context is `ctx`) and returns to its enterer; returns
+/// when the coroutine is entered again.
+///
+/// # Safety
+/// Must be called on the coroutine's own stack, while it runs, with its own `ctx`, whose `link`
+/// was set by the [`resume`] that entered it.
+#[inline(always)]
+pub(crate) unsafe fn suspend(ctx: *mut Context) {
+    // SAFETY: see the function's contract. When we are resumed, `rdi` holds `ctx` again (the
+    // enterer passes it), `rax` our saved sp; every other register holds the enterer's values, so
+    // all but rsp/rbx/rbp are declared clobbered and rbx/rbp are restored from our stack.
+    unsafe {
+        asm!(
+            "sub rsp, 8",
+            "stmxcsr [rsp]",            // our floating-point control state
+            "fnstcw [rsp + 4]",
+            "push rbp",
+            "push rbx",
+            "lea rax, [rip + 2f]",      // where the next enter continues us
+            "push rax",
+            "mov [rdi], rsp",           // ctx.sp = our stack pointer
+            "mov rsp, [rdi + 8]",       // back onto the enterer's stack (ctx.link)
+            "ret",                      // return into the enterer, after its `call`
+            // Entered again by `call [rax]`: rsp = enterer's stack, rdi = ctx, rax = ctx.sp.
+            "2:",
+            "mov [rdi + 8], rsp",       // ctx.link = the enterer's stack pointer
+            "lea rsp, [rax + 8]",       // onto our stack, dropping the resume address
+            "pop rbx",
+            "pop rbp",
+            "ldmxcsr [rsp]",
+            "fldcw [rsp + 4]",
+            "add rsp, 8",
+            inout("rdi") ctx => _,
+            out("r12") _, out("r13") _, out("r14") _, out("r15") _,
+            clobber_abi("sysv64"),
+        );
+    }
+}
+
+/// Leaves a finished coroutine for good: switches to its enterer and never comes back.
+///
+/// # Safety
+/// Must be called on the coroutine's own stack, with its own `ctx`, after everything on that
+/// stack that needs dropping has been dropped: the stack is abandoned.
+#[inline(always)]
+pub(crate) unsafe fn finish(ctx: *mut Context) -> ! {
+    // SAFETY: see the function's contract; `[ctx + 8]` is the enterer's stack pointer with the
+    // enterer's return address on top.
+    unsafe {
+        asm!(
+            "mov rsp, [rdi + 8]",       // the enterer's stack
+            "ret",                      // back into the enterer, after its `call`
+            in("rdi") ctx,
+            options(noreturn),
+        );
+    }
+}
+
+extern "C" {
+    /// The first resume address of every coroutine (defined in the `global_asm!` below).
+    fn costack_trampoline();
+}
+
+// The trampoline. Entered by `call [rax]` from `resume` with rdi = ctx and rax = ctx.sp, on the
+// enterer's stack. DWARF CFI describes the enterer as this frame's caller (see module docs):
+//   DW_CFA_def_cfa_expression: DW_OP_breg3 (rbx) +8; DW_OP_deref; DW_OP_plus_uconst 32
+//   return address (rip) at CFA-32, rbx at CFA-24, rbp at CFA-16.
+global_asm!(
+    ".text",
+    ".p2align 4",
+    ".globl costack_trampoline",
+    ".hidden costack_trampoline",
+    ".type costack_trampoline,@function",
+    "costack_trampoline:",
+    ".cfi_startproc",
+    // CFA = [rbx + 8] + 32: 0x0f DW_CFA_def_cfa_expression, length 5, 0x73 DW_OP_breg3 8,
+    // 0x06 DW_OP_deref, 0x23 DW_OP_plus_uconst 32.
+    ".cfi_escape 0x0f, 0x05, 0x73, 0x08, 0x06, 0x23, 0x20",
+    ".cfi_offset rip, -32",
+    ".cfi_offset rbx, -24",
+    ".cfi_offset rbp, -16",
+    "mov [rdi + 8], rsp",               // ctx.link = the enterer's stack pointer
+    "lea rsp, [rax + 8]",               // onto the fresh stack; rsp is now 16-byte aligned
+    "mov rbx, rdi",                     // keep ctx in a callee-saved register for the CFI
+    "xor ebp, ebp",                     // no frame-pointer chain below this frame
+    "call {entry}",                     // costack_coroutine_main(ctx): never returns
+    "ud2",
+    ".cfi_endproc",
+    ".size costack_trampoline, .-costack_trampoline",
+    entry = sym crate::coroutine::coroutine_main,
+);

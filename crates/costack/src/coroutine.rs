@@ -1,0 +1,1088 @@
+//! Coroutines: create, enter, yield.
+//!
+//! # The model
+//!
+//! A coroutine is a closure with a stack of its own. [`Coroutine::new`] prepares one without
+//! running it. [`Coroutine::enter`] switches to its stack and runs it until it either calls
+//! [`yield_now`] — from any call depth — or returns; then `enter` returns to the caller and says
+//! which happened. Entering it again continues right after the `yield_now`. This is QEMU's
+//! coroutine model: the code inside reads as ordinary synchronous code, and whoever entered it
+//! (an event loop, a lock, another coroutine) decides when it continues.
+//!
+//! The coroutines that are running form a chain: `main` entered A, A entered B, and so on.
+//! Only the last one runs; the others are *entered* but wait for the one they entered. A yield
+//! returns to the previous link of the chain. Entering a coroutine that is already on the chain
+//! would make the chain a loop, so it panics; so does entering a finished one.
+//!
+//! # Handles and lifetime
+//!
+//! [`Coroutine<R>`] is the typed handle that [`Coroutine::new`] returns; [`CoHandle`] is an
+//! untyped, cloneable handle ([`current`] gives one for the running coroutine) that can be stored
+//! — in a wait queue, an I/O request — and used later to enter the coroutine again. Handles are
+//! reference counted. When the last one goes:
+//!
+//! * a coroutine that never ran just drops its closure;
+//! * a finished one drops its unclaimed result;
+//! * a suspended one is *unwound*: it is entered once more, its `yield_now` panics with a private
+//!   payload, and the unwinding runs every destructor on its stack before the stack is reused.
+//!
+//! The control block, the closure and the result all live at the top of the coroutine's own
+//! stack, and stacks come from a per-thread [pool](crate::pool), so creating, running and dropping
+//! a coroutine allocates nothing in steady state.
+//!
+//! # Panics
+//!
+//! A panic inside a coroutine ends it; the enterer's `enter` call then continues the panic with
+//! the original payload (so the enterer can `catch_unwind` it).
+//!
+//! # Threads
+//!
+//! Handles are neither `Send` nor `Sync`: a suspended stack can hold references to thread-locals,
+//! so a coroutine only ever runs on the thread that created it.
+//!
+//! # Deferred wake-ups
+//!
+//! [`CoHandle::wake`] called inside a coroutine does not switch: it queues the target, which is
+//! entered right after the current coroutine yields or terminates, in FIFO order, by a loop in
+//! the enterer (QEMU's `co_queue_wakeup`). The target's own wake-ups are run by the same loop, so
+//! a chain of coroutines waking each other never deepens the native stack. Outside any coroutine,
+//! `wake` enters the target at once.
+
+use crate::backend::{self, Context};
+use crate::pool;
+use crate::stack::{page_size, Stack, StackError, DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
+use crate::trace::trace_event;
+use std::any::Any;
+use std::cell::{Cell, UnsafeCell};
+use std::fmt;
+use std::marker::PhantomData;
+use std::mem::{align_of, size_of, ManuallyDrop};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+// States of a coroutine (the low two bits of `Header::state`).
+/// Created, never entered.
+const READY: u8 = 0;
+/// Yielded; waiting to be entered again.
+const SUSPENDED: u8 = 1;
+/// Entered: running, or on the chain of coroutines that entered the running one.
+const RUNNING: u8 = 2;
+/// Its closure returned or panicked.
+const FINISHED: u8 = 3;
+/// Flag on READY/SUSPENDED: queued by a deferred wake-up, to be entered by the wake-up loop.
+const SCHEDULED: u8 = 4;
+
+/// The control block of a coroutine. It lives at the top of the coroutine's own stack.
+///
+/// `ctx` must stay the first field: the switch code gets a pointer to the context and the
+/// coroutine's entry function turns it back into a pointer to the header.
+#[repr(C)]
+pub(crate) struct Header {
+    ctx: UnsafeCell<Context>,
+    state: Cell<u8>,
+    /// Set when the coroutine is being dropped while suspended: `yield_now` starts unwinding.
+    cancel: Cell<bool>,
+    /// The slot holds the closure's return value, not yet claimed.
+    has_result: Cell<bool>,
+    /// Strong handles, deferred-wake queue entries and running drops.
+    refs: Cell<usize>,
+    /// The header of the coroutine (or null for the thread) that entered this one.
+    caller: Cell<*const Header>,
+    /// Link in the wake-up queue this coroutine is in, if it is scheduled.
+    wake_next: Cell<*const Header>,
+    /// This coroutine's queue of deferred wake-ups (run after it yields or terminates).
+    wake_head: Cell<*const Header>,
+    wake_tail: Cell<*const Header>,
+    /// The payload of the panic that ended the coroutine, until the enterer continues it.
+    panic: Cell<Option<Box<dyn Any + Send>>>,
+    vtable: &'static VTable,
+    /// Where the closure, and later its result, are stored (just below the header).
+    slot: *mut u8,
+    /// The stack this header lives on; taken out when the coroutine is freed.
+    stack: ManuallyDrop<Stack>,
+    id: CoId,
+    name: Option<Box<str>>,
+    /// Per-resume data exchanged by typed layers (the generator) on top of the core.
+    pub(crate) transfer: Cell<*mut ()>,
+}
+
+/// Type-erased operations on the closure `F` and result `R` stored in a header's slot.
+struct VTable {
+    /// Moves the closure out of the slot, calls it and stores the result in the slot.
+    run: unsafe fn(&Header),
+    drop_closure: unsafe fn(*mut u8),
+    drop_result: unsafe fn(*mut u8),
+}
+
+struct VTableFor<F, R>(PhantomData<(F, R)>);
+
+impl<F: FnOnce() -> R, R> VTableFor<F, R> {
+    const VTABLE: VTable = VTable {
+        run: Self::run,
+        drop_closure: Self::drop_closure,
+        drop_result: Self::drop_result,
+    };
+
+    /// # Safety
+    /// The slot holds a valid `F`, which this moves out.
+    unsafe fn run(h: &Header) {
+        // SAFETY: create() wrote an `F` into the slot and nothing has read it since: `run` is
+        // called once, by the coroutine's entry function.
+        let f = unsafe { ptr::read(h.slot.cast::<F>()) };
+        let r = f();
+        // SAFETY: the slot is sized and aligned for `R` too, and holds nothing live now.
+        unsafe { ptr::write(h.slot.cast::<R>(), r) };
+        h.has_result.set(true);
+    }
+
+    /// # Safety
+    /// The slot holds a valid `F` that nobody will use again.
+    unsafe fn drop_closure(slot: *mut u8) {
+        // SAFETY: per the contract.
+        unsafe { ptr::drop_in_place(slot.cast::<F>()) }
+    }
+
+    /// # Safety
+    /// The slot holds a valid `R` that nobody will use again.
+    unsafe fn drop_result(slot: *mut u8) {
+        // SAFETY: per the contract.
+        unsafe { ptr::drop_in_place(slot.cast::<R>()) }
+    }
+}
+
+thread_local! {
+    /// The running coroutine's header, or null when the thread runs on its own stack.
+    /// A `const` Cell of a raw pointer: no lazy initialisation and no destructor, so it is a
+    /// plain `fs:`-relative load and stays usable while other thread-locals are destroyed.
+    static CURRENT: Cell<*const Header> = const { Cell::new(ptr::null()) };
+    /// The last coroutine id handed out on this thread (0: none yet).
+    static LAST_ID: Cell<u64> = const { Cell::new(0) };
+}
+
+#[inline(always)]
+fn current_ptr() -> *const Header {
+    CURRENT.with(|c| c.get())
+}
+
+/// The running coroutine's header (null outside any coroutine), for the layers above.
+#[inline(always)]
+pub(crate) fn current_header() -> *const Header {
+    current_ptr()
+}
+
+#[inline(always)]
+fn set_current(h: *const Header) {
+    CURRENT.with(|c| c.set(h))
+}
+
+/// The payload that unwinds a suspended coroutine whose last handle was dropped.
+///
+/// Code that catches panics inside a coroutine (`catch_unwind`) may see it; it should let it
+/// continue (`resume_unwind`), as the coroutine cannot be suspended again.
+struct ForcedUnwind;
+
+/// A coroutine's id: unique in the process, stable for the coroutine's life, printed as
+/// `co<thread>.<n>` (thread numbers count from 1 in the order threads first create a coroutine).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CoId(u64);
+
+const ID_SEQ_BITS: u32 = 40;
+
+impl CoId {
+    fn next() -> CoId {
+        LAST_ID.with(|last| {
+            let mut v = last.get();
+            if v == 0 {
+                static THREADS: AtomicU64 = AtomicU64::new(0);
+                v = (THREADS.fetch_add(1, Ordering::Relaxed) + 1) << ID_SEQ_BITS;
+            }
+            v += 1;
+            last.set(v);
+            CoId(v)
+        })
+    }
+
+    /// The id as a number (thread number in the high 24 bits, sequence in the low 40).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for CoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "co{}.{}",
+            self.0 >> ID_SEQ_BITS,
+            self.0 & ((1 << ID_SEQ_BITS) - 1)
+        )
+    }
+}
+
+impl fmt::Debug for CoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// What happened when a coroutine was entered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a coroutine that yielded is not finished"]
+pub enum Status<R> {
+    /// The coroutine called [`yield_now`]; enter it again to continue it.
+    Yielded,
+    /// The coroutine's closure returned this value.
+    Finished(R),
+}
+
+impl<R> Status<R> {
+    /// Whether the coroutine finished.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, Status::Finished(_))
+    }
+
+    /// The return value, if the coroutine finished.
+    pub fn finished(self) -> Option<R> {
+        match self {
+            Status::Finished(r) => Some(r),
+            Status::Yielded => None,
+        }
+    }
+}
+
+/// Rounds a requested stack size the way [`Stack::new`] does, so pooled stacks match.
+fn round_stack_size(size: usize) -> usize {
+    let page = page_size();
+    size.max(MIN_STACK_SIZE).saturating_add(page - 1) & !(page - 1)
+}
+
+/// Room that must stay free below the closure for the coroutine's own frames.
+const MIN_FREE_STACK: usize = 8 * 1024;
+
+/// Configures a coroutine before creating it: stack size and name.
+///
+/// ```
+/// use costack::{Builder, Status};
+///
+/// let co = Builder::new()
+///     .stack_size(64 * 1024)
+///     .name("worker")
+///     .create(|| costack::current().unwrap().name().map(str::to_owned));
+/// assert_eq!(co.enter(), Status::Finished(Some("worker".to_owned())));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    stack_size: usize,
+    name: Option<Box<str>>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// A builder with the default stack size ([`DEFAULT_STACK_SIZE`], 1 MiB) and no name.
+    pub fn new() -> Builder {
+        Builder {
+            stack_size: DEFAULT_STACK_SIZE,
+            name: None,
+        }
+    }
+
+    /// The usable stack size in bytes (rounded up to whole pages and to at least 16 KiB).
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = bytes;
+        self
+    }
+
+    /// A name, shown in panics about the coroutine, trace output and debugging tools.
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into().into_boxed_str());
+        self
+    }
+
+    /// Creates the coroutine; it does not run until entered.
+    ///
+    /// # Panics
+    /// If no stack can be mapped (the message names the limit that was hit: memory or
+    /// `vm.max_map_count`), or if the closure or its result does not fit in half the stack.
+    pub fn create<F, R>(self, f: F) -> Coroutine<R>
+    where
+        F: FnOnce() -> R + 'static,
+        R: 'static,
+    {
+        match self.try_create(f) {
+            Ok(co) => co,
+            Err(e) => panic!("costack: {e}"),
+        }
+    }
+
+    /// Creates the coroutine, or says why its stack could not be mapped.
+    ///
+    /// # Panics
+    /// If the closure or its result does not fit in half the stack.
+    pub fn try_create<F, R>(self, f: F) -> Result<Coroutine<R>, StackError>
+    where
+        F: FnOnce() -> R + 'static,
+        R: 'static,
+    {
+        let size = round_stack_size(self.stack_size);
+        let slot_size = size_of::<F>().max(size_of::<R>());
+        let slot_align = align_of::<F>().max(align_of::<R>()).max(16);
+        let needed = size_of::<Header>() + 64 + slot_size + slot_align + MIN_FREE_STACK;
+        if slot_size > size / 2 || needed > size {
+            panic!(
+                "costack: a coroutine closure or result of {slot_size} bytes does not fit in a \
+                 {size}-byte stack; box it or use a larger stack"
+            );
+        }
+        let stack = match pool::take(size) {
+            Some(s) => s,
+            None => Stack::new(size)?,
+        };
+        // SAFETY: the stack is ours and unused; the layout leaves the header, slot and
+        // MIN_FREE_STACK bytes inside it (checked above).
+        let h = unsafe { init_header::<F, R>(stack, f, self.name, slot_size, slot_align) };
+        Ok(Coroutine {
+            handle: CoHandle { h },
+            _result: PhantomData,
+        })
+    }
+}
+
+/// Lays out a fresh coroutine at the top of `stack`:
+///
+/// ```text
+///   top  +------------------+
+///        | Header           |  64-byte aligned
+///        +------------------+
+///        | slot: F, then R  |  aligned for both
+///        +------------------+
+///        | resume address   |  <- initial sp (trampoline)
+///        | frames ...       |
+/// bottom +------------------+
+/// ```
+///
+/// # Safety
+/// `stack` must be unused and large enough for the header, a slot of `slot_size` bytes aligned
+/// to `slot_align`, and the coroutine's frames.
+#[inline]
+unsafe fn init_header<F, R>(
+    stack: Stack,
+    f: F,
+    name: Option<Box<str>>,
+    slot_size: usize,
+    slot_align: usize,
+) -> NonNull<Header>
+where
+    F: FnOnce() -> R + 'static,
+    R: 'static,
+{
+    let top = stack.top() as usize;
+    let bottom = stack.bottom();
+    let hdr = ((top - size_of::<Header>()) & !63) as *mut Header;
+    let slot = ((hdr as usize - slot_size) & !(slot_align - 1)) as *mut u8;
+    // SAFETY: `slot` and `hdr` lie inside the stack (caller's contract), are suitably aligned,
+    // and do not overlap: the slot ends at or below `hdr`.
+    unsafe {
+        ptr::write(slot.cast::<F>(), f);
+        ptr::write(
+            hdr,
+            Header {
+                ctx: UnsafeCell::new(Context::new()),
+                state: Cell::new(READY),
+                cancel: Cell::new(false),
+                has_result: Cell::new(false),
+                refs: Cell::new(1),
+                caller: Cell::new(ptr::null()),
+                wake_next: Cell::new(ptr::null()),
+                wake_head: Cell::new(ptr::null()),
+                wake_tail: Cell::new(ptr::null()),
+                panic: Cell::new(None),
+                vtable: &VTableFor::<F, R>::VTABLE,
+                slot,
+                stack: ManuallyDrop::new(stack),
+                id: CoId::next(),
+                name,
+                transfer: Cell::new(ptr::null_mut()),
+            },
+        );
+        (*(*hdr).ctx.get()).init(slot, bottom);
+        NonNull::new_unchecked(hdr)
+    }
+}
+
+/// The entry function of every coroutine, called by the backend's trampoline on the fresh
+/// stack. Runs the closure, records how it ended, and switches out for good.
+pub(crate) extern "C" fn coroutine_main(ctx: *mut Context) -> ! {
+    // SAFETY: `ctx` is the first field of a `#[repr(C)]` Header, which stays alive while the
+    // coroutine runs (the enterer holds a strong reference).
+    let h = unsafe { &*(ctx as *const Header) };
+    // SAFETY: the slot holds the closure, written by create() and not yet taken.
+    let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { (h.vtable.run)(h) }));
+    if let Err(payload) = outcome {
+        if !payload.is::<ForcedUnwind>() {
+            h.panic.set(Some(payload));
+        }
+    }
+    h.state.set(FINISHED);
+    trace_event!(terminate, h.id);
+    // SAFETY: nothing on this stack needs dropping any more (`outcome` was consumed above); the
+    // enterer's link was set by the resume that entered us.
+    unsafe { backend::finish(ctx) }
+}
+
+/// Switches into `h` and back once.
+///
+/// # Safety
+/// `h` must be a live header of this thread.
+#[inline(always)]
+unsafe fn switch_into(h: &Header) {
+    let state = h.state.get();
+    if state > SUSPENDED {
+        cannot_enter(h, state);
+    }
+    let prev = current_ptr();
+    h.caller.set(prev);
+    h.state.set(RUNNING);
+    set_current(h);
+    trace_event!(enter, DisplayPtr(prev), h.id);
+    // SAFETY: the state check above guarantees the coroutine is not running anywhere and was
+    // prepared by init_header; it only switches back through suspend/finish on its own ctx.
+    unsafe { backend::resume(h.ctx.get()) };
+    set_current(prev);
+}
+
+#[cold]
+#[inline(never)]
+fn cannot_enter(h: &Header, state: u8) -> ! {
+    let what = match state & 3 {
+        RUNNING => "it is already entered (running, or on the chain of coroutines that entered \
+                    the running one)",
+        FINISHED => "it has finished",
+        _ => "it is scheduled by a deferred wake-up and will be entered by that",
+    };
+    panic!("costack: cannot enter coroutine {}: {what}", NameId(h));
+}
+
+/// Enters `h`, runs the deferred wake-ups it queued, and continues its panic, if it panicked.
+///
+/// # Safety
+/// `h` must be a live header of this thread, kept alive by the caller during the call.
+#[inline]
+unsafe fn enter_header(h: &Header) {
+    // SAFETY: forwarded contract.
+    unsafe { switch_into(h) };
+    let mut pending_panic = None;
+    if !h.wake_head.get().is_null() {
+        // SAFETY: `h` is live; its queue holds strong references.
+        pending_panic = unsafe { run_wakeups(h) };
+    }
+    if h.state.get() == FINISHED {
+        if let Some(payload) = h.panic.take() {
+            drop(pending_panic);
+            resume_unwind(payload);
+        }
+    }
+    if let Some(payload) = pending_panic {
+        resume_unwind(payload);
+    }
+}
+
+/// A FIFO of scheduled coroutines, linked through `wake_next`; each entry owns a strong ref.
+struct WakeList {
+    head: *const Header,
+    tail: *const Header,
+}
+
+impl WakeList {
+    /// Takes `h`'s queue of deferred wake-ups.
+    fn take(h: &Header) -> WakeList {
+        WakeList {
+            head: h.wake_head.replace(ptr::null()),
+            tail: h.wake_tail.replace(ptr::null()),
+        }
+    }
+
+    /// Puts `front` before the entries of `self`.
+    fn prepend(&mut self, front: WakeList) {
+        if front.head.is_null() {
+            return;
+        }
+        // SAFETY: list entries are live headers (each holds a strong ref).
+        unsafe { (*front.tail).wake_next.set(self.head) };
+        if self.head.is_null() {
+            self.tail = front.tail;
+        }
+        self.head = front.head;
+        std::mem::forget(front);
+    }
+
+    /// Takes the first entry with its strong reference.
+    fn pop(&mut self) -> Option<CoHandle> {
+        let h = NonNull::new(self.head as *mut Header)?;
+        // SAFETY: list entries are live headers.
+        let hr = unsafe { h.as_ref() };
+        self.head = hr.wake_next.replace(ptr::null());
+        if self.head.is_null() {
+            self.tail = ptr::null();
+        }
+        hr.state.set(hr.state.get() & !SCHEDULED);
+        // The entry's strong reference moves into the handle.
+        Some(CoHandle { h })
+    }
+}
+
+impl Drop for WakeList {
+    /// Only reached while unwinding from a destructor that panicked in the wake-up loop: the
+    /// remaining wake-ups are dropped (their coroutines stay suspended, or are freed).
+    fn drop(&mut self) {
+        while let Some(co) = self.pop() {
+            drop(co);
+        }
+    }
+}
+
+/// Enters, in order, every coroutine that `first` woke, and every one those woke in turn
+/// (QEMU's `co_queue_wakeup` loop). Returns the first panic of a woken coroutine, if any.
+///
+/// # Safety
+/// `first` must be a live header of this thread.
+#[inline(never)]
+unsafe fn run_wakeups(first: &Header) -> Option<Box<dyn Any + Send>> {
+    let mut pending = WakeList::take(first);
+    let mut first_panic = None;
+    while let Some(co) = pending.pop() {
+        let h = co.header();
+        if h.state.get() == FINISHED {
+            continue; // it woke itself and then finished
+        }
+        // SAFETY: `co` keeps `h` alive; it is not scheduled any more and, having been
+        // suspended when it was woken, is not on the chain.
+        unsafe { switch_into(h) };
+        pending.prepend(WakeList::take(h));
+        if h.state.get() == FINISHED {
+            if let Some(p) = h.panic.take() {
+                first_panic.get_or_insert(p);
+            }
+        }
+        drop(co);
+    }
+    first_panic
+}
+
+/// Suspends the running coroutine and returns to whoever entered it. Returns when the coroutine
+/// is entered again.
+///
+/// # Panics
+/// Outside any coroutine. Also (with a private payload that unwinds the coroutine) when the
+/// coroutine is resumed only to be dropped: see [`Coroutine`].
+///
+/// ```
+/// use costack::{yield_now, Coroutine, Status};
+///
+/// fn deep(n: u32) -> u32 {
+///     if n == 0 {
+///         yield_now(); // from any depth
+///         return 0;
+///     }
+///     1 + deep(n - 1)
+/// }
+/// let co = Coroutine::new(|| deep(100));
+/// assert_eq!(co.enter(), Status::Yielded);
+/// assert_eq!(co.enter(), Status::Finished(100));
+/// ```
+#[inline]
+pub fn yield_now() {
+    let cur = current_ptr();
+    if cur.is_null() {
+        yield_outside();
+    }
+    // SAFETY: CURRENT only holds the header of the running coroutine, which its enterer keeps
+    // alive while it runs.
+    let h = unsafe { &*cur };
+    if h.cancel.get() {
+        forced_unwind();
+    }
+    h.state.set(SUSPENDED);
+    trace_event!(yield, h.id, DisplayPtr(h.caller.get()));
+    // SAFETY: we run on `h`'s stack (it is CURRENT) and were entered by a resume on its ctx.
+    unsafe { backend::suspend(h.ctx.get()) };
+    if h.cancel.get() {
+        forced_unwind();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn yield_outside() -> ! {
+    panic!("costack::yield_now() called outside of any coroutine: there is nothing to yield to")
+}
+
+#[cold]
+#[inline(never)]
+fn forced_unwind() -> ! {
+    resume_unwind(Box::new(ForcedUnwind))
+}
+
+/// Whether the caller runs inside a coroutine.
+#[inline]
+pub fn in_coroutine() -> bool {
+    !current_ptr().is_null()
+}
+
+/// A handle to the running coroutine, or `None` outside any coroutine.
+///
+/// The handle can be stored and used later, by other code on this thread, to enter the
+/// coroutine again after it yields: this is how locks and event loops resume coroutines.
+///
+/// ```
+/// use costack::{current, Coroutine};
+///
+/// let co = Coroutine::new(|| current().unwrap().id());
+/// let id = co.id();
+/// assert_eq!(co.enter().finished(), Some(id));
+/// assert!(current().is_none());
+/// ```
+#[inline]
+pub fn current() -> Option<CoHandle> {
+    let h = NonNull::new(current_ptr() as *mut Header)?;
+    // SAFETY: CURRENT is a live header; the new handle takes a strong reference.
+    unsafe { incref(h) };
+    Some(CoHandle { h })
+}
+
+/// # Safety
+/// `h` must be live.
+#[inline(always)]
+unsafe fn incref(h: NonNull<Header>) {
+    // SAFETY: per the contract.
+    let r = unsafe { &h.as_ref().refs };
+    r.set(r.get() + 1);
+}
+
+/// An untyped, cloneable handle to a coroutine of this thread.
+///
+/// Any handle can enter the coroutine; the coroutine lives until the last handle to it is
+/// dropped (see [`Coroutine`] for what dropping does). Handles compare equal when they refer to
+/// the same coroutine.
+pub struct CoHandle {
+    h: NonNull<Header>,
+}
+
+impl CoHandle {
+    #[inline(always)]
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: a handle holds a strong reference, so the header is live.
+        unsafe { self.h.as_ref() }
+    }
+
+    /// Enters the coroutine: it runs until it yields or finishes. Its return value, if it
+    /// finished, stays with the coroutine ([`Coroutine::take_result`]).
+    ///
+    /// # Panics
+    /// If the coroutine is already entered (running or on the chain), finished, or scheduled by
+    /// a deferred wake-up; and, continuing its panic, if the coroutine panics.
+    #[inline]
+    pub fn enter(&self) -> Status<()> {
+        // SAFETY: `self` keeps the header alive for the whole call.
+        unsafe { enter_header(self.header()) };
+        if self.header().state.get() == FINISHED {
+            Status::Finished(())
+        } else {
+            Status::Yielded
+        }
+    }
+
+    /// Wakes the coroutine, QEMU style. Inside a coroutine, the target is queued and entered
+    /// right after the current coroutine yields or terminates (FIFO, without deepening the
+    /// native stack). Outside any coroutine, the target is entered now.
+    ///
+    /// # Panics
+    /// If the target is already scheduled, entered, or finished.
+    ///
+    /// ```
+    /// use costack::{current, yield_now, Coroutine};
+    /// use std::{cell::RefCell, rc::Rc};
+    ///
+    /// let log = Rc::new(RefCell::new(Vec::new()));
+    /// let (l1, l2) = (log.clone(), log.clone());
+    /// let sleeper = Coroutine::new(move || {
+    ///     l1.borrow_mut().push("sleeper waits");
+    ///     yield_now();
+    ///     l1.borrow_mut().push("sleeper woken");
+    /// });
+    /// let _ = sleeper.enter();
+    /// let s = sleeper.handle();
+    /// let waker = Coroutine::new(move || {
+    ///     s.wake(); // runs after this coroutine finishes
+    ///     l2.borrow_mut().push("waker done");
+    /// });
+    /// let _ = waker.enter();
+    /// assert_eq!(*log.borrow(), ["sleeper waits", "waker done", "sleeper woken"]);
+    /// ```
+    pub fn wake(&self) {
+        let cur = current_ptr();
+        if cur.is_null() {
+            let _ = self.enter();
+            return;
+        }
+        let h = self.header();
+        let state = h.state.get();
+        if state > SUSPENDED {
+            cannot_wake(h, state);
+        }
+        h.state.set(state | SCHEDULED);
+        // SAFETY: live header; the queue entry owns this new reference.
+        unsafe { incref(self.h) };
+        // SAFETY: CURRENT is the live running coroutine.
+        let cur = unsafe { &*cur };
+        let tail = cur.wake_tail.replace(h);
+        if tail.is_null() {
+            cur.wake_head.set(h);
+        } else {
+            // SAFETY: queue entries are live.
+            unsafe { (*tail).wake_next.set(h) };
+        }
+    }
+
+    /// Whether the coroutine is entered now: running, or on the chain of coroutines that
+    /// entered the running one.
+    #[inline]
+    pub fn is_entered(&self) -> bool {
+        self.header().state.get() & 3 == RUNNING
+    }
+
+    /// Whether the coroutine's closure has returned or panicked.
+    #[inline]
+    pub fn is_finished(&self) -> bool {
+        self.header().state.get() == FINISHED
+    }
+
+    /// Whether the coroutine has run and is waiting to be entered again.
+    pub fn is_suspended(&self) -> bool {
+        self.header().state.get() & 3 == SUSPENDED
+    }
+
+    /// Whether a deferred wake-up has queued the coroutine.
+    pub fn is_scheduled(&self) -> bool {
+        self.header().state.get() & SCHEDULED != 0
+    }
+
+    /// The coroutine's id.
+    pub fn id(&self) -> CoId {
+        self.header().id
+    }
+
+    /// The coroutine's name, if it was given one ([`Builder::name`]).
+    pub fn name(&self) -> Option<&str> {
+        self.header().name.as_deref()
+    }
+
+    /// The usable size of the coroutine's stack in bytes.
+    pub fn stack_size(&self) -> usize {
+        self.header().stack.size()
+    }
+
+    /// The bounds `(bottom, top)` of the coroutine's usable stack; for debugging tools.
+    pub fn stack_bounds(&self) -> (*const u8, *const u8) {
+        let s = &self.header().stack;
+        (s.bottom(), s.top())
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn cannot_wake(h: &Header, state: u8) -> ! {
+    let what = if state & SCHEDULED != 0 {
+        "it is already scheduled"
+    } else if state == RUNNING {
+        "it is entered (running, or on the chain)"
+    } else {
+        "it has finished"
+    };
+    panic!("costack: cannot wake coroutine {}: {what}", NameId(h));
+}
+
+impl Clone for CoHandle {
+    #[inline]
+    fn clone(&self) -> Self {
+        // SAFETY: `self` keeps the header live; the clone takes its own reference.
+        unsafe { incref(self.h) };
+        CoHandle { h: self.h }
+    }
+}
+
+impl PartialEq for CoHandle {
+    fn eq(&self, other: &Self) -> bool {
+        self.h == other.h
+    }
+}
+
+impl Eq for CoHandle {}
+
+impl std::hash::Hash for CoHandle {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.h.hash(state)
+    }
+}
+
+impl fmt::Debug for CoHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = self.header();
+        let state = match h.state.get() & 3 {
+            READY => "ready",
+            SUSPENDED => "suspended",
+            RUNNING => "entered",
+            _ => "finished",
+        };
+        f.debug_struct("CoHandle")
+            .field("id", &h.id)
+            .field("name", &h.name)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl Drop for CoHandle {
+    #[inline]
+    fn drop(&mut self) {
+        let r = &self.header().refs;
+        let n = r.get() - 1;
+        r.set(n);
+        if n == 0 {
+            // SAFETY: that was the last reference.
+            unsafe { release(self.h) };
+        }
+    }
+}
+
+/// Frees a coroutine whose last reference is gone: unwinds it if it is suspended, drops its
+/// closure or unclaimed result, and gives its stack back to the pool.
+///
+/// # Safety
+/// `h` is live and has no references left.
+#[inline]
+unsafe fn release(h: NonNull<Header>) {
+    // SAFETY: per the contract, the header is live.
+    let hr = unsafe { h.as_ref() };
+    let mut panic = None;
+    match hr.state.get() {
+        FINISHED => {}
+        READY => {}
+        SUSPENDED => {
+            // The unwinding coroutine may create handles to itself (`current()`); hold a
+            // reference of our own so that they do not free it under us.
+            hr.refs.set(1);
+            // SAFETY: live, suspended header of this thread.
+            panic = unsafe { unwind_suspended(hr) };
+            let n = hr.refs.get() - 1;
+            hr.refs.set(n);
+            if n != 0 {
+                // It stored a handle to itself while unwinding; that handle frees it later.
+                if let Some(p) = panic {
+                    resume_unwind(p);
+                }
+                return;
+            }
+        }
+        _ => abort_with("a running coroutine lost its last handle"),
+    }
+    // SAFETY: nothing refers to the header any more; take its owned parts out, then drop the
+    // closure or result in the slot (which lives on the stack, so before the stack goes).
+    unsafe {
+        let stack = ptr::read(&*hr.stack);
+        let name = ptr::read(&hr.name);
+        let slot = hr.slot;
+        let vtable = hr.vtable;
+        if hr.state.get() == READY {
+            (vtable.drop_closure)(slot);
+        } else if hr.has_result.get() {
+            (vtable.drop_result)(slot);
+        }
+        drop(hr.panic.take());
+        drop(name);
+        pool::put(stack);
+    }
+    if let Some(p) = panic {
+        resume_unwind(p);
+    }
+}
+
+/// Unwinds a suspended coroutine: enters it with `cancel` set, so that its `yield_now` starts a
+/// forced unwind that runs every destructor on its stack. Returns a panic that escaped from a
+/// destructor (or was raised instead of the unwind), if the caller may continue it.
+///
+/// # Safety
+/// `h` is a live, suspended header of this thread.
+#[cold]
+#[inline(never)]
+unsafe fn unwind_suspended(h: &Header) -> Option<Box<dyn Any + Send>> {
+    h.cancel.set(true);
+    // SAFETY: forwarded contract; our reference keeps it alive.
+    unsafe { switch_into(h) };
+    let woken_panic = if h.wake_head.get().is_null() {
+        None
+    } else {
+        // SAFETY: live header.
+        unsafe { run_wakeups(h) }
+    };
+    if h.state.get() != FINISHED {
+        abort_with("a coroutine being dropped suspended itself again while unwinding");
+    }
+    let p = h.panic.take().or(woken_panic);
+    // Continuing a panic from inside another unwind would abort the process; drop it then.
+    p.filter(|_| !std::thread::panicking())
+}
+
+#[cold]
+fn abort_with(msg: &str) -> ! {
+    eprintln!("costack: fatal: {msg}");
+    std::process::abort()
+}
+
+/// Formats a header pointer as its coroutine's id, or `main` for null.
+#[cfg_attr(not(feature = "trace"), allow(dead_code))]
+struct DisplayPtr(*const Header);
+
+impl fmt::Display for DisplayPtr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_null() {
+            f.write_str("main")
+        } else {
+            // SAFETY: non-null header pointers on the chain are live.
+            fmt::Display::fmt(unsafe { &(*self.0).id }, f)
+        }
+    }
+}
+
+/// Formats a coroutine as `co1.2 "name"`.
+struct NameId<'a>(&'a Header);
+
+impl fmt::Display for NameId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.name {
+            Some(n) => write!(f, "{} \"{}\"", self.0.id, n),
+            None => write!(f, "{}", self.0.id),
+        }
+    }
+}
+
+/// A coroutine whose closure returns `R`: the handle [`Coroutine::new`] returns.
+///
+/// It dereferences to [`CoHandle`] for everything that does not depend on `R`.
+///
+/// Dropping the last handle to a coroutine that is suspended unwinds its stack, so every
+/// destructor on it runs; the coroutine is entered one last time for that, and any
+/// `yield_now` it reaches while unwinding panics. A coroutine that was never entered just drops
+/// its closure.
+///
+/// ```
+/// use costack::{yield_now, Coroutine, Status};
+///
+/// let co = Coroutine::new(|| {
+///     for _ in 0..5 {
+///         yield_now();
+///     }
+///     "done"
+/// });
+/// let mut enters = 1;
+/// while co.enter() == Status::Yielded {
+///     enters += 1;
+/// }
+/// assert_eq!(enters, 6); // 5 yields take 6 enters
+/// ```
+pub struct Coroutine<R = ()> {
+    handle: CoHandle,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R: 'static> Coroutine<R> {
+    /// Creates a coroutine with a default stack (1 MiB, from the thread's pool when it has
+    /// one); it does not run until entered.
+    ///
+    /// # Panics
+    /// If no stack can be mapped; the message names the limit hit. See [`Coroutine::try_new`].
+    #[inline]
+    pub fn new<F>(f: F) -> Coroutine<R>
+    where
+        F: FnOnce() -> R + 'static,
+    {
+        Builder::new().create(f)
+    }
+
+    /// Creates a coroutine, or says which limit (memory, `vm.max_map_count`) stopped it.
+    #[inline]
+    pub fn try_new<F>(f: F) -> Result<Coroutine<R>, StackError>
+    where
+        F: FnOnce() -> R + 'static,
+    {
+        Builder::new().try_create(f)
+    }
+
+    /// Enters the coroutine: it runs on its own stack until it yields or returns.
+    ///
+    /// # Panics
+    /// If the coroutine is already entered (itself, or an ancestor on the chain), has finished,
+    /// or is scheduled by a deferred wake-up; and, with the original payload, if the coroutine
+    /// panics.
+    #[inline]
+    pub fn enter(&self) -> Status<R> {
+        let h = self.handle.header();
+        // SAFETY: `self` keeps the header alive for the whole call.
+        unsafe { enter_header(h) };
+        if h.state.get() == FINISHED {
+            match self.take_result() {
+                Some(r) => Status::Finished(r),
+                None => unreachable!("costack: finished coroutine without a result"),
+            }
+        } else {
+            Status::Yielded
+        }
+    }
+
+    /// Takes the return value of a coroutine that finished while entered through a
+    /// [`CoHandle`]; `None` if it has not finished or the value was taken already.
+    pub fn take_result(&self) -> Option<R> {
+        let h = self.handle.header();
+        if !h.has_result.replace(false) {
+            return None;
+        }
+        // SAFETY: has_result says the slot holds an `R` (the vtable was built for this `R`:
+        // only `Coroutine<R>` of the matching type is ever created over it); we cleared the flag
+        // so it is read once.
+        Some(unsafe { ptr::read(h.slot.cast::<R>()) })
+    }
+
+    /// An untyped handle to this coroutine.
+    pub fn handle(&self) -> CoHandle {
+        self.handle.clone()
+    }
+}
+
+impl<R> std::ops::Deref for Coroutine<R> {
+    type Target = CoHandle;
+
+    fn deref(&self) -> &CoHandle {
+        &self.handle
+    }
+}
+
+impl<R> fmt::Debug for Coroutine<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.handle, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_fits_comfortably() {
+        assert!(size_of::<Header>() <= 2048, "{}", size_of::<Header>());
+    }
+}

@@ -1,0 +1,72 @@
+//! # costack: stackful coroutines, the way QEMU's block layer uses them
+//!
+//! A coroutine here is a closure with a stack of its own. Code running in it can call
+//! [`yield_now`] from any depth — in the middle of a parser, under three layers of helper
+//! functions — and control goes back to whoever entered the coroutine; entering it again
+//! continues right after the yield, with every local variable intact. That is what lets an I/O
+//! library offer *synchronous-looking* code (start a request, yield, be re-entered when it
+//! completes) with no callbacks, no hand-written state machines and no `async` colouring.
+//!
+//! ```
+//! use costack::{yield_now, Coroutine, Status};
+//!
+//! let co = Coroutine::new(|| {
+//!     let mut sum = 0;
+//!     for i in 1..=3 {
+//!         sum += i;
+//!         yield_now(); // back to the enterer, from any depth
+//!     }
+//!     sum
+//! });
+//! assert_eq!(co.enter(), Status::Yielded);
+//! assert_eq!(co.enter(), Status::Yielded);
+//! assert_eq!(co.enter(), Status::Yielded);
+//! assert_eq!(co.enter(), Status::Finished(6));
+//! ```
+//!
+//! ## The contract (after QEMU's `include/qemu/coroutine.h`)
+//!
+//! * [`Coroutine::new`] creates a coroutine; it does not run until [`Coroutine::enter`].
+//! * `enter` runs it until it yields or returns, and says which ([`Status`]).
+//! * [`yield_now`] suspends the running coroutine and returns to its enterer. Outside a
+//!   coroutine it panics.
+//! * [`current`] is a handle ([`CoHandle`]) to the running coroutine that can be stored and
+//!   used later, on the same thread, to enter it again; [`in_coroutine`] and
+//!   [`CoHandle::is_entered`] tell where you are.
+//! * Coroutines nest: a coroutine may enter another, whose yields come back to it.
+//! * Entering a coroutine that is already entered, or that has finished, panics.
+//! * A panic in a coroutine ends it and continues in its enterer with the same payload.
+//! * Dropping the last handle to a suspended coroutine unwinds its stack (destructors run).
+//! * [`CoHandle::wake`] inside a coroutine queues another to be entered right after the current
+//!   one yields or terminates (QEMU's `co_queue_wakeup`); the [`sync`] locks build on it.
+//! * Coroutines are bound to their thread (`!Send`).
+//!
+//! ## Layers
+//!
+//! * [`coroutine`]: the core, with [`Builder`] for stack size and name.
+//! * [`generator`]: values out on yield and in on resume; an `Iterator`.
+//! * [`pool`]: the per-thread pool that makes creating a coroutine allocation-free.
+//! * [`stack`]: mmap'd stacks with a guard page, and the errors when they cannot be had.
+//! * `backend`: the context switch, hand-written assembly on x86_64 (see the `arch` module's
+//!   source for the design and stack diagrams) or libc's `swapcontext` with the `ucontext`
+//!   feature; [`BACKEND`] names the one compiled in.
+//! * [`trace`]: `tracing` events for enter, yield and terminate (feature `trace`).
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod arch;
+mod backend;
+pub mod coroutine;
+pub mod generator;
+pub mod pool;
+pub mod stack;
+pub mod sync;
+pub mod trace;
+
+pub use coroutine::{current, in_coroutine, yield_now, Builder, CoHandle, CoId, Coroutine, Status};
+pub use generator::{Generator, GeneratorState, Yielder};
+pub use stack::{StackError, StackErrorKind, DEFAULT_STACK_SIZE};
+
+/// The context-switch backend compiled in: `"asm"` (default on x86_64) or `"ucontext"`.
+pub const BACKEND: &str = backend::NAME;

@@ -1,0 +1,129 @@
+//! The per-thread pool of coroutine stacks.
+//!
+//! Mapping a stack costs three system calls (`mmap`, `mprotect`, and later `munmap`) and a few
+//! microseconds; a coroutine that only runs for a few nanoseconds cannot afford that. So when the
+//! last handle to a coroutine goes away, its stack is not unmapped but kept in a small pool of
+//! the thread that ran it, and the next coroutine created on that thread with the same stack
+//! size takes it back. In steady state, creating, running and dropping a coroutine makes no
+//! system call and no heap allocation: the coroutine's control block and its closure live at the
+//! top of the pooled stack itself.
+//!
+//! The pool is bounded ([`DEFAULT_CAPACITY`] stacks per thread unless [`set_capacity`] says
+//! otherwise); stacks beyond the bound are unmapped. [`trim`] empties it.
+//!
+//! A reused stack still holds whatever the previous coroutine left on it. Safe code cannot read
+//! it: a coroutine's control block and closure are written fresh before it first runs, and Rust
+//! never lets safe code read stack memory that it has not initialised.
+//!
+//! ```
+//! use costack::{pool, Coroutine};
+//!
+//! pool::set_capacity(8);
+//! let co = Coroutine::new(|| 1 + 1);
+//! assert_eq!(co.enter().finished(), Some(2));
+//! drop(co); // its stack goes to this thread's pool
+//! assert!(pool::len() >= 1);
+//! pool::trim();
+//! assert_eq!(pool::len(), 0);
+//! ```
+
+use crate::stack::Stack;
+use std::cell::UnsafeCell;
+
+/// The default number of stacks each thread keeps for reuse.
+pub const DEFAULT_CAPACITY: usize = 256;
+
+struct Pool {
+    /// Pooled stacks grouped by usable size; usually just one size is in use.
+    by_size: Vec<(usize, Vec<Stack>)>,
+    len: usize,
+    capacity: usize,
+}
+
+thread_local! {
+    // UnsafeCell, not RefCell: the pool's functions never call out to user code while they hold
+    // a reference, so no borrow can overlap another (see the SAFETY comments below).
+    static POOL: UnsafeCell<Pool> = const {
+        UnsafeCell::new(Pool { by_size: Vec::new(), len: 0, capacity: DEFAULT_CAPACITY })
+    };
+}
+
+/// Runs `f` on this thread's pool, or returns `None` once the pool has been destroyed at thread
+/// exit.
+#[inline]
+fn with_pool<T>(f: impl FnOnce(&mut Pool) -> T) -> Option<T> {
+    POOL.try_with(|p| {
+        // SAFETY: the pool is thread-local and no function of this module re-enters another
+        // while it holds the reference (`f` only touches the pool and drops stacks, and dropping
+        // a stack only unmaps memory), so this is the only live reference.
+        f(unsafe { &mut *p.get() })
+    })
+    .ok()
+}
+
+/// Takes a pooled stack of exactly `size` usable bytes, if there is one.
+#[inline]
+pub(crate) fn take(size: usize) -> Option<Stack> {
+    with_pool(|p| {
+        let (_, list) = p.by_size.iter_mut().find(|(s, _)| *s == size)?;
+        let stack = list.pop()?;
+        p.len -= 1;
+        Some(stack)
+    })
+    .flatten()
+}
+
+/// Returns a stack to the pool; unmaps it if the pool is full or gone.
+#[inline]
+pub(crate) fn put(stack: Stack) {
+    let rejected = with_pool(move |p| {
+        if p.len >= p.capacity {
+            return Some(stack);
+        }
+        let size = stack.size();
+        match p.by_size.iter_mut().find(|(s, _)| *s == size) {
+            Some((_, list)) => list.push(stack),
+            None => p.by_size.push((size, vec![stack])),
+        }
+        p.len += 1;
+        None
+    });
+    // Dropping the stack (outside the pool borrow) unmaps it.
+    drop(rejected);
+}
+
+/// Sets how many stacks this thread keeps for reuse (0 turns pooling off) and unmaps any
+/// beyond the new bound.
+pub fn set_capacity(capacity: usize) {
+    let excess = with_pool(|p| {
+        p.capacity = capacity;
+        let mut excess = Vec::new();
+        while p.len > capacity {
+            if let Some((_, list)) = p.by_size.iter_mut().find(|(_, l)| !l.is_empty()) {
+                excess.extend(list.pop());
+                p.len -= 1;
+            }
+        }
+        excess
+    });
+    drop(excess);
+}
+
+/// How many stacks this thread keeps for reuse at most.
+pub fn capacity() -> usize {
+    with_pool(|p| p.capacity).unwrap_or(0)
+}
+
+/// How many stacks this thread's pool holds now.
+pub fn len() -> usize {
+    with_pool(|p| p.len).unwrap_or(0)
+}
+
+/// Unmaps every stack in this thread's pool.
+pub fn trim() {
+    let all = with_pool(|p| {
+        p.len = 0;
+        std::mem::take(&mut p.by_size)
+    });
+    drop(all);
+}

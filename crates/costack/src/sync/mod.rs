@@ -1,0 +1,1 @@
+//! Coroutine synchronisation: waiting yields the coroutine, it never blocks the thread.
