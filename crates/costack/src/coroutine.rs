@@ -252,7 +252,11 @@ impl<R> Status<R> {
 }
 
 /// Rounds a requested stack size the way [`Stack::new`] does, so pooled stacks match.
+#[inline]
 fn round_stack_size(size: usize) -> usize {
+    if size == DEFAULT_STACK_SIZE {
+        return size; // a multiple of every page size Linux uses, up to 1 MiB
+    }
     let page = page_size();
     size.max(MIN_STACK_SIZE).saturating_add(page - 1) & !(page - 1)
 }
@@ -416,8 +420,9 @@ where
 }
 
 /// The entry function of every coroutine, called by the backend's trampoline on the fresh
-/// stack. Runs the closure, records how it ended, and switches out for good.
-pub(crate) extern "C" fn coroutine_main(ctx: *mut Context) -> ! {
+/// stack. Runs the closure and records how it ended; when it returns, the backend switches to
+/// the enterer for the last time.
+pub(crate) extern "C" fn coroutine_main(ctx: *mut Context) {
     // SAFETY: `ctx` is the first field of a `#[repr(C)]` Header, which stays alive while the
     // coroutine runs (the enterer holds a strong reference).
     let h = unsafe { &*(ctx as *const Header) };
@@ -430,9 +435,6 @@ pub(crate) extern "C" fn coroutine_main(ctx: *mut Context) -> ! {
     }
     h.state.set(FINISHED);
     trace_event!(terminate, h.id);
-    // SAFETY: nothing on this stack needs dropping any more (`outcome` was consumed above); the
-    // enterer's link was set by the resume that entered us.
-    unsafe { backend::finish(ctx) }
 }
 
 /// Switches into `h` and back once.
@@ -446,6 +448,7 @@ unsafe fn switch_into(h: &Header) {
         cannot_enter(h, state);
     }
     let prev = current_ptr();
+    #[cfg(feature = "trace")]
     h.caller.set(prev);
     h.state.set(RUNNING);
     set_current(h);
@@ -725,28 +728,8 @@ impl CoHandle {
     /// assert_eq!(*log.borrow(), ["sleeper waits", "waker done", "sleeper woken"]);
     /// ```
     pub fn wake(&self) {
-        let cur = current_ptr();
-        if cur.is_null() {
-            let _ = self.enter();
-            return;
-        }
-        let h = self.header();
-        let state = h.state.get();
-        if state > SUSPENDED {
-            cannot_wake(h, state);
-        }
-        h.state.set(state | SCHEDULED);
-        // SAFETY: live header; the queue entry owns this new reference.
-        unsafe { incref(self.h) };
-        // SAFETY: CURRENT is the live running coroutine.
-        let cur = unsafe { &*cur };
-        let tail = cur.wake_tail.replace(h);
-        if tail.is_null() {
-            cur.wake_head.set(h);
-        } else {
-            // SAFETY: queue entries are live.
-            unsafe { (*tail).wake_next.set(h) };
-        }
+        // SAFETY: `self` keeps the header alive.
+        unsafe { wake_header(self.h) }
     }
 
     /// Whether the coroutine is entered now: running, or on the chain of coroutines that
@@ -792,6 +775,54 @@ impl CoHandle {
         let s = &self.header().stack;
         (s.bottom(), s.top())
     }
+}
+
+/// Wakes the coroutine `h` (see [`CoHandle::wake`]): queued behind the running coroutine, or
+/// entered now outside any coroutine. For the layers in this crate that keep unowned pointers to
+/// waiting coroutines (a waiter node on the waiting coroutine's own stack, unlinked by its
+/// destructor if the coroutine is dropped).
+///
+/// # Safety
+/// `h` must be a live coroutine of this thread for the duration of the call.
+pub(crate) unsafe fn wake_header(h: NonNull<Header>) {
+    let cur = current_ptr();
+    if cur.is_null() {
+        // SAFETY: live per the contract; the temporary handle keeps it alive while it runs.
+        let co = unsafe {
+            incref(h);
+            CoHandle { h }
+        };
+        let _ = co.enter();
+        return;
+    }
+    // SAFETY: live per the contract.
+    let hr = unsafe { h.as_ref() };
+    let state = hr.state.get();
+    if state > SUSPENDED {
+        cannot_wake(hr, state);
+    }
+    hr.state.set(state | SCHEDULED);
+    // SAFETY: live header; the queue entry owns this new reference.
+    unsafe { incref(h) };
+    // SAFETY: CURRENT is the live running coroutine.
+    let cur = unsafe { &*cur };
+    let tail = cur.wake_tail.replace(hr);
+    if tail.is_null() {
+        cur.wake_head.set(hr);
+    } else {
+        // SAFETY: queue entries are live.
+        unsafe { (*tail).wake_next.set(hr) };
+    }
+}
+
+/// A new strong handle to the coroutine `h`.
+///
+/// # Safety
+/// `h` must be a live coroutine of this thread.
+pub(crate) unsafe fn handle_from_header(h: NonNull<Header>) -> CoHandle {
+    // SAFETY: live per the contract; the handle owns the new reference.
+    unsafe { incref(h) };
+    CoHandle { h }
 }
 
 #[cold]

@@ -39,7 +39,18 @@
 //! * Dropping the last handle to a suspended coroutine unwinds its stack (destructors run).
 //! * [`CoHandle::wake`] inside a coroutine queues another to be entered right after the current
 //!   one yields or terminates (QEMU's `co_queue_wakeup`); the [`sync`] locks build on it.
-//! * Coroutines are bound to their thread (`!Send`).
+//! * Coroutines are bound to their thread (`!Send`): a suspended stack may hold references to
+//!   thread-locals, so no safe API moves one to another thread.
+//!
+//! ```compile_fail
+//! fn needs_send<T: Send>(_: T) {}
+//! needs_send(costack::Coroutine::new(|| ())); // error: `Coroutine` is not `Send`
+//! ```
+//!
+//! ```compile_fail
+//! fn needs_send<T: Send>(_: T) {}
+//! needs_send(costack::Coroutine::new(|| ()).handle()); // error: `CoHandle` is not `Send`
+//! ```
 //!
 //! ## Layers
 //!

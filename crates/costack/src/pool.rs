@@ -34,7 +34,9 @@ use std::cell::UnsafeCell;
 pub const DEFAULT_CAPACITY: usize = 256;
 
 struct Pool {
-    /// Pooled stacks grouped by usable size; usually just one size is in use.
+    /// Pooled stacks of the default size, the common case.
+    default: Vec<Stack>,
+    /// Pooled stacks of other sizes, grouped by usable size.
     by_size: Vec<(usize, Vec<Stack>)>,
     len: usize,
     capacity: usize,
@@ -44,8 +46,27 @@ thread_local! {
     // UnsafeCell, not RefCell: the pool's functions never call out to user code while they hold
     // a reference, so no borrow can overlap another (see the SAFETY comments below).
     static POOL: UnsafeCell<Pool> = const {
-        UnsafeCell::new(Pool { by_size: Vec::new(), len: 0, capacity: DEFAULT_CAPACITY })
+        UnsafeCell::new(Pool {
+            default: Vec::new(),
+            by_size: Vec::new(),
+            len: 0,
+            capacity: DEFAULT_CAPACITY,
+        })
     };
+}
+
+impl Pool {
+    /// The list holding stacks of `size` usable bytes, if there is one.
+    #[inline]
+    fn list_for(&mut self, size: usize) -> Option<&mut Vec<Stack>> {
+        if size == crate::DEFAULT_STACK_SIZE {
+            return Some(&mut self.default);
+        }
+        self.by_size
+            .iter_mut()
+            .find(|(s, _)| *s == size)
+            .map(|(_, l)| l)
+    }
 }
 
 /// Runs `f` on this thread's pool, or returns `None` once the pool has been destroyed at thread
@@ -65,8 +86,7 @@ fn with_pool<T>(f: impl FnOnce(&mut Pool) -> T) -> Option<T> {
 #[inline]
 pub(crate) fn take(size: usize) -> Option<Stack> {
     with_pool(|p| {
-        let (_, list) = p.by_size.iter_mut().find(|(s, _)| *s == size)?;
-        let stack = list.pop()?;
+        let stack = p.list_for(size)?.pop()?;
         p.len -= 1;
         Some(stack)
     })
@@ -81,8 +101,8 @@ pub(crate) fn put(stack: Stack) {
             return Some(stack);
         }
         let size = stack.size();
-        match p.by_size.iter_mut().find(|(s, _)| *s == size) {
-            Some((_, list)) => list.push(stack),
+        match p.list_for(size) {
+            Some(list) => list.push(stack),
             None => p.by_size.push((size, vec![stack])),
         }
         p.len += 1;
@@ -99,10 +119,16 @@ pub fn set_capacity(capacity: usize) {
         p.capacity = capacity;
         let mut excess = Vec::new();
         while p.len > capacity {
-            if let Some((_, list)) = p.by_size.iter_mut().find(|(_, l)| !l.is_empty()) {
-                excess.extend(list.pop());
-                p.len -= 1;
-            }
+            let list = if p.default.is_empty() {
+                match p.by_size.iter_mut().find(|(_, l)| !l.is_empty()) {
+                    Some((_, l)) => l,
+                    None => break,
+                }
+            } else {
+                &mut p.default
+            };
+            excess.extend(list.pop());
+            p.len -= 1;
         }
         excess
     });
@@ -123,7 +149,7 @@ pub fn len() -> usize {
 pub fn trim() {
     let all = with_pool(|p| {
         p.len = 0;
-        std::mem::take(&mut p.by_size)
+        (std::mem::take(&mut p.default), std::mem::take(&mut p.by_size))
     });
     drop(all);
 }

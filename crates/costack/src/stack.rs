@@ -157,6 +157,8 @@ pub struct Stack {
     base: NonNull<u8>,
     /// Length of the whole mapping, guard included.
     len: usize,
+    /// Usable bytes: the mapping without its guard page.
+    usable: usize,
 }
 
 impl Stack {
@@ -205,19 +207,22 @@ impl Stack {
             // SAFETY: mmap succeeded, so ptr is not null.
             base: unsafe { NonNull::new_unchecked(ptr.cast()) },
             len,
+            usable: len - page,
         })
     }
 
     /// The highest address of the stack (exclusive); stacks grow down from here.
+    #[inline]
     pub fn top(&self) -> *mut u8 {
         // SAFETY: base + len is one past the end of our mapping.
         unsafe { self.base.as_ptr().add(self.len) }
     }
 
     /// The lowest usable address, just above the guard page.
+    #[inline]
     pub fn bottom(&self) -> *mut u8 {
         // SAFETY: the guard page lies within the mapping.
-        unsafe { self.base.as_ptr().add(page_size()) }
+        unsafe { self.base.as_ptr().add(self.len - self.usable) }
     }
 
     /// The start of the guard page (the lowest address of the mapping).
@@ -226,8 +231,9 @@ impl Stack {
     }
 
     /// Usable size in bytes (without the guard page).
+    #[inline]
     pub fn size(&self) -> usize {
-        self.len - page_size()
+        self.usable
     }
 }
 

@@ -32,7 +32,6 @@
 //!   enterer's stack (any stack)              coroutine's stack (suspended)
 //!   +--------------------------+             +--------------------------+
 //!   | enterer's frame          |             | coroutine frames ...     |
-//!   | MXCSR, x87 control word  |             | MXCSR, x87 control word  |
 //!   | saved rbp                |             | saved rbp                |
 //!   | saved rbx                |             | saved rbx                |
 //!   | return address (call)    | <- link     | resume address           | <- sp
@@ -51,24 +50,30 @@
 //!
 //! A new stack is prepared so that its resume address is [`costack_trampoline`] and `sp + 8` is
 //! 16-byte aligned. The trampoline records `link`, keeps the context pointer in `rbx` (callee
-//! saved, so every frame above can recover it), and calls the Rust entry function, which never
-//! returns: when the coroutine's closure is done it switches out one last time with [`finish`].
+//! saved, so every frame above can recover it), and calls the Rust entry function. When that
+//! returns, the closure is done and every value on the stack dropped; the trampoline then
+//! switches to the enterer one last time and the stack is never resumed.
 //!
 //! ## Backtraces cross the switch
 //!
 //! The trampoline carries hand-written DWARF call-frame information saying that *its* caller is
-//! the enterer: the canonical frame address is `[rbx + 8] + 32` (the enterer's `rsp` before it
-//! reserved a word for its floating-point control state and pushed `rbp`, `rbx` and the return
-//! address), the return address is at CFA-32, `rbx` at CFA-24 and `rbp` at CFA-16. So `std::backtrace`, a panic with `RUST_BACKTRACE=1`, and gdb's `bt`
+//! the enterer: the canonical frame address is `[rbx + 8] + 24` (the enterer's `rsp` before it
+//! pushed `rbp`, `rbx` and the return address), the return address is at CFA-24, `rbx` at
+//! CFA-16 and `rbp` at CFA-8. So `std::backtrace`, a panic with `RUST_BACKTRACE=1`, and gdb's `bt`
 //! walk from the coroutine's frames straight into the frames of the code that entered it.
 //!
 //! ## Floating-point control state
 //!
-//! The ABI makes the MXCSR control bits and the x87 control word callee-saved. The switch saves
-//! and restores both on each side, so every coroutine has its own rounding mode and exception
-//! masks: a coroutine that changes the rounding mode and yields does not change its enterer's,
-//! exactly as if `enter` were an ordinary function call. A new coroutine starts with its first
-//! enterer's settings.
+//! The ABI makes the MXCSR control bits and the x87 control word callee-saved, which would give
+//! every coroutine its own rounding mode. Saving them costs more than the rest of the switch: on
+//! this project's reference machine (AMD EPYC, 2 vCPU) one `stmxcsr`/`ldmxcsr` pair per side
+//! made the round trip ~3x slower (2.8 ns to 8.5 ns), and `fnstcw` alone added ~2 ns. Rust code
+//! practically never changes these modes, so by default the switch leaves them alone: the
+//! floating-point environment belongs to the *thread*, like the signal mask. A coroutine that
+//! changes the rounding mode should restore it before it yields; what it leaves is what its
+//! enterer sees. The cargo feature `fp-state` saves and restores both registers around every
+//! switch (in Rust, around the assembly), giving each coroutine its own environment as the ABI
+//! describes; the `ucontext` backend always does, because `swapcontext` does.
 
 use core::arch::{asm, global_asm};
 
@@ -115,19 +120,17 @@ impl Context {
 /// # Safety
 /// `ctx` must be a context prepared by [`Context::init`] whose coroutine is suspended (or not yet
 /// started), not running anywhere, with a live stack; the coroutine code it runs must only
-/// switch back through [`suspend`] or [`finish`] with the same `ctx`.
+/// switch back through [`suspend`] with the same `ctx`, or by returning from `coroutine_main`.
 #[inline(always)]
 pub(crate) unsafe fn resume(ctx: *mut Context) {
+    #[cfg(feature = "fp-state")]
+    let fp = FpState::save();
     // SAFETY: see the function's contract. Every register but rsp/rbx/rbp is declared clobbered
     // because the coroutine runs arbitrary code before it switches back; rbx and rbp are saved
     // on our stack by hand. The stack is used (no `nostack`), so the compiler keeps the red zone
     // free and rsp 16-byte aligned at entry.
     unsafe {
         asm!(
-            // Room for the floating-point control state, which is callee-saved by the ABI.
-            "sub rsp, 8",
-            "stmxcsr [rsp]",            // MXCSR (rounding mode, exception masks)
-            "fnstcw [rsp + 4]",         // x87 control word
             "push rbp",                 // rbp and rbx cannot be clobbers: save them here
             "push rbx",
             "mov rax, [rdi]",           // rax = the coroutine's saved sp; [rax] = resume address
@@ -135,14 +138,13 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
             // The coroutine has yielded or finished with a `ret` to here; rsp is ours again.
             "pop rbx",
             "pop rbp",
-            "ldmxcsr [rsp]",            // restore our floating-point control state
-            "fldcw [rsp + 4]",
-            "add rsp, 8",
             inout("rdi") ctx => _,
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             clobber_abi("sysv64"),
         );
     }
+    #[cfg(feature = "fp-state")]
+    fp.restore();
 }
 
 /// Suspends the running coroutine (whose context is `ctx`) and returns to its enterer; returns
@@ -153,14 +155,13 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
 /// was set by the [`resume`] that entered it.
 #[inline(always)]
 pub(crate) unsafe fn suspend(ctx: *mut Context) {
+    #[cfg(feature = "fp-state")]
+    let fp = FpState::save();
     // SAFETY: see the function's contract. When we are resumed, `rdi` holds `ctx` again (the
     // enterer passes it), `rax` our saved sp; every other register holds the enterer's values, so
     // all but rsp/rbx/rbp are declared clobbered and rbx/rbp are restored from our stack.
     unsafe {
         asm!(
-            "sub rsp, 8",
-            "stmxcsr [rsp]",            // our floating-point control state
-            "fnstcw [rsp + 4]",
             "push rbp",
             "push rbx",
             "lea rax, [rip + 2f]",      // where the next enter continues us
@@ -174,32 +175,42 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
             "lea rsp, [rax + 8]",       // onto our stack, dropping the resume address
             "pop rbx",
             "pop rbp",
-            "ldmxcsr [rsp]",
-            "fldcw [rsp + 4]",
-            "add rsp, 8",
             inout("rdi") ctx => _,
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             clobber_abi("sysv64"),
         );
     }
+    #[cfg(feature = "fp-state")]
+    fp.restore();
 }
 
-/// Leaves a finished coroutine for good: switches to its enterer and never comes back.
-///
-/// # Safety
-/// Must be called on the coroutine's own stack, with its own `ctx`, after everything on that
-/// stack that needs dropping has been dropped: the stack is abandoned.
-#[inline(always)]
-pub(crate) unsafe fn finish(ctx: *mut Context) -> ! {
-    // SAFETY: see the function's contract; `[ctx + 8]` is the enterer's stack pointer with the
-    // enterer's return address on top.
-    unsafe {
-        asm!(
-            "mov rsp, [rdi + 8]",       // the enterer's stack
-            "ret",                      // back into the enterer, after its `call`
-            in("rdi") ctx,
-            options(noreturn),
-        );
+/// The callee-saved floating-point control state: MXCSR and the x87 control word.
+#[cfg(feature = "fp-state")]
+struct FpState {
+    mxcsr: u32,
+    x87cw: u16,
+}
+
+#[cfg(feature = "fp-state")]
+impl FpState {
+    #[inline(always)]
+    fn save() -> FpState {
+        let mut st = FpState { mxcsr: 0, x87cw: 0 };
+        // SAFETY: stmxcsr/fnstcw store 4 and 2 bytes into fields of that size.
+        unsafe {
+            asm!("stmxcsr [{}]", in(reg) &mut st.mxcsr, options(nostack, preserves_flags));
+            asm!("fnstcw [{}]", in(reg) &mut st.x87cw, options(nostack, preserves_flags));
+        }
+        st
+    }
+
+    #[inline(always)]
+    fn restore(&self) {
+        // SAFETY: loading values saved by `save` on this thread, so they are valid.
+        unsafe {
+            asm!("ldmxcsr [{}]", in(reg) &self.mxcsr, options(nostack, preserves_flags));
+            asm!("fldcw [{}]", in(reg) &self.x87cw, options(nostack, preserves_flags));
+        }
     }
 }
 
@@ -210,8 +221,8 @@ extern "C" {
 
 // The trampoline. Entered by `call [rax]` from `resume` with rdi = ctx and rax = ctx.sp, on the
 // enterer's stack. DWARF CFI describes the enterer as this frame's caller (see module docs):
-//   DW_CFA_def_cfa_expression: DW_OP_breg3 (rbx) +8; DW_OP_deref; DW_OP_plus_uconst 32
-//   return address (rip) at CFA-32, rbx at CFA-24, rbp at CFA-16.
+//   DW_CFA_def_cfa_expression: DW_OP_breg3 (rbx) +8; DW_OP_deref; DW_OP_plus_uconst 24
+//   return address (rip) at CFA-24, rbx at CFA-16, rbp at CFA-8.
 global_asm!(
     ".text",
     ".p2align 4",
@@ -220,18 +231,21 @@ global_asm!(
     ".type costack_trampoline,@function",
     "costack_trampoline:",
     ".cfi_startproc",
-    // CFA = [rbx + 8] + 32: 0x0f DW_CFA_def_cfa_expression, length 5, 0x73 DW_OP_breg3 8,
-    // 0x06 DW_OP_deref, 0x23 DW_OP_plus_uconst 32.
-    ".cfi_escape 0x0f, 0x05, 0x73, 0x08, 0x06, 0x23, 0x20",
-    ".cfi_offset rip, -32",
-    ".cfi_offset rbx, -24",
-    ".cfi_offset rbp, -16",
+    // CFA = [rbx + 8] + 24: 0x0f DW_CFA_def_cfa_expression, length 5, 0x73 DW_OP_breg3 8,
+    // 0x06 DW_OP_deref, 0x23 DW_OP_plus_uconst 24.
+    ".cfi_escape 0x0f, 0x05, 0x73, 0x08, 0x06, 0x23, 0x18",
+    ".cfi_offset rip, -24",
+    ".cfi_offset rbx, -16",
+    ".cfi_offset rbp, -8",
     "mov [rdi + 8], rsp",               // ctx.link = the enterer's stack pointer
     "lea rsp, [rax + 8]",               // onto the fresh stack; rsp is now 16-byte aligned
     "mov rbx, rdi",                     // keep ctx in a callee-saved register for the CFI
     "xor ebp, ebp",                     // no frame-pointer chain below this frame
-    "call {entry}",                     // costack_coroutine_main(ctx): never returns
-    "ud2",
+    "call {entry}",                     // coroutine_main(ctx): runs the closure, returns
+    // Finished: leave for good. Returning from `entry` popped the predictor's entry for the
+    // `call` above, so this `ret` pops the enterer's and is predicted right.
+    "mov rsp, [rbx + 8]",               // the enterer's stack (ctx.link)
+    "ret",                              // back into the enterer, after its `call`
     ".cfi_endproc",
     ".size costack_trampoline, .-costack_trampoline",
     entry = sym crate::coroutine::coroutine_main,

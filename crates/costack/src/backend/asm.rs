@@ -3,4 +3,4 @@
 //! It saves only what the ABI says a callee must preserve, keeps `call`/`ret` balanced, and
 //! carries unwind information so that backtraces cross from a coroutine into its enterer.
 
-pub(crate) use crate::arch::x86_64::{finish, resume, suspend, Context};
+pub(crate) use crate::arch::x86_64::{resume, suspend, Context};

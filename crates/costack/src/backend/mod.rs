@@ -4,12 +4,12 @@
 //! coroutine's control block:
 //!
 //! * `Context::init(top, bottom)` prepares a fresh coroutine whose stack lies in
-//!   `bottom..top`; its first resume calls `coroutine_main` with the context pointer.
+//!   `bottom..top`; its first resume calls `coroutine_main` with the context pointer, and when
+//!   that returns the coroutine is finished and switches to its enterer for the last time.
 //! * `resume(ctx)` switches from the enterer into the coroutine, returning when it yields or
 //!   finishes.
 //! * `suspend(ctx)` switches from the running coroutine back to its enterer, returning when it is
 //!   entered again.
-//! * `finish(ctx)` leaves a finished coroutine for good.
 //!
 //! [`asm`] is the default on x86_64: hand-written assembly that saves only callee-saved state.
 //! [`ucontext`] (cargo feature `ucontext`, and the default where no assembly backend exists) uses

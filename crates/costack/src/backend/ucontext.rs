@@ -69,14 +69,20 @@ impl Context {
 /// The first function every coroutine runs: rebuilds the context pointer and calls the main.
 extern "C" fn entry(hi: u32, lo: u32) {
     let ctx = (((hi as usize) << 32) | lo as usize) as *mut Context;
-    crate::coroutine::coroutine_main(ctx)
+    crate::coroutine::coroutine_main(ctx);
+    // SAFETY: the coroutine is finished and its frames are gone; `link` holds the enterer's
+    // context saved by `resume`, and this stack is never resumed again.
+    unsafe {
+        libc::setcontext((*ctx).link.as_ptr());
+    }
+    unreachable!("costack: setcontext returned")
 }
 
 /// Switches from the enterer into the coroutine; returns when it yields or finishes.
 ///
 /// # Safety
 /// As for the assembly backend: `ctx` was prepared by `init`, its coroutine is suspended or not
-/// started, and it switches back only through [`suspend`] or [`finish`] with the same `ctx`.
+/// started, and it switches back only through [`suspend`] or by finishing.
 #[inline]
 pub(crate) unsafe fn resume(ctx: *mut Context) {
     // SAFETY: both contexts belong to this coroutine; `co` is a valid saved context (from init
@@ -96,16 +102,4 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
     unsafe {
         libc::swapcontext((*ctx).co.as_mut_ptr(), (*ctx).link.as_ptr());
     }
-}
-
-/// Leaves a finished coroutine for good.
-///
-/// # Safety
-/// As [`suspend`], and nothing left on the coroutine's stack needs dropping.
-pub(crate) unsafe fn finish(ctx: *mut Context) -> ! {
-    // SAFETY: `link` holds the enterer's context saved by `resume`.
-    unsafe {
-        libc::setcontext((*ctx).link.as_ptr());
-    }
-    unreachable!("costack: setcontext returned")
 }
