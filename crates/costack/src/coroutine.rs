@@ -27,7 +27,7 @@
 //!   payload, and the unwinding runs every destructor on its stack before the stack is reused.
 //!
 //! The control block, the closure and the result all live at the top of the coroutine's own
-//! stack, and stacks come from a per-thread [pool](crate::pool), so creating, running and dropping
+//! stack, and stacks come from a per-thread [`pool`], so creating, running and dropping
 //! a coroutine allocates nothing in steady state.
 //!
 //! # Panics
@@ -463,8 +463,10 @@ unsafe fn switch_into(h: &Header) {
 #[inline(never)]
 fn cannot_enter(h: &Header, state: u8) -> ! {
     let what = match state & 3 {
-        RUNNING => "it is already entered (running, or on the chain of coroutines that entered \
-                    the running one)",
+        RUNNING => {
+            "it is already entered (running, or on the chain of coroutines that entered \
+                    the running one)"
+        }
         FINISHED => "it has finished",
         _ => "it is scheduled by a deferred wake-up and will be entered by that",
     };
@@ -819,6 +821,7 @@ pub(crate) unsafe fn wake_header(h: NonNull<Header>) {
 ///
 /// # Safety
 /// `h` must be a live coroutine of this thread.
+#[allow(dead_code)] // for the layers above the core
 pub(crate) unsafe fn handle_from_header(h: NonNull<Header>) -> CoHandle {
     // SAFETY: live per the contract; the handle owns the new reference.
     unsafe { incref(h) };

@@ -62,18 +62,23 @@ enum Transfer<I, Y> {
     Output(Y),
 }
 
+/// Marks a generator's value types: `I` goes in, `Y` comes out.
+type Types<I, Y> = PhantomData<(fn(I), fn() -> Y)>;
+/// Marks a yielder's value types, and makes it `!Send` (it belongs to its coroutine's thread).
+type YielderTypes<I, Y> = PhantomData<(fn(Y) -> I, *const ())>;
+
 /// A coroutine that yields values of type `Y`, takes values of type `I` on resume, and returns
 /// `R`. See the [module documentation](self).
 pub struct Generator<I, Y, R> {
     co: Coroutine<R>,
-    _types: PhantomData<(fn(I), fn() -> Y)>,
+    _types: Types<I, Y>,
 }
 
 /// The body's side of a [`Generator`]: suspends it with a value.
 pub struct Yielder<I, Y> {
     /// The generator's coroutine; `suspend` checks it is the running one.
     co: *const Header,
-    _types: PhantomData<(fn(Y) -> I, *const ())>,
+    _types: YielderTypes<I, Y>,
 }
 
 impl<I: 'static, Y: 'static, R: 'static> Generator<I, Y, R> {
@@ -134,8 +139,9 @@ impl<I: 'static, Y: 'static, R: 'static> Generator<I, Y, R> {
 }
 
 impl<I, Y> Yielder<I, Y> {
-    /// The exchange slot lent by the `resume` that entered the generator.
-    fn transfer(&self) -> &mut Transfer<I, Y> {
+    /// The exchange slot lent by the `resume` that entered the generator. It is live and
+    /// unaliased until this coroutine switches back: `resume` waits on its stack meanwhile.
+    fn transfer(&self) -> *mut Transfer<I, Y> {
         assert!(
             current_header() == self.co,
             "costack: Yielder used outside its own generator's coroutine"
@@ -146,14 +152,14 @@ impl<I, Y> Yielder<I, Y> {
             !t.is_null(),
             "costack: a generator was entered other than through Generator::resume"
         );
-        // SAFETY: non-null `transfer` was set by `Generator::resume` of this generator (same
-        // `I`, `Y`), which is waiting for us on its stack, so the slot is live and unaliased
-        // until we switch back.
-        unsafe { &mut *t.cast::<Transfer<I, Y>>() }
+        // Non-null `transfer` was set by `Generator::resume` of this generator, so it points to
+        // a `Transfer<I, Y>` with our `I` and `Y`.
+        t.cast::<Transfer<I, Y>>()
     }
 
     fn take_input(&self) -> I {
-        match std::mem::replace(self.transfer(), Transfer::Empty) {
+        // SAFETY: `transfer()` is live and unaliased until we switch back (see its docs).
+        match unsafe { ptr::replace(self.transfer(), Transfer::Empty) } {
             Transfer::Input(i) => i,
             _ => unreachable!("costack: generator resumed without an input"),
         }
@@ -162,7 +168,8 @@ impl<I, Y> Yielder<I, Y> {
     /// Hands `value` to the caller of [`Generator::resume`], suspends, and returns the input of
     /// the next `resume`.
     pub fn suspend(&self, value: Y) -> I {
-        *self.transfer() = Transfer::Output(value);
+        // SAFETY: `transfer()` is live and unaliased until we switch back (see its docs).
+        unsafe { *self.transfer() = Transfer::Output(value) };
         crate::yield_now();
         self.take_input()
     }

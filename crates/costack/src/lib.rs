@@ -79,5 +79,10 @@ pub use coroutine::{current, in_coroutine, yield_now, Builder, CoHandle, CoId, C
 pub use generator::{Generator, GeneratorState, Yielder};
 pub use stack::{StackError, StackErrorKind, DEFAULT_STACK_SIZE};
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 /// The context-switch backend compiled in: `"asm"` (default on x86_64) or `"ucontext"`.
 pub const BACKEND: &str = backend::NAME;

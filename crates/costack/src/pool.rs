@@ -149,7 +149,10 @@ pub fn len() -> usize {
 pub fn trim() {
     let all = with_pool(|p| {
         p.len = 0;
-        (std::mem::take(&mut p.default), std::mem::take(&mut p.by_size))
+        (
+            std::mem::take(&mut p.default),
+            std::mem::take(&mut p.by_size),
+        )
     });
     drop(all);
 }

@@ -131,7 +131,11 @@ impl fmt::Display for StackError {
                 self.source
             ),
             StackErrorKind::TooLarge => {
-                write!(f, "cannot create a coroutine stack of {} bytes: too large", self.size)
+                write!(
+                    f,
+                    "cannot create a coroutine stack of {} bytes: too large",
+                    self.size
+                )
             }
             StackErrorKind::Other => write!(
                 f,

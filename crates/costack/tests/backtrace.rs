@@ -25,7 +25,10 @@ fn backtrace_crosses_the_switch_into_the_enterer() {
         .unwrap_or_else(|| panic!("the backtrace stops at the coroutine's stack:\n{bt}"));
     assert!(inside < main_side, "{bt}");
     // It goes on past the enterer, up to the test harness.
-    assert!(bt[main_side..].contains("backtrace_crosses_the_switch_into_the_enterer"), "{bt}");
+    assert!(
+        bt[main_side..].contains("backtrace_crosses_the_switch_into_the_enterer"),
+        "{bt}"
+    );
 }
 
 #[test]

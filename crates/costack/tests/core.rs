@@ -25,7 +25,10 @@ fn current_is_the_created_coroutine() {
         *s.borrow_mut() = current();
     });
     assert!(co.enter().is_finished());
-    let seen = slot.borrow_mut().take().expect("current() inside a coroutine");
+    let seen = slot
+        .borrow_mut()
+        .take()
+        .expect("current() inside a coroutine");
     assert_eq!(seen, co.handle());
     assert_eq!(seen.id(), co.id());
 }
@@ -205,7 +208,11 @@ fn lifecycle_reuses_pooled_stacks_after_poisoning() {
             inner.enter().finished().unwrap() + 1
         });
         if round == 0 {
-            assert_eq!(co.stack_bounds(), (bottom, top), "the pooled stack is reused");
+            assert_eq!(
+                co.stack_bounds(),
+                (bottom, top),
+                "the pooled stack is reused"
+            );
         }
         assert_eq!(co.enter(), Status::Yielded);
         assert_eq!(co.enter(), Status::Finished(round * 10 + 1));
@@ -361,7 +368,11 @@ fn dropping_a_suspended_coroutine_while_panicking() {
         panic!("enterer fails while the coroutine is suspended");
     }));
     assert!(r.is_err());
-    assert_eq!(drops.get(), 1, "the coroutine's stack was unwound during the panic");
+    assert_eq!(
+        drops.get(),
+        1,
+        "the coroutine's stack was unwound during the panic"
+    );
 }
 
 #[test]

@@ -58,7 +58,10 @@ fn rounding_mode_is_per_coroutine_as_the_abi_says() {
     set_rounding(enterer_mode);
     assert_eq!(still, ROUND_UP);
     assert_eq!(up, up_again);
-    assert!(down < nearest || nearest < up, "modes differ in the last bit");
+    assert!(
+        down < nearest || nearest < up,
+        "modes differ in the last bit"
+    );
     assert!(down < up);
 }
 

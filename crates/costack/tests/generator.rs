@@ -57,7 +57,10 @@ fn suspend_from_depth_and_nested_generators() {
 fn plain_yield_inside_a_generator_is_reported() {
     let mut g = Generator::<(), u8, ()>::new(|_y, ()| yield_now());
     let err = catch_unwind(AssertUnwindSafe(|| g.resume(()))).unwrap_err();
-    assert!(err.downcast_ref::<&str>().unwrap().contains("Yielder::suspend"));
+    assert!(err
+        .downcast_ref::<&str>()
+        .unwrap()
+        .contains("Yielder::suspend"));
 }
 
 #[test]
@@ -73,7 +76,10 @@ fn entering_a_generator_behind_its_back_is_caught() {
     let h = slot.borrow_mut().take().unwrap();
     let err = catch_unwind(AssertUnwindSafe(|| h.enter())).unwrap_err();
     let msg = err.downcast_ref::<&str>().copied().unwrap_or("");
-    assert!(msg.contains("other than through Generator::resume"), "{msg}");
+    assert!(
+        msg.contains("other than through Generator::resume"),
+        "{msg}"
+    );
 }
 
 #[test]

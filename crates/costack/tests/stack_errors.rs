@@ -15,7 +15,8 @@ fn run_child(test: &str, role: &str) -> (bool, String) {
         .env(CHILD_ENV, role)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -28,10 +29,16 @@ fn out_of_address_space_is_reported() {
     match role().as_deref() {
         Some("address-space") => {
             // Limit the address space so that a 1 GiB stack cannot be mapped.
-            let lim = libc::rlimit { rlim_cur: 512 << 20, rlim_max: libc::RLIM_INFINITY };
+            let lim = libc::rlimit {
+                rlim_cur: 512 << 20,
+                rlim_max: libc::RLIM_INFINITY,
+            };
             // SAFETY: setrlimit with a valid struct; lowering our own soft limit.
             assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
-            let err = Builder::new().stack_size(1 << 30).try_create(|| ()).unwrap_err();
+            let err = Builder::new()
+                .stack_size(1 << 30)
+                .try_create(|| ())
+                .unwrap_err();
             assert_eq!(err.kind(), StackErrorKind::OutOfMemory);
             println!("TRY_ERROR: {err}");
             let r = std::panic::catch_unwind(|| Builder::new().stack_size(1 << 30).create(|| ()));
@@ -42,8 +49,16 @@ fn out_of_address_space_is_reported() {
         None => {
             let (ok, out) = run_child("out_of_address_space_is_reported", "address-space");
             assert!(ok, "{out}");
-            assert!(out.contains("TRY_ERROR: cannot create a 1048576 KiB coroutine stack: out of memory"), "{out}");
-            assert!(out.contains("PANIC: costack: cannot create a 1048576 KiB coroutine stack"), "{out}");
+            assert!(
+                out.contains(
+                    "TRY_ERROR: cannot create a 1048576 KiB coroutine stack: out of memory"
+                ),
+                "{out}"
+            );
+            assert!(
+                out.contains("PANIC: costack: cannot create a 1048576 KiB coroutine stack"),
+                "{out}"
+            );
         }
     }
 }
@@ -87,7 +102,12 @@ fn map_count_limit_is_named() {
             }
             assert!(out.contains("TRY_ERROR: cannot create a 16 KiB coroutine stack: the process reached the kernel's limit on memory mappings, vm.max_map_count"), "{out}");
             assert!(out.contains("sysctl -w vm.max_map_count"), "{out}");
-            assert!(out.contains("PANIC: costack: cannot create a 1024 KiB coroutine stack: the process reached"), "{out}");
+            assert!(
+                out.contains(
+                    "PANIC: costack: cannot create a 1024 KiB coroutine stack: the process reached"
+                ),
+                "{out}"
+            );
         }
     }
 }

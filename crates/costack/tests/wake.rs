@@ -35,7 +35,13 @@ fn woken_coroutines_run_after_the_waker_yields_in_fifo_order() {
     log.borrow_mut().push("main".into());
     assert_eq!(
         *log.borrow(),
-        ["waker yields", "sleeper 2", "sleeper 1", "sleeper 0", "main"]
+        [
+            "waker yields",
+            "sleeper 2",
+            "sleeper 1",
+            "sleeper 0",
+            "main"
+        ]
     );
     assert!(sleepers.iter().all(|s| s.is_finished()));
     let _ = waker.enter();
@@ -77,7 +83,10 @@ fn wake_runs_after_nested_yield_before_the_outer_continues() {
         l.borrow_mut().push("outer continues");
     });
     let _ = outer.enter();
-    assert_eq!(*log.borrow(), ["inner yields", "sleeper", "outer continues"]);
+    assert_eq!(
+        *log.borrow(),
+        ["inner yields", "sleeper", "outer continues"]
+    );
 }
 
 #[test]

@@ -47,7 +47,10 @@ impl Context {
         unsafe {
             let uc = self.co.as_mut_ptr();
             if libc::getcontext(uc) != 0 {
-                panic!("costack: getcontext failed: {}", std::io::Error::last_os_error());
+                panic!(
+                    "costack: getcontext failed: {}",
+                    std::io::Error::last_os_error()
+                );
             }
             (*uc).uc_stack.ss_sp = bottom.cast();
             (*uc).uc_stack.ss_size = (top as usize & !15) - bottom as usize;
