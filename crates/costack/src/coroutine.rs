@@ -72,6 +72,11 @@ const RUNNING: u8 = 2;
 const FINISHED: u8 = 3;
 /// Flag on READY/SUSPENDED: queued by a deferred wake-up, to be entered by the wake-up loop.
 const SCHEDULED: u8 = 4;
+/// Flag on RUNNING (and FINISHED until its enterer settles it): the coroutine queued deferred
+/// wake-ups that its enterer must run when it switches back.
+const WAKEUPS: u8 = 8;
+/// The bits that say which state; the others are flags.
+const STATE_MASK: u8 = 3;
 
 /// The control block of a coroutine. It lives at the top of the coroutine's own stack.
 ///
@@ -433,16 +438,22 @@ pub(crate) extern "C" fn coroutine_main(ctx: *mut Context) {
             h.panic.set(Some(payload));
         }
     }
-    h.state.set(FINISHED);
+    h.state.set(FINISHED | (h.state.get() & WAKEUPS));
     trace_event!(terminate, h.id);
 }
 
-/// Switches into `h` and back once.
+/// Switches into `h` and back once. Returns `true` when the enterer has more to do — the
+/// coroutine finished, or queued deferred wake-ups — and must call [`settle`]; after a plain
+/// yield (the fast path) the coroutine is already marked suspended.
+///
+/// The yield side writes no state: the enterer marks the coroutine RUNNING before the switch and
+/// SUSPENDED after it, unless the coroutine changed its state meanwhile (finished, or set the
+/// WAKEUPS flag), which one load and compare detects.
 ///
 /// # Safety
 /// `h` must be a live header of this thread.
 #[inline(always)]
-unsafe fn switch_into(h: &Header) {
+unsafe fn switch_into(h: &Header) -> bool {
     let state = h.state.get();
     if state > SUSPENDED {
         cannot_enter(h, state);
@@ -457,12 +468,36 @@ unsafe fn switch_into(h: &Header) {
     // prepared by init_header; it only switches back through suspend/finish on its own ctx.
     unsafe { backend::resume(h.ctx.get()) };
     set_current(prev);
+    if h.state.get() == RUNNING {
+        h.state.set(SUSPENDED);
+        false
+    } else {
+        true
+    }
+}
+
+/// What a coroutine left for its enterer when it switched back (see [`switch_into`]).
+struct Settled {
+    finished: bool,
+    wakeups: bool,
+}
+
+/// Clears the flags `h` set while it ran and says whether it finished and queued wake-ups.
+#[inline]
+fn settle(h: &Header) -> Settled {
+    let s = h.state.get();
+    let finished = s & STATE_MASK == FINISHED;
+    h.state.set(if finished { FINISHED } else { SUSPENDED });
+    Settled {
+        finished,
+        wakeups: s & WAKEUPS != 0,
+    }
 }
 
 #[cold]
 #[inline(never)]
 fn cannot_enter(h: &Header, state: u8) -> ! {
-    let what = match state & 3 {
+    let what = match state & STATE_MASK {
         RUNNING => {
             "it is already entered (running, or on the chain of coroutines that entered \
                     the running one)"
@@ -480,13 +515,26 @@ fn cannot_enter(h: &Header, state: u8) -> ! {
 #[inline]
 unsafe fn enter_header(h: &Header) {
     // SAFETY: forwarded contract.
-    unsafe { switch_into(h) };
+    if unsafe { switch_into(h) } {
+        // SAFETY: forwarded contract.
+        unsafe { after_enter_slow(h) }
+    }
+}
+
+/// The enterer's work after a coroutine finished or queued wake-ups: run the wake-ups, then
+/// continue the coroutine's panic (or else a woken one's), if any.
+///
+/// # Safety
+/// `h` must be a live header of this thread.
+#[inline(never)]
+unsafe fn after_enter_slow(h: &Header) {
+    let settled = settle(h);
     let mut pending_panic = None;
-    if !h.wake_head.get().is_null() {
+    if settled.wakeups {
         // SAFETY: `h` is live; its queue holds strong references.
         pending_panic = unsafe { run_wakeups(h) };
     }
-    if h.state.get() == FINISHED {
+    if settled.finished {
         if let Some(payload) = h.panic.take() {
             drop(pending_panic);
             resume_unwind(payload);
@@ -567,11 +615,15 @@ unsafe fn run_wakeups(first: &Header) -> Option<Box<dyn Any + Send>> {
         }
         // SAFETY: `co` keeps `h` alive; it is not scheduled any more and, having been
         // suspended when it was woken, is not on the chain.
-        unsafe { switch_into(h) };
-        pending.prepend(WakeList::take(h));
-        if h.state.get() == FINISHED {
-            if let Some(p) = h.panic.take() {
-                first_panic.get_or_insert(p);
+        if unsafe { switch_into(h) } {
+            let settled = settle(h);
+            if settled.wakeups {
+                pending.prepend(WakeList::take(h));
+            }
+            if settled.finished {
+                if let Some(p) = h.panic.take() {
+                    first_panic.get_or_insert(p);
+                }
             }
         }
         drop(co);
@@ -612,7 +664,7 @@ pub fn yield_now() {
     if h.cancel.get() {
         forced_unwind();
     }
-    h.state.set(SUSPENDED);
+    // No state change here: the enterer marks us suspended when the switch returns to it.
     trace_event!(yield, h.id, DisplayPtr(h.caller.get()));
     // SAFETY: we run on `h`'s stack (it is CURRENT) and were entered by a resume on its ctx.
     unsafe { backend::suspend(h.ctx.get()) };
@@ -695,7 +747,7 @@ impl CoHandle {
     pub fn enter(&self) -> Status<()> {
         // SAFETY: `self` keeps the header alive for the whole call.
         unsafe { enter_header(self.header()) };
-        if self.header().state.get() == FINISHED {
+        if self.is_finished() {
             Status::Finished(())
         } else {
             Status::Yielded
@@ -738,18 +790,18 @@ impl CoHandle {
     /// entered the running one.
     #[inline]
     pub fn is_entered(&self) -> bool {
-        self.header().state.get() & 3 == RUNNING
+        self.header().state.get() & STATE_MASK == RUNNING
     }
 
     /// Whether the coroutine's closure has returned or panicked.
     #[inline]
     pub fn is_finished(&self) -> bool {
-        self.header().state.get() == FINISHED
+        self.header().state.get() & STATE_MASK == FINISHED
     }
 
     /// Whether the coroutine has run and is waiting to be entered again.
     pub fn is_suspended(&self) -> bool {
-        self.header().state.get() & 3 == SUSPENDED
+        self.header().state.get() & STATE_MASK == SUSPENDED
     }
 
     /// Whether a deferred wake-up has queued the coroutine.
@@ -808,6 +860,7 @@ pub(crate) unsafe fn wake_header(h: NonNull<Header>) {
     unsafe { incref(h) };
     // SAFETY: CURRENT is the live running coroutine.
     let cur = unsafe { &*cur };
+    cur.state.set(cur.state.get() | WAKEUPS);
     let tail = cur.wake_tail.replace(hr);
     if tail.is_null() {
         cur.wake_head.set(hr);
@@ -833,7 +886,7 @@ pub(crate) unsafe fn handle_from_header(h: NonNull<Header>) -> CoHandle {
 fn cannot_wake(h: &Header, state: u8) -> ! {
     let what = if state & SCHEDULED != 0 {
         "it is already scheduled"
-    } else if state == RUNNING {
+    } else if state & STATE_MASK == RUNNING {
         "it is entered (running, or on the chain)"
     } else {
         "it has finished"
@@ -867,7 +920,7 @@ impl std::hash::Hash for CoHandle {
 impl fmt::Debug for CoHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let h = self.header();
-        let state = match h.state.get() & 3 {
+        let state = match h.state.get() & STATE_MASK {
             READY => "ready",
             SUSPENDED => "suspended",
             RUNNING => "entered",
@@ -957,14 +1010,21 @@ unsafe fn release(h: NonNull<Header>) {
 unsafe fn unwind_suspended(h: &Header) -> Option<Box<dyn Any + Send>> {
     h.cancel.set(true);
     // SAFETY: forwarded contract; our reference keeps it alive.
-    unsafe { switch_into(h) };
-    let woken_panic = if h.wake_head.get().is_null() {
-        None
+    let settled = if unsafe { switch_into(h) } {
+        settle(h)
     } else {
+        Settled {
+            finished: false,
+            wakeups: false,
+        }
+    };
+    let woken_panic = if settled.wakeups {
         // SAFETY: live header.
         unsafe { run_wakeups(h) }
+    } else {
+        None
     };
-    if h.state.get() != FINISHED {
+    if !settled.finished {
         abort_with("a coroutine being dropped suspended itself again while unwinding");
     }
     let p = h.panic.take().or(woken_panic);
