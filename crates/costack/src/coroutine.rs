@@ -85,7 +85,7 @@ const STATE_MASK: u8 = 3;
 #[repr(C)]
 pub(crate) struct Header {
     ctx: UnsafeCell<Context>,
-    state: Cell<u8>,
+    pub(crate) state: Cell<u8>,
     /// Set when the coroutine is being dropped while suspended: `yield_now` starts unwinding.
     cancel: Cell<bool>,
     /// The slot holds the closure's return value, not yet claimed.
@@ -106,10 +106,53 @@ pub(crate) struct Header {
     slot: *mut u8,
     /// The stack this header lives on; taken out when the coroutine is freed.
     stack: ManuallyDrop<Stack>,
-    id: CoId,
+    pub(crate) id: CoId,
     name: Option<Box<str>>,
     /// Per-resume data exchanged by typed layers (the generator) on top of the core.
     pub(crate) transfer: Cell<*mut ()>,
+    /// Links in this thread's list of live coroutines (for introspection and debuggers).
+    pub(crate) live_prev: Cell<*const Header>,
+    pub(crate) live_next: Cell<*const Header>,
+}
+
+impl Header {
+    /// The guard page region below the stack: (start address, length).
+    pub(crate) fn guard_range(&self) -> (usize, usize) {
+        (self.stack.guard() as usize, self.stack.guard_len())
+    }
+
+    /// The id as a number.
+    pub(crate) fn id_raw(&self) -> u64 {
+        self.id.0
+    }
+
+    /// The name, if any.
+    pub(crate) fn name_str(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Usable stack size in bytes.
+    pub(crate) fn stack_size(&self) -> usize {
+        self.stack.size()
+    }
+
+    /// The raw state byte (state in the low two bits, flags above).
+    pub(crate) fn state_bits(&self) -> u8 {
+        self.state.get()
+    }
+
+    /// The stack's high-water mark so far, with the `stack-usage` feature.
+    pub(crate) fn stack_used(&self) -> Option<usize> {
+        #[cfg(feature = "stack-usage")]
+        return Some(self.stack.used());
+        #[cfg(not(feature = "stack-usage"))]
+        None
+    }
+
+    /// The first live coroutine of this thread (null if none).
+    pub(crate) fn first_live() -> *const Header {
+        LIVE_HEAD.with(|h| h.get())
+    }
 }
 
 /// Type-erased operations on the closure `F` and result `R` stored in a header's slot.
@@ -163,6 +206,9 @@ thread_local! {
     static CURRENT: Cell<*const Header> = const { Cell::new(ptr::null()) };
     /// The last coroutine id handed out on this thread (0: none yet).
     static LAST_ID: Cell<u64> = const { Cell::new(0) };
+    /// The most recently created live coroutine of this thread; the list goes on through
+    /// `live_next`.
+    static LIVE_HEAD: Cell<*const Header> = const { Cell::new(ptr::null()) };
 }
 
 #[inline(always)]
@@ -199,8 +245,11 @@ impl CoId {
         LAST_ID.with(|last| {
             let mut v = last.get();
             if v == 0 {
+                // This thread's first coroutine: number the thread, and make sure a stack
+                // overflow in a coroutine will be reported.
                 static THREADS: AtomicU64 = AtomicU64::new(0);
                 v = (THREADS.fetch_add(1, Ordering::Relaxed) + 1) << ID_SEQ_BITS;
+                crate::overflow::init_thread();
             }
             v += 1;
             last.set(v);
@@ -417,10 +466,43 @@ where
                 id: CoId::next(),
                 name,
                 transfer: Cell::new(ptr::null_mut()),
+                live_prev: Cell::new(ptr::null()),
+                live_next: Cell::new(ptr::null()),
             },
         );
         (*(*hdr).ctx.get()).init(slot, bottom);
+        link_live(&*hdr);
         NonNull::new_unchecked(hdr)
+    }
+}
+
+/// Adds a new coroutine to the front of this thread's live list.
+#[inline]
+fn link_live(h: &Header) {
+    LIVE_HEAD.with(|head| {
+        let first = head.replace(h);
+        h.live_next.set(first);
+        if !first.is_null() {
+            // SAFETY: list members are live headers of this thread.
+            unsafe { (*first).live_prev.set(h) };
+        }
+    });
+}
+
+/// Removes a coroutine that is being freed from this thread's live list.
+#[inline]
+fn unlink_live(h: &Header) {
+    let (prev, next) = (h.live_prev.get(), h.live_next.get());
+    if !next.is_null() {
+        // SAFETY: list members are live headers of this thread.
+        unsafe { (*next).live_prev.set(prev) };
+    }
+    if prev.is_null() {
+        // It was the head. (At thread exit the thread-local may be gone: nothing to fix then.)
+        let _ = LIVE_HEAD.try_with(|head| head.set(next));
+    } else {
+        // SAFETY: as above.
+        unsafe { (*prev).live_next.set(next) };
     }
 }
 
@@ -824,6 +906,13 @@ impl CoHandle {
         self.header().stack.size()
     }
 
+    /// The high-water mark of the coroutine's stack use in bytes, counted from the top of the
+    /// stack (its control block and closure included). Only with the `stack-usage` feature,
+    /// which paints new stacks so that the mark can be found; `None` without it.
+    pub fn stack_used(&self) -> Option<usize> {
+        self.header().stack_used()
+    }
+
     /// The bounds `(bottom, top)` of the coroutine's usable stack; for debugging tools.
     pub fn stack_bounds(&self) -> (*const u8, *const u8) {
         let s = &self.header().stack;
@@ -980,6 +1069,9 @@ unsafe fn release(h: NonNull<Header>) {
     }
     // SAFETY: nothing refers to the header any more; take its owned parts out, then drop the
     // closure or result in the slot (which lives on the stack, so before the stack goes).
+    unlink_live(hr);
+    #[cfg(feature = "stack-usage")]
+    crate::pool::note_stack_used(hr.stack.used());
     unsafe {
         let stack = ptr::read(&*hr.stack);
         let name = ptr::read(&hr.name);

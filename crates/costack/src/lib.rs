@@ -70,10 +70,13 @@ mod arch;
 mod backend;
 pub mod coroutine;
 pub mod generator;
+pub mod introspect;
+mod overflow;
 pub mod pool;
 pub mod stack;
 pub mod sync;
 pub mod trace;
+mod valgrind;
 
 pub use coroutine::{current, in_coroutine, yield_now, Builder, CoHandle, CoId, Coroutine, Status};
 pub use generator::{Generator, GeneratorState, Yielder};

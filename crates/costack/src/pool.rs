@@ -33,6 +33,10 @@ use std::cell::UnsafeCell;
 /// The default number of stacks each thread keeps for reuse.
 pub const DEFAULT_CAPACITY: usize = 256;
 
+/// Stacks pooled beyond this many give their memory back to the kernel (`MADV_DONTNEED`) as
+/// they enter the pool, so that a burst of coroutines does not pin its peak memory.
+pub const DEFAULT_WATERMARK: usize = 16;
+
 struct Pool {
     /// Pooled stacks of the default size, the common case.
     default: Vec<Stack>,
@@ -40,6 +44,9 @@ struct Pool {
     by_size: Vec<(usize, Vec<Stack>)>,
     len: usize,
     capacity: usize,
+    watermark: usize,
+    #[cfg(feature = "stack-usage")]
+    max_used: usize,
 }
 
 thread_local! {
@@ -51,6 +58,9 @@ thread_local! {
             by_size: Vec::new(),
             len: 0,
             capacity: DEFAULT_CAPACITY,
+            watermark: DEFAULT_WATERMARK,
+            #[cfg(feature = "stack-usage")]
+            max_used: 0,
         })
     };
 }
@@ -100,6 +110,12 @@ pub(crate) fn put(stack: Stack) {
         if p.len >= p.capacity {
             return Some(stack);
         }
+        if p.len >= p.watermark {
+            stack.release_memory(0);
+        } else {
+            #[cfg(feature = "stack-usage")]
+            stack.paint(stack.used());
+        }
         let size = stack.size();
         match p.list_for(size) {
             Some(list) => list.push(stack),
@@ -133,6 +149,26 @@ pub fn set_capacity(capacity: usize) {
         excess
     });
     drop(excess);
+}
+
+/// Sets how many pooled stacks keep their memory; stacks pooled beyond that many are handed
+/// back to the kernel with `MADV_DONTNEED` (default [`DEFAULT_WATERMARK`]).
+pub fn set_watermark(watermark: usize) {
+    with_pool(|p| p.watermark = watermark);
+}
+
+/// The largest stack use (high-water mark, in bytes) of any coroutine that has ended on this
+/// thread. Only with the `stack-usage` feature; `None` without it.
+pub fn max_stack_used() -> Option<usize> {
+    #[cfg(feature = "stack-usage")]
+    return with_pool(|p| p.max_used);
+    #[cfg(not(feature = "stack-usage"))]
+    None
+}
+
+#[cfg(feature = "stack-usage")]
+pub(crate) fn note_stack_used(used: usize) {
+    with_pool(|p| p.max_used = p.max_used.max(used));
 }
 
 /// How many stacks this thread keeps for reuse at most.

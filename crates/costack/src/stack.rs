@@ -28,6 +28,10 @@ use std::ptr::NonNull;
 /// The default usable size of a coroutine stack: 1 MiB (virtual; only touched pages cost memory).
 pub const DEFAULT_STACK_SIZE: usize = 1 << 20;
 
+/// The byte new stacks are filled with when the `stack-usage` feature measures their use.
+#[cfg(feature = "stack-usage")]
+pub const PAINT: u8 = 0xc5;
+
 /// The smallest usable stack size accepted; smaller requests are rounded up to it.
 pub const MIN_STACK_SIZE: usize = 16 * 1024;
 
@@ -163,6 +167,8 @@ pub struct Stack {
     len: usize,
     /// Usable bytes: the mapping without its guard page.
     usable: usize,
+    /// The id Valgrind gave this stack (meaningless outside Valgrind).
+    valgrind_id: usize,
 }
 
 impl Stack {
@@ -207,12 +213,17 @@ impl Stack {
             unsafe { libc::munmap(ptr, len) };
             return Err(StackError::from_errno(size, "mprotect", err));
         }
-        Ok(Stack {
+        let mut stack = Stack {
             // SAFETY: mmap succeeded, so ptr is not null.
             base: unsafe { NonNull::new_unchecked(ptr.cast()) },
             len,
             usable: len - page,
-        })
+            valgrind_id: 0,
+        };
+        stack.valgrind_id = crate::valgrind::stack_register(stack.bottom(), stack.top());
+        #[cfg(feature = "stack-usage")]
+        stack.paint(stack.size());
+        Ok(stack)
     }
 
     /// The highest address of the stack (exclusive); stacks grow down from here.
@@ -234,6 +245,58 @@ impl Stack {
         self.base.as_ptr()
     }
 
+    /// Length of the guard page region below [`bottom`](Stack::bottom).
+    #[inline]
+    pub fn guard_len(&self) -> usize {
+        self.len - self.usable
+    }
+
+    /// Gives the memory of the usable stack below `keep` bytes from the top back to the kernel
+    /// (`MADV_DONTNEED`): the pages read as zeroes again and stop counting as resident.
+    pub(crate) fn release_memory(&self, keep: usize) {
+        let page = page_size();
+        let keep = (keep + page - 1) & !(page - 1);
+        if keep >= self.usable {
+            return;
+        }
+        // SAFETY: the range lies inside our mapping; nothing uses this stack now (it is pooled),
+        // and MADV_DONTNEED on private anonymous memory only resets its contents.
+        unsafe {
+            libc::madvise(
+                self.bottom().cast(),
+                self.usable - keep,
+                libc::MADV_DONTNEED,
+            );
+        }
+        #[cfg(feature = "stack-usage")]
+        self.paint(self.usable);
+    }
+
+    /// Fills the top `len` usable bytes with [`PAINT`] so that [`Stack::used`] can find the
+    /// high-water mark later. A new stack is painted whole (which makes all of it resident:
+    /// the price of measuring); a reused one only where its last coroutine wrote.
+    #[cfg(feature = "stack-usage")]
+    pub(crate) fn paint(&self, len: usize) {
+        let len = len.min(self.usable);
+        // SAFETY: the range lies inside the usable stack, which nothing uses now.
+        unsafe { std::ptr::write_bytes(self.top().sub(len), PAINT, len) };
+    }
+
+    /// How many bytes from the top have been written since the stack was painted: the
+    /// high-water mark of its use.
+    #[cfg(feature = "stack-usage")]
+    pub(crate) fn used(&self) -> usize {
+        let words = self.usable / 8;
+        let p = self.bottom() as *const u64;
+        let pattern = u64::from_ne_bytes([PAINT; 8]);
+        // SAFETY: reading the usable stack, word by word, inside our mapping. Bytes in it are
+        // initialised (painted, or written by the coroutine).
+        let untouched = (0..words)
+            .position(|i| unsafe { p.add(i).read_volatile() } != pattern)
+            .unwrap_or(words);
+        self.usable - untouched * 8
+    }
+
     /// Usable size in bytes (without the guard page).
     #[inline]
     pub fn size(&self) -> usize {
@@ -243,6 +306,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        crate::valgrind::stack_deregister(self.valgrind_id);
         // SAFETY: we own the mapping; nothing runs on it any more (the owner only drops a stack
         // whose coroutine has finished or was never started).
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };

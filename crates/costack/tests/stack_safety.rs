@@ -1,0 +1,208 @@
+//! Stack safety and debugging: overflow reports, introspection, stack usage, memory given back
+//! by the pool. Crashing cases run in a child process (this test binary, re-executed).
+
+use costack::{introspect, pool, yield_now, Builder, Coroutine};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+const CHILD_ENV: &str = "COSTACK_STACK_SAFETY_CHILD";
+
+/// Re-runs this binary with only `test` selected and `role` set; returns the exit status and
+/// the output.
+fn run_child(test: &str, role: &str) -> (std::process::ExitStatus, String) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, role)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status, text)
+}
+
+fn role() -> Option<String> {
+    std::env::var(CHILD_ENV).ok()
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse_forever(depth: u64) -> u64 {
+    let mut pad = [depth; 64];
+    std::hint::black_box(&mut pad);
+    1 + recurse_forever(depth + 1) + pad[3]
+}
+
+#[test]
+fn coroutine_overflow_names_the_coroutine_and_aborts() {
+    if role().as_deref() == Some("overflow") {
+        let co = Builder::new()
+            .stack_size(64 * 1024)
+            .name("runaway")
+            .create(|| recurse_forever(0));
+        let _ = co.enter();
+        unreachable!("the overflow must not return");
+    }
+    let (status, out) = run_child(
+        "coroutine_overflow_names_the_coroutine_and_aborts",
+        "overflow",
+    );
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}\n{out}");
+    assert!(
+        out.contains("costack: coroutine co")
+            && out.contains("\"runaway\" overflowed its stack of 64 KiB"),
+        "{out}"
+    );
+}
+
+#[test]
+fn thread_stack_overflow_is_still_reported_by_rust() {
+    if role().as_deref() == Some("thread-overflow") {
+        // Create a coroutine first so that our handler is installed.
+        let _ = Coroutine::new(|| ()).enter();
+        std::thread::Builder::new()
+            .name("deep-thread".into())
+            .stack_size(128 * 1024)
+            .spawn(|| recurse_forever(0))
+            .unwrap()
+            .join()
+            .unwrap();
+        unreachable!();
+    }
+    let (status, out) = run_child(
+        "thread_stack_overflow_is_still_reported_by_rust",
+        "thread-overflow",
+    );
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}\n{out}");
+    assert!(out.contains("has overflowed its stack"), "{out}");
+    assert!(!out.contains("costack: coroutine"), "{out}");
+}
+
+#[test]
+fn other_segfaults_go_to_the_previous_handler() {
+    if role().as_deref() == Some("null-deref") {
+        let _ = Coroutine::new(|| ()).enter();
+        let co = Coroutine::new(|| {
+            // SAFETY: none; this deliberately faults (in a child process) to test the handler.
+            unsafe { std::ptr::read_volatile(8 as *const u64) }
+        });
+        let _ = co.enter();
+        unreachable!();
+    }
+    let (status, out) = run_child("other_segfaults_go_to_the_previous_handler", "null-deref");
+    assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status:?}\n{out}");
+    assert!(!out.contains("overflowed"), "{out}");
+}
+
+#[test]
+fn introspection_lists_live_coroutines() {
+    let a = Builder::new().name("lister-a").create(yield_now);
+    let b = Builder::new()
+        .name("lister-b")
+        .stack_size(64 * 1024)
+        .create(|| ());
+    let _ = a.enter();
+    let inside = Coroutine::new(|| {
+        introspect::coroutines()
+            .into_iter()
+            .filter(|c| {
+                c.name.as_deref() == Some("lister-a") || c.state == introspect::State::Entered
+            })
+            .map(|c| (c.name, c.state))
+            .collect::<Vec<_>>()
+    });
+    let seen = inside.enter().finished().unwrap();
+    assert!(
+        seen.contains(&(Some("lister-a".into()), introspect::State::Suspended)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(n, s)| n.is_none() && *s == introspect::State::Entered),
+        "{seen:?}"
+    );
+    let all = introspect::coroutines();
+    let bi = all.iter().find(|c| c.id == b.id()).unwrap();
+    assert_eq!(bi.state, introspect::State::Ready);
+    assert_eq!(bi.stack_size, 64 * 1024);
+    let b_id = b.id();
+    drop(b);
+    assert!(
+        introspect::coroutines().iter().all(|c| c.id != b_id),
+        "freed ones leave the list"
+    );
+}
+
+#[cfg(feature = "stack-usage")]
+#[test]
+fn stack_usage_high_water_mark() {
+    let co = Coroutine::new(|| {
+        let mut big = [1u8; 100 * 1024];
+        std::hint::black_box(&mut big);
+        yield_now();
+    });
+    let _ = co.enter();
+    let used = co.stack_used().unwrap();
+    assert!((100 * 1024..200 * 1024).contains(&used), "{used}");
+    drop(co);
+    assert!(pool::max_stack_used().unwrap() >= 100 * 1024);
+    // A reused stack is measured afresh.
+    let small = Coroutine::new(yield_now);
+    let _ = small.enter();
+    assert!(
+        small.stack_used().unwrap() < 16 * 1024,
+        "{:?}",
+        small.stack_used()
+    );
+}
+
+#[cfg(not(feature = "stack-usage"))]
+#[test]
+fn stack_usage_is_none_without_the_feature() {
+    let co = Coroutine::new(|| ());
+    assert_eq!(co.stack_used(), None);
+    assert_eq!(pool::max_stack_used(), None);
+}
+
+/// Counts the resident pages of `bottom..top` with mincore(2).
+fn resident_pages(bottom: *const u8, top: *const u8) -> usize {
+    let page = 4096;
+    let len = top as usize - bottom as usize;
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: the range is a mapped coroutine stack (pooled); mincore only reads page tables.
+    let r = unsafe { libc::mincore(bottom as *mut _, len, vec.as_mut_ptr()) };
+    assert_eq!(r, 0);
+    vec.iter().filter(|&&v| v & 1 != 0).count()
+}
+
+#[cfg(not(feature = "stack-usage"))]
+#[test]
+fn pooled_stacks_beyond_the_watermark_give_memory_back() {
+    std::thread::spawn(|| {
+        pool::trim();
+        pool::set_watermark(2);
+        let cos: Vec<_> = (0..6)
+            .map(|_| {
+                Coroutine::new(|| {
+                    let mut big = [7u8; 256 * 1024];
+                    std::hint::black_box(&mut big);
+                    yield_now();
+                })
+            })
+            .collect();
+        for co in &cos {
+            let _ = co.enter();
+        }
+        let bounds: Vec<_> = cos.iter().map(|c| c.stack_bounds()).collect();
+        for &(b, t) in &bounds {
+            assert!(resident_pages(b, t) >= 64, "the coroutine touched 256 KiB");
+        }
+        drop(cos); // unwinds each and pools its stack
+        assert_eq!(pool::len(), 6);
+        let resident: Vec<_> = bounds.iter().map(|&(b, t)| resident_pages(b, t)).collect();
+        // The first two pooled keep their memory; the rest gave it back.
+        assert!(resident[..2].iter().all(|&r| r >= 64), "{resident:?}");
+        assert!(resident[2..].iter().all(|&r| r == 0), "{resident:?}");
+    })
+    .join()
+    .unwrap();
+}
