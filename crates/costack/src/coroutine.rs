@@ -113,6 +113,9 @@ pub(crate) struct Header {
     /// Links in this thread's list of live coroutines (for introspection and debuggers).
     pub(crate) live_prev: Cell<*const Header>,
     pub(crate) live_next: Cell<*const Header>,
+    /// AddressSanitizer's bookkeeping for this fiber (feature `asan`).
+    #[cfg(feature = "asan")]
+    asan: crate::asan::FiberState,
 }
 
 impl Header {
@@ -468,6 +471,8 @@ where
                 transfer: Cell::new(ptr::null_mut()),
                 live_prev: Cell::new(ptr::null()),
                 live_next: Cell::new(ptr::null()),
+                #[cfg(feature = "asan")]
+                asan: crate::asan::FiberState::new(),
             },
         );
         (*(*hdr).ctx.get()).init(slot, bottom);
@@ -513,6 +518,8 @@ pub(crate) extern "C" fn coroutine_main(ctx: *mut Context) {
     // SAFETY: `ctx` is the first field of a `#[repr(C)]` Header, which stays alive while the
     // coroutine runs (the enterer holds a strong reference).
     let h = unsafe { &*(ctx as *const Header) };
+    #[cfg(feature = "asan")]
+    h.asan.arrived();
     // SAFETY: the slot holds the closure, written by create() and not yet taken.
     let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { (h.vtable.run)(h) }));
     if let Err(payload) = outcome {
@@ -522,6 +529,8 @@ pub(crate) extern "C" fn coroutine_main(ctx: *mut Context) {
     }
     h.state.set(FINISHED | (h.state.get() & WAKEUPS));
     trace_event!(terminate, h.id);
+    #[cfg(feature = "asan")]
+    h.asan.leaving_for_good();
 }
 
 /// Switches into `h` and back once. Returns `true` when the enterer has more to do — the
@@ -546,9 +555,13 @@ unsafe fn switch_into(h: &Header) -> bool {
     h.state.set(RUNNING);
     set_current(h);
     trace_event!(enter, DisplayPtr(prev), h.id);
+    #[cfg(feature = "asan")]
+    let fake = crate::asan::entering(h.stack.bottom(), h.stack.size());
     // SAFETY: the state check above guarantees the coroutine is not running anywhere and was
     // prepared by init_header; it only switches back through suspend/finish on its own ctx.
     unsafe { backend::resume(h.ctx.get()) };
+    #[cfg(feature = "asan")]
+    crate::asan::returned(fake);
     set_current(prev);
     if h.state.get() == RUNNING {
         h.state.set(SUSPENDED);
@@ -748,8 +761,12 @@ pub fn yield_now() {
     }
     // No state change here: the enterer marks us suspended when the switch returns to it.
     trace_event!(yield, h.id, DisplayPtr(h.caller.get()));
+    #[cfg(feature = "asan")]
+    h.asan.leaving();
     // SAFETY: we run on `h`'s stack (it is CURRENT) and were entered by a resume on its ctx.
     unsafe { backend::suspend(h.ctx.get()) };
+    #[cfg(feature = "asan")]
+    h.asan.arrived();
     if h.cancel.get() {
         forced_unwind();
     }

@@ -67,6 +67,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod arch;
+#[cfg(feature = "asan")]
+mod asan;
 mod backend;
 pub mod coroutine;
 pub mod generator;
