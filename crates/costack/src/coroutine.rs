@@ -75,6 +75,8 @@ const SCHEDULED: u8 = 4;
 /// Flag on RUNNING (and FINISHED until its enterer settles it): the coroutine queued deferred
 /// wake-ups that its enterer must run when it switches back.
 const WAKEUPS: u8 = 8;
+/// Flag on FINISHED until its enterer settles it: the closure panicked (payload in `panic`).
+const PANICKED: u8 = 16;
 /// The bits that say which state; the others are flags.
 const STATE_MASK: u8 = 3;
 
@@ -119,6 +121,47 @@ pub(crate) struct Header {
 }
 
 impl Header {
+    /// Bytes at the top of every stack reserved for its control block (whole pages).
+    pub(crate) const RESERVED: usize = (size_of::<Header>() + 4095) & !4095;
+
+    /// Where the control block of a coroutine on `stack` lives: at the top, 64-byte aligned.
+    pub(crate) fn location(stack: &Stack) -> *mut Header {
+        ((stack.top() as usize - size_of::<Header>()) & !63) as *mut Header
+    }
+
+    /// The stack a (live or pooled) control block owns.
+    pub(crate) fn stack_ref(&self) -> &Stack {
+        &self.stack
+    }
+
+    /// Takes the stack out of a pooled control block, to unmap it.
+    ///
+    /// # Safety
+    /// `h` is a dead control block (its coroutine freed) that still owns its stack, and is not
+    /// used again.
+    pub(crate) unsafe fn take_stack(h: NonNull<Header>) -> Stack {
+        // SAFETY: per the contract the field is valid and read once.
+        unsafe { ptr::read(&*h.as_ref().stack) }
+    }
+
+    /// Overwrites a pooled stack with `byte`, all but the control block's `stack` field.
+    ///
+    /// # Safety
+    /// `h` is a dead control block in the pool: nothing reads its other fields or its stack
+    /// before a new coroutine writes them.
+    pub(crate) unsafe fn poison_dead(h: NonNull<Header>, byte: u8) {
+        // SAFETY: per the contract; the ranges lie inside the stack and skip `stack`.
+        unsafe {
+            let stack = ptr::read(&*h.as_ref().stack);
+            let (bottom, top) = (stack.bottom(), stack.top());
+            std::mem::forget(stack);
+            let field = ptr::addr_of!((*h.as_ptr()).stack) as *mut u8;
+            let field_end = field.add(size_of::<ManuallyDrop<Stack>>());
+            ptr::write_bytes(bottom, byte, field as usize - bottom as usize);
+            ptr::write_bytes(field_end, byte, top as usize - field_end as usize);
+        }
+    }
+
     /// The guard page region below the stack: (start address, length).
     pub(crate) fn guard_range(&self) -> (usize, usize) {
         (self.stack.guard() as usize, self.stack.guard_len())
@@ -400,13 +443,20 @@ impl Builder {
                  {size}-byte stack; box it or use a larger stack"
             );
         }
-        let stack = match pool::take(size) {
-            Some(s) => s,
-            None => Stack::new(size)?,
+        let hdr = match pool::take(size) {
+            Some(h) => h.as_ptr(),
+            None => {
+                let stack = fresh_stack(size).map_err(|e| *e)?;
+                let hdr = Header::location(&stack);
+                // SAFETY: `hdr` lies at the top of the new stack, aligned (see `location`).
+                unsafe { ptr::addr_of_mut!((*hdr).stack).write(ManuallyDrop::new(stack)) };
+                hdr
+            }
         };
-        // SAFETY: the stack is ours and unused; the layout leaves the header, slot and
-        // MIN_FREE_STACK bytes inside it (checked above).
-        let h = unsafe { init_header::<F, R>(stack, f, self.name, slot_size, slot_align) };
+        // SAFETY: `hdr` is the control-block location of an unused stack whose `stack` field is
+        // set; the layout leaves the header, slot and MIN_FREE_STACK bytes inside it (checked
+        // above).
+        let h = unsafe { init_header::<F, R>(hdr, f, self.name, slot_size, slot_align) };
         Ok(Coroutine {
             handle: CoHandle { h },
             _result: PhantomData,
@@ -414,11 +464,19 @@ impl Builder {
     }
 }
 
-/// Lays out a fresh coroutine at the top of `stack`:
+/// Maps a new stack. Out of line, and with the error boxed, so that the common path (a pooled
+/// stack) moves the `Stack` around as plain words.
+#[cold]
+#[inline(never)]
+fn fresh_stack(size: usize) -> Result<Stack, Box<StackError>> {
+    Stack::new(size).map_err(Box::new)
+}
+
+/// Lays out a fresh coroutine at the top of a stack whose control block is at `hdr`:
 ///
 /// ```text
 ///   top  +------------------+
-///        | Header           |  64-byte aligned
+///        | Header           |  64-byte aligned (its `stack` field owns the mapping)
 ///        +------------------+
 ///        | slot: F, then R  |  aligned for both
 ///        +------------------+
@@ -427,12 +485,17 @@ impl Builder {
 /// bottom +------------------+
 /// ```
 ///
+/// Every field but `stack` is written here, one by one: `stack` was set when the stack was
+/// mapped and stays put while the stack goes round the pool, so a pooled create neither reads
+/// nor rewrites it.
+///
 /// # Safety
-/// `stack` must be unused and large enough for the header, a slot of `slot_size` bytes aligned
-/// to `slot_align`, and the coroutine's frames.
+/// `hdr` must be [`Header::location`] of an unused stack whose `stack` field is set, large
+/// enough for the header, a slot of `slot_size` bytes aligned to `slot_align`, and the
+/// coroutine's frames.
 #[inline]
 unsafe fn init_header<F, R>(
-    stack: Stack,
+    hdr: *mut Header,
     f: F,
     name: Option<Box<str>>,
     slot_size: usize,
@@ -442,39 +505,37 @@ where
     F: FnOnce() -> R + 'static,
     R: 'static,
 {
-    let top = stack.top() as usize;
-    let bottom = stack.bottom();
-    let hdr = ((top - size_of::<Header>()) & !63) as *mut Header;
     let slot = ((hdr as usize - slot_size) & !(slot_align - 1)) as *mut u8;
     // SAFETY: `slot` and `hdr` lie inside the stack (caller's contract), are suitably aligned,
-    // and do not overlap: the slot ends at or below `hdr`.
+    // and do not overlap: the slot ends at or below `hdr`. Writing through `addr_of_mut!` does
+    // not drop the dead values of a pooled control block.
     unsafe {
         ptr::write(slot.cast::<F>(), f);
-        ptr::write(
-            hdr,
-            Header {
-                ctx: UnsafeCell::new(Context::new()),
-                state: Cell::new(READY),
-                cancel: Cell::new(false),
-                has_result: Cell::new(false),
-                refs: Cell::new(1),
-                caller: Cell::new(ptr::null()),
-                wake_next: Cell::new(ptr::null()),
-                wake_head: Cell::new(ptr::null()),
-                wake_tail: Cell::new(ptr::null()),
-                panic: Cell::new(None),
-                vtable: &VTableFor::<F, R>::VTABLE,
-                slot,
-                stack: ManuallyDrop::new(stack),
-                id: CoId::next(),
-                name,
-                transfer: Cell::new(ptr::null_mut()),
-                live_prev: Cell::new(ptr::null()),
-                live_next: Cell::new(ptr::null()),
-                #[cfg(feature = "asan")]
-                asan: crate::asan::FiberState::new(),
-            },
-        );
+        let bottom = (*hdr).stack.bottom();
+        macro_rules! set {
+            ($field:ident, $value:expr) => {
+                ptr::addr_of_mut!((*hdr).$field).write($value)
+            };
+        }
+        set!(ctx, UnsafeCell::new(Context::new()));
+        set!(state, Cell::new(READY));
+        set!(cancel, Cell::new(false));
+        set!(has_result, Cell::new(false));
+        set!(refs, Cell::new(1));
+        set!(caller, Cell::new(ptr::null()));
+        set!(wake_next, Cell::new(ptr::null()));
+        set!(wake_head, Cell::new(ptr::null()));
+        set!(wake_tail, Cell::new(ptr::null()));
+        set!(panic, Cell::new(None));
+        set!(vtable, &VTableFor::<F, R>::VTABLE);
+        set!(slot, slot);
+        set!(id, CoId::next());
+        set!(name, name);
+        set!(transfer, Cell::new(ptr::null_mut()));
+        set!(live_prev, Cell::new(ptr::null()));
+        set!(live_next, Cell::new(ptr::null()));
+        #[cfg(feature = "asan")]
+        set!(asan, crate::asan::FiberState::new());
         (*(*hdr).ctx.get()).init(slot, bottom);
         link_live(&*hdr);
         NonNull::new_unchecked(hdr)
@@ -522,12 +583,14 @@ pub(crate) extern "C" fn coroutine_main(ctx: *mut Context) {
     h.asan.arrived();
     // SAFETY: the slot holds the closure, written by create() and not yet taken.
     let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { (h.vtable.run)(h) }));
+    let mut end = FINISHED | (h.state.get() & WAKEUPS);
     if let Err(payload) = outcome {
         if !payload.is::<ForcedUnwind>() {
             h.panic.set(Some(payload));
+            end |= PANICKED;
         }
     }
-    h.state.set(FINISHED | (h.state.get() & WAKEUPS));
+    h.state.set(end);
     trace_event!(terminate, h.id);
     #[cfg(feature = "asan")]
     h.asan.leaving_for_good();
@@ -610,7 +673,8 @@ fn cannot_enter(h: &Header, state: u8) -> ! {
 #[inline]
 unsafe fn enter_header(h: &Header) {
     // SAFETY: forwarded contract.
-    if unsafe { switch_into(h) } {
+    if unsafe { switch_into(h) } && h.state.get() != FINISHED {
+        // Not a plain yield, nor a plain return (no panic, no wake-ups queued).
         // SAFETY: forwarded contract.
         unsafe { after_enter_slow(h) }
     }
@@ -1084,25 +1148,32 @@ unsafe fn release(h: NonNull<Header>) {
         }
         _ => abort_with("a running coroutine lost its last handle"),
     }
-    // SAFETY: nothing refers to the header any more; take its owned parts out, then drop the
-    // closure or result in the slot (which lives on the stack, so before the stack goes).
     unlink_live(hr);
     #[cfg(feature = "stack-usage")]
     crate::pool::note_stack_used(hr.stack.used());
-    unsafe {
-        let stack = ptr::read(&*hr.stack);
-        let name = ptr::read(&hr.name);
-        let slot = hr.slot;
-        let vtable = hr.vtable;
-        if hr.state.get() == READY {
-            (vtable.drop_closure)(slot);
-        } else if hr.has_result.get() {
-            (vtable.drop_result)(slot);
+    debug_assert!(hr.state.get() & PANICKED == 0, "an unclaimed panic payload");
+
+    /// Hands the stack to the pool when dropped, also if a destructor below panics.
+    struct ToPool(NonNull<Header>);
+    impl Drop for ToPool {
+        fn drop(&mut self) {
+            // SAFETY: the coroutine is freed: nothing refers to its control block any more.
+            unsafe { pool::put(self.0) }
         }
-        drop(hr.panic.take());
-        drop(name);
-        pool::put(stack);
     }
+    let _to_pool = ToPool(h);
+    // SAFETY: nothing refers to the header any more; take the name out and drop the closure or
+    // result in the slot, which lives on the stack (so before the stack goes to the pool).
+    unsafe {
+        let name = ptr::read(&hr.name);
+        if hr.state.get() == READY {
+            (hr.vtable.drop_closure)(hr.slot);
+        } else if hr.has_result.get() {
+            (hr.vtable.drop_result)(hr.slot);
+        }
+        drop(name);
+    }
+    drop(_to_pool);
     if let Some(p) = panic {
         resume_unwind(p);
     }
@@ -1286,6 +1357,12 @@ mod tests {
 
     #[test]
     fn header_fits_comfortably() {
-        assert!(size_of::<Header>() <= 2048, "{}", size_of::<Header>());
+        // The ucontext backend keeps two ucontext_t (about 1 KiB each) in it.
+        let limit = if cfg!(feature = "ucontext") {
+            4096
+        } else {
+            512
+        };
+        assert!(size_of::<Header>() <= limit, "{}", size_of::<Header>());
     }
 }

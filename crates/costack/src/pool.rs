@@ -11,9 +11,11 @@
 //! The pool is bounded ([`DEFAULT_CAPACITY`] stacks per thread unless [`set_capacity`] says
 //! otherwise); stacks beyond the bound are unmapped. [`trim`] empties it.
 //!
-//! A reused stack still holds whatever the previous coroutine left on it. Safe code cannot read
-//! it: a coroutine's control block and closure are written fresh before it first runs, and Rust
-//! never lets safe code read stack memory that it has not initialised.
+//! What is pooled is a stack together with the control block at its top, which keeps the
+//! `Stack` that owns the mapping; a new coroutine rewrites every other field of it. A reused stack
+//! still holds whatever the previous coroutine left on it. Safe code cannot read it: a
+//! coroutine's control block and closure are written fresh before it first runs, and Rust never
+//! lets safe code read stack memory that it has not initialised.
 //!
 //! ```
 //! use costack::{pool, Coroutine};
@@ -27,8 +29,9 @@
 //! assert_eq!(pool::len(), 0);
 //! ```
 
-use crate::stack::Stack;
+use crate::coroutine::Header;
 use std::cell::UnsafeCell;
+use std::ptr::NonNull;
 
 /// The default number of stacks each thread keeps for reuse.
 pub const DEFAULT_CAPACITY: usize = 256;
@@ -37,11 +40,14 @@ pub const DEFAULT_CAPACITY: usize = 256;
 /// they enter the pool, so that a burst of coroutines does not pin its peak memory.
 pub const DEFAULT_WATERMARK: usize = 16;
 
+/// A pooled stack, named by the (dead) control block at its top, which still holds the stack.
+type Pooled = NonNull<Header>;
+
 struct Pool {
     /// Pooled stacks of the default size, the common case.
-    default: Vec<Stack>,
+    default: Vec<Pooled>,
     /// Pooled stacks of other sizes, grouped by usable size.
-    by_size: Vec<(usize, Vec<Stack>)>,
+    by_size: Vec<(usize, Vec<Pooled>)>,
     len: usize,
     capacity: usize,
     watermark: usize,
@@ -68,7 +74,7 @@ thread_local! {
 impl Pool {
     /// The list holding stacks of `size` usable bytes, if there is one.
     #[inline]
-    fn list_for(&mut self, size: usize) -> Option<&mut Vec<Stack>> {
+    fn list_for(&mut self, size: usize) -> Option<&mut Vec<Pooled>> {
         if size == crate::DEFAULT_STACK_SIZE {
             return Some(&mut self.default);
         }
@@ -77,55 +83,89 @@ impl Pool {
             .find(|(s, _)| *s == size)
             .map(|(_, l)| l)
     }
+
+    /// Takes every pooled stack out, for freeing.
+    fn drain(&mut self) -> Vec<Pooled> {
+        let mut all = std::mem::take(&mut self.default);
+        for (_, l) in self.by_size.drain(..) {
+            all.extend(l);
+        }
+        self.len = 0;
+        all
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        free_all(self.drain());
+    }
+}
+
+/// Unmaps pooled stacks.
+fn free_all(list: Vec<Pooled>) {
+    for h in list {
+        // SAFETY: a pooled control block is dead except for its `stack`, which it still owns;
+        // nothing else refers to it once it is out of the pool.
+        drop(unsafe { Header::take_stack(h) });
+    }
 }
 
 /// Runs `f` on this thread's pool, or returns `None` once the pool has been destroyed at thread
 /// exit.
 #[inline]
 fn with_pool<T>(f: impl FnOnce(&mut Pool) -> T) -> Option<T> {
-    POOL.try_with(|p| {
-        // SAFETY: the pool is thread-local and no function of this module re-enters another
-        // while it holds the reference (`f` only touches the pool and drops stacks, and dropping
-        // a stack only unmaps memory), so this is the only live reference.
-        f(unsafe { &mut *p.get() })
-    })
-    .ok()
+    let p = POOL.try_with(|p| p.get()).ok()?;
+    // SAFETY: the pool is thread-local and no function of this module re-enters another while
+    // it holds the reference (`f` only touches the pool; stacks are freed after it returns), so
+    // this is the only live reference.
+    Some(f(unsafe { &mut *p }))
 }
 
-/// Takes a pooled stack of exactly `size` usable bytes, if there is one.
+/// Takes a pooled stack of exactly `size` usable bytes, if there is one: its control block,
+/// dead except for the `stack` field.
 #[inline]
-pub(crate) fn take(size: usize) -> Option<Stack> {
-    with_pool(|p| {
-        let stack = p.list_for(size)?.pop()?;
-        p.len -= 1;
-        Some(stack)
-    })
-    .flatten()
+pub(crate) fn take(size: usize) -> Option<NonNull<Header>> {
+    let p = POOL.try_with(|p| p.get()).ok()?;
+    // SAFETY: as in `with_pool`.
+    let p = unsafe { &mut *p };
+    let h = p.list_for(size)?.pop()?;
+    p.len -= 1;
+    Some(h)
 }
 
-/// Returns a stack to the pool; unmaps it if the pool is full or gone.
+/// Pools the stack of a freed coroutine (`h` is its dead control block, which still owns the
+/// stack); unmaps it if the pool is full or gone.
+///
+/// # Safety
+/// `h` is a control block whose coroutine has been freed: nothing refers to it, and only its
+/// `stack` field is still meaningful.
 #[inline]
-pub(crate) fn put(stack: Stack) {
-    let rejected = with_pool(move |p| {
+pub(crate) unsafe fn put(h: NonNull<Header>) {
+    // SAFETY: per the contract the `stack` field is valid.
+    let stack = unsafe { h.as_ref().stack_ref() };
+    let size = stack.size();
+    let kept = with_pool(|p| {
         if p.len >= p.capacity {
-            return Some(stack);
+            return false;
         }
         if p.len >= p.watermark {
-            stack.release_memory(0);
+            // Keep the page(s) holding the control block: it owns the stack.
+            stack.release_memory(Header::RESERVED);
         } else {
             #[cfg(feature = "stack-usage")]
-            stack.paint(stack.used());
+            stack.paint(stack.used(), Header::RESERVED);
         }
-        let size = stack.size();
         match p.list_for(size) {
-            Some(list) => list.push(stack),
-            None => p.by_size.push((size, vec![stack])),
+            Some(list) => list.push(h),
+            None => p.by_size.push((size, vec![h])),
         }
         p.len += 1;
-        None
+        true
     });
-    // Dropping the stack (outside the pool borrow) unmaps it.
-    drop(rejected);
+    if kept != Some(true) {
+        // SAFETY: per the contract, and the pool did not take it.
+        drop(unsafe { Header::take_stack(h) });
+    }
 }
 
 /// Sets how many stacks this thread keeps for reuse (0 turns pooling off) and unmaps any
@@ -148,7 +188,7 @@ pub fn set_capacity(capacity: usize) {
         }
         excess
     });
-    drop(excess);
+    free_all(excess.unwrap_or_default());
 }
 
 /// Sets how many pooled stacks keep their memory; stacks pooled beyond that many are handed
@@ -181,14 +221,22 @@ pub fn len() -> usize {
     with_pool(|p| p.len).unwrap_or(0)
 }
 
+/// Test support, for checking that nothing stale is ever relied on: overwrites the whole of
+/// every stack in this thread's pool with `byte` — frames, closure slot and every field of the
+/// dead control block — except the record of the stack mapping itself, which the pool needs.
+#[doc(hidden)]
+pub fn poison_pooled_stacks(byte: u8) {
+    with_pool(|p| {
+        let lists = std::iter::once(&p.default).chain(p.by_size.iter().map(|(_, l)| l));
+        for &h in lists.flatten() {
+            // SAFETY: `h` is a pooled control block: dead except for its `stack` field, which
+            // `poison_dead` keeps.
+            unsafe { Header::poison_dead(h, byte) };
+        }
+    });
+}
+
 /// Unmaps every stack in this thread's pool.
 pub fn trim() {
-    let all = with_pool(|p| {
-        p.len = 0;
-        (
-            std::mem::take(&mut p.default),
-            std::mem::take(&mut p.by_size),
-        )
-    });
-    drop(all);
+    free_all(with_pool(|p| p.drain()).unwrap_or_default());
 }

@@ -160,6 +160,7 @@ impl std::error::Error for StackError {
 ///
 /// Dropping it unmaps the memory.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Stack {
     /// Start of the mapping (the guard page).
     base: NonNull<u8>,
@@ -167,8 +168,6 @@ pub struct Stack {
     len: usize,
     /// Usable bytes: the mapping without its guard page.
     usable: usize,
-    /// The id Valgrind gave this stack (meaningless outside Valgrind).
-    valgrind_id: usize,
 }
 
 impl Stack {
@@ -213,16 +212,15 @@ impl Stack {
             unsafe { libc::munmap(ptr, len) };
             return Err(StackError::from_errno(size, "mprotect", err));
         }
-        let mut stack = Stack {
+        let stack = Stack {
             // SAFETY: mmap succeeded, so ptr is not null.
             base: unsafe { NonNull::new_unchecked(ptr.cast()) },
             len,
             usable: len - page,
-            valgrind_id: 0,
         };
-        stack.valgrind_id = crate::valgrind::stack_register(stack.bottom(), stack.top());
+        crate::valgrind::stack_register(stack.bottom(), stack.top());
         #[cfg(feature = "stack-usage")]
-        stack.paint(stack.size());
+        stack.paint(stack.size(), 0);
         Ok(stack)
     }
 
@@ -251,7 +249,7 @@ impl Stack {
         self.len - self.usable
     }
 
-    /// Gives the memory of the usable stack below `keep` bytes from the top back to the kernel
+    /// Gives the memory of the usable stack below the top `keep` bytes back to the kernel
     /// (`MADV_DONTNEED`): the pages read as zeroes again and stop counting as resident.
     pub(crate) fn release_memory(&self, keep: usize) {
         let page = page_size();
@@ -269,17 +267,22 @@ impl Stack {
             );
         }
         #[cfg(feature = "stack-usage")]
-        self.paint(self.usable);
+        self.paint(self.usable, keep);
     }
 
     /// Fills the top `len` usable bytes with [`PAINT`] so that [`Stack::used`] can find the
     /// high-water mark later. A new stack is painted whole (which makes all of it resident:
     /// the price of measuring); a reused one only where its last coroutine wrote.
+    /// The top `keep` bytes are left alone (a pooled stack's control block lives there).
     #[cfg(feature = "stack-usage")]
-    pub(crate) fn paint(&self, len: usize) {
+    pub(crate) fn paint(&self, len: usize, keep: usize) {
         let len = len.min(self.usable);
-        // SAFETY: the range lies inside the usable stack, which nothing uses now.
-        unsafe { std::ptr::write_bytes(self.top().sub(len), PAINT, len) };
+        if len <= keep {
+            return;
+        }
+        // SAFETY: the range lies inside the usable stack, below the kept top, and nothing uses
+        // it now.
+        unsafe { std::ptr::write_bytes(self.top().sub(len), PAINT, len - keep) };
     }
 
     /// How many bytes from the top have been written since the stack was painted: the
@@ -306,7 +309,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        crate::valgrind::stack_deregister(self.valgrind_id);
+        crate::valgrind::stack_deregister(self.bottom());
         // SAFETY: we own the mapping; nothing runs on it any more (the owner only drops a stack
         // whose coroutine has finished or was never started).
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };

@@ -36,15 +36,46 @@ fn client_request(default: usize, _request: usize, _args: [usize; 5]) -> usize {
     default
 }
 
+const RUNNING_ON_VALGRIND: usize = 0x1001;
 const STACK_REGISTER: usize = 0x1501;
 const STACK_DEREGISTER: usize = 0x1502;
 
-/// Tells Valgrind that `start..end` is a stack; returns its id (0 outside Valgrind).
-pub(crate) fn stack_register(start: *const u8, end: *const u8) -> usize {
-    client_request(0, STACK_REGISTER, [start as usize, end as usize, 0, 0, 0])
+/// Whether this process runs under Valgrind (asked once).
+fn running_on_valgrind() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static ANSWER: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
+    match ANSWER.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let yes = client_request(0, RUNNING_ON_VALGRIND, [0; 5]) != 0;
+            ANSWER.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+    }
 }
 
-/// Forgets a stack registered with [`stack_register`].
-pub(crate) fn stack_deregister(id: usize) {
-    client_request(0, STACK_DEREGISTER, [id, 0, 0, 0, 0]);
+/// Valgrind's stack ids, by stack bottom address. Only used under Valgrind, so that a `Stack`
+/// stays three plain words everywhere else.
+static IDS: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// Tells Valgrind (if it is there) that `start..end` is a stack.
+pub(crate) fn stack_register(start: *const u8, end: *const u8) {
+    if running_on_valgrind() {
+        let id = client_request(0, STACK_REGISTER, [start as usize, end as usize, 0, 0, 0]);
+        IDS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((start as usize, id));
+    }
+}
+
+/// Forgets the stack whose usable memory starts at `start`.
+pub(crate) fn stack_deregister(start: *const u8) {
+    if running_on_valgrind() {
+        let mut ids = IDS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = ids.iter().rposition(|&(s, _)| s == start as usize) {
+            let (_, id) = ids.swap_remove(i);
+            client_request(0, STACK_DEREGISTER, [id, 0, 0, 0, 0]);
+        }
+    }
 }

@@ -83,7 +83,7 @@ fn other_segfaults_go_to_the_previous_handler() {
         let _ = Coroutine::new(|| ()).enter();
         let co = Coroutine::new(|| {
             // SAFETY: none; this deliberately faults (in a child process) to test the handler.
-            unsafe { std::ptr::read_volatile(8 as *const u64) }
+            unsafe { std::ptr::read_volatile(std::ptr::dangling::<u64>()) }
         });
         let _ = co.enter();
         unreachable!();
@@ -164,6 +164,7 @@ fn stack_usage_is_none_without_the_feature() {
 }
 
 /// Counts the resident pages of `bottom..top` with mincore(2).
+#[cfg(not(feature = "stack-usage"))]
 fn resident_pages(bottom: *const u8, top: *const u8) -> usize {
     let page = 4096;
     let len = top as usize - bottom as usize;
@@ -199,9 +200,11 @@ fn pooled_stacks_beyond_the_watermark_give_memory_back() {
         drop(cos); // unwinds each and pools its stack
         assert_eq!(pool::len(), 6);
         let resident: Vec<_> = bounds.iter().map(|&(b, t)| resident_pages(b, t)).collect();
-        // The first two pooled keep their memory; the rest gave it back.
+        // The first two pooled keep their memory; the rest gave it back, all but the page (two
+        // with the ucontext backend's larger control block) at the top that holds the control
+        // block, which records the stack while it is pooled.
         assert!(resident[..2].iter().all(|&r| r >= 64), "{resident:?}");
-        assert!(resident[2..].iter().all(|&r| r == 0), "{resident:?}");
+        assert!(resident[2..].iter().all(|&r| r <= 2), "{resident:?}");
     })
     .join()
     .unwrap();
