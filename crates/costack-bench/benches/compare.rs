@@ -10,6 +10,8 @@
 //! done inside each function's closure, outside the timed routine, so that a
 //! filtered run only pays for what it measures.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::cell::Cell;
 use std::hint::black_box;
 use std::rc::Rc;
@@ -21,7 +23,7 @@ use corosensei::{CoroutineResult, ScopedCoroutine};
 use costack_bench::catalog::{
     COROSENSEI, COSTACK, FRESH_STACK_SIZE, GENERATOR_ITER_LEN, NESTING_DEPTH,
 };
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 
 /// Stack size for the generator crate's coroutines when it has to map one per
 /// creation, in bytes (it takes words).
@@ -47,7 +49,7 @@ fn roundtrip(c: &mut Criterion) {
     g.bench_function(COSTACK, |b| {
         let stop = Rc::new(Cell::new(false));
         let flag = Rc::clone(&stop);
-        let mut co = costack::Coroutine::new(move || {
+        let co = costack::Coroutine::new(move || {
             while !flag.get() {
                 costack::yield_now();
             }
@@ -102,8 +104,9 @@ fn roundtrip(c: &mut Criterion) {
         });
         // `bounce` never returns and owns nothing that needs dropping: its
         // frame holds only a `Transfer` (a pointer and an integer), so
-        // abandoning it suspended and unmapping its stack leaks nothing.
-        drop(slot);
+        // abandoning it suspended leaks nothing. Its context (`slot`) must
+        // not be resumed once the stack is gone; it is not used again.
+        let _ = slot.take();
         drop(stack);
     });
 
@@ -158,7 +161,7 @@ fn create_pooled(c: &mut Criterion) {
 
     g.bench_function(COSTACK, |b| {
         b.iter(|| {
-            let mut co = costack::Coroutine::new(|| black_box(1u64));
+            let co = costack::Coroutine::new(|| black_box(1u64));
             match co.enter() {
                 costack::Status::Finished(v) => v,
                 costack::Status::Yielded => unreachable!(),
@@ -169,10 +172,10 @@ fn create_pooled(c: &mut Criterion) {
     g.bench_function(COROSENSEI, |b| {
         let mut stack = DefaultStack::default();
         b.iter(|| {
-            let co = ScopedCoroutine::with_stack(
-                &mut stack,
-                |_: &corosensei::Yielder<(), ()>, ()| black_box(1u64),
-            );
+            let co =
+                ScopedCoroutine::with_stack(&mut stack, |_: &corosensei::Yielder<(), ()>, ()| {
+                    black_box(1u64)
+                });
             co.scope(|mut co| match co.resume(()) {
                 CoroutineResult::Return(v) => v,
                 CoroutineResult::Yield(()) => unreachable!(),
@@ -218,16 +221,41 @@ fn create_pooled(c: &mut Criterion) {
 // ---------------------------------------------------------------------------
 // create_fresh
 
+/// Sets this thread's costack pool bound (`capacity`) and how many pooled
+/// stacks keep their memory (`watermark`; beyond it, pooled stacks are given
+/// back to the kernel with `MADV_DONTNEED`). On drop it puts the previous
+/// bound back (unmapping stacks beyond it) and the default watermark (the
+/// pool has no getter for the current one).
+struct PoolSettings(usize);
+
+impl PoolSettings {
+    fn set(capacity: usize, watermark: usize) -> Self {
+        let previous = costack::pool::capacity();
+        costack::pool::set_capacity(capacity);
+        costack::pool::set_watermark(watermark);
+        PoolSettings(previous)
+    }
+}
+
+impl Drop for PoolSettings {
+    fn drop(&mut self) {
+        costack::pool::set_capacity(self.0);
+        costack::pool::set_watermark(costack::pool::DEFAULT_WATERMARK);
+    }
+}
+
 fn create_fresh(c: &mut Criterion) {
     let mut g = c.benchmark_group("create_fresh");
     g.throughput(Throughput::Elements(1));
 
+    // Pooling off for the duration: every creation maps a new stack and every
+    // drop unmaps it.
     g.bench_function(COSTACK, |b| {
+        let _pool = PoolSettings::set(0, 0);
         b.iter(|| {
-            let mut co = costack::Builder::new()
+            let co = costack::Builder::new()
                 .stack_size(FRESH_STACK_SIZE)
-                .create(|| black_box(1u64))
-                .expect("costack coroutine");
+                .create(|| black_box(1u64));
             match co.enter() {
                 costack::Status::Finished(v) => v,
                 costack::Status::Yielded => unreachable!(),
@@ -238,10 +266,10 @@ fn create_fresh(c: &mut Criterion) {
     g.bench_function(COROSENSEI, |b| {
         b.iter(|| {
             let stack = DefaultStack::new(FRESH_STACK_SIZE).expect("corosensei stack");
-            let mut co = corosensei::Coroutine::with_stack(
-                stack,
-                |_: &corosensei::Yielder<(), ()>, ()| black_box(1u64),
-            );
+            let mut co =
+                corosensei::Coroutine::with_stack(stack, |_: &corosensei::Yielder<(), ()>, ()| {
+                    black_box(1u64)
+                });
             match co.resume(()) {
                 CoroutineResult::Return(v) => v,
                 CoroutineResult::Yield(()) => unreachable!(),
@@ -261,7 +289,7 @@ fn costack_chain(depth: usize) -> usize {
     if depth == 0 {
         return 0;
     }
-    let mut co = costack::Coroutine::new(move || costack_chain(depth - 1) + 1);
+    let co = costack::Coroutine::new(move || costack_chain(depth - 1) + 1);
     match co.enter() {
         costack::Status::Finished(n) => n,
         costack::Status::Yielded => unreachable!(),
@@ -285,8 +313,25 @@ fn corosensei_chain(stacks: &mut [DefaultStack]) -> usize {
 fn nesting(c: &mut Criterion) {
     let mut g = c.benchmark_group("nesting_1000");
     g.throughput(Throughput::Elements(NESTING_DEPTH as u64));
+    // A chain takes 20 µs to 10 ms (the default-pool variant maps and unmaps
+    // most of its stacks): fewer samples keep the group within its time.
+    g.sample_size(20);
 
+    // The pool holds the whole chain, memory included, as corosensei gets a
+    // preallocated stack per level below.
     g.bench_function(COSTACK, |b| {
+        let _pool = PoolSettings::set(NESTING_DEPTH, NESTING_DEPTH);
+        b.iter(|| assert_eq!(costack_chain(black_box(NESTING_DEPTH)), NESTING_DEPTH));
+    });
+
+    // Out of the box: the default pool bound is below the chain's depth, so
+    // the deeper levels map and unmap their stacks on every chain, and pooled
+    // stacks beyond the default watermark give their pages back each time.
+    g.bench_function(BenchmarkId::new(COSTACK, "default-pool"), |b| {
+        let _pool = PoolSettings::set(
+            costack::pool::DEFAULT_CAPACITY,
+            costack::pool::DEFAULT_WATERMARK,
+        );
         b.iter(|| assert_eq!(costack_chain(black_box(NESTING_DEPTH)), NESTING_DEPTH));
     });
 
@@ -373,9 +418,74 @@ fn generator_iter(c: &mut Criterion) {
     g.finish();
 }
 
+// ---------------------------------------------------------------------------
+// comutex (costack only: no peer has a coroutine mutex)
+
+fn comutex(c: &mut Criterion) {
+    use costack::sync::CoMutex;
+
+    let mut g = c.benchmark_group("comutex");
+    g.throughput(Throughput::Elements(1));
+
+    // Lock + unlock of a free mutex from inside a coroutine, nobody waiting.
+    g.bench_function(BenchmarkId::new(COSTACK, "uncontended"), |b| {
+        let mutex = Rc::new(CoMutex::new(0u64));
+        b.iter_custom(|iters| {
+            let mutex = Rc::clone(&mutex);
+            let co = costack::Coroutine::new(move || {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    // black_box: each pass really locks and unlocks, rather
+                    // than the loop being folded into one critical section.
+                    *black_box(&*mutex).lock() += 1;
+                }
+                start.elapsed()
+            });
+            co.enter().finished().expect("timing coroutine finishes")
+        });
+    });
+
+    // Two coroutines pass one mutex back and forth, each looping on: lock,
+    // yield (holding it), unlock. One operation enters the holder, which
+    // unlocks (handing the lock to the other, queued), locks again and so
+    // waits; the other then runs (a deferred wake-up of this same enter),
+    // finds itself holding the lock and yields. The two swap roles.
+    g.bench_function(BenchmarkId::new(COSTACK, "handoff"), |b| {
+        let mutex = Rc::new(CoMutex::new(()));
+        let stop = Rc::new(Cell::new(false));
+        let spawn = || {
+            let (mutex, stop) = (Rc::clone(&mutex), Rc::clone(&stop));
+            costack::Coroutine::new(move || {
+                while !stop.get() {
+                    let guard = mutex.lock();
+                    costack::yield_now();
+                    drop(guard);
+                }
+            })
+        };
+        let (first, second) = (spawn(), spawn());
+        assert_eq!(first.enter(), costack::Status::Yielded); // holds the lock
+        assert_eq!(second.enter(), costack::Status::Yielded); // waits for it
+        let mut pair = [first, second];
+        b.iter(|| {
+            let status = pair[0].enter();
+            pair.swap(0, 1);
+            status
+        });
+        // The holder lets go and finishes; the other is handed the lock,
+        // runs up to its yield, and finishes when entered.
+        stop.set(true);
+        assert!(pair[0].enter().is_finished());
+        assert!(pair[1].enter().is_finished());
+        assert!(!mutex.is_locked());
+    });
+
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = roundtrip, create_pooled, create_fresh, nesting, generator_iter
+    targets = roundtrip, create_pooled, create_fresh, nesting, generator_iter, comutex
 }
 criterion_main!(benches);

@@ -87,7 +87,13 @@ pub const GROUPS: &[Group] = &[
         name: "nesting_1000",
         operation: "whole chain of 1000 nested coroutines, down and back",
         ops_per_iteration: 1,
-        functions: &[COSTACK_ASM, COSTACK_UCONTEXT, COROSENSEI],
+        functions: &[
+            COSTACK_ASM,
+            COSTACK_UCONTEXT,
+            COROSENSEI,
+            "costack/default-pool",
+            "costack-ucontext/default-pool",
+        ],
     },
     Group {
         name: "generator_iter",

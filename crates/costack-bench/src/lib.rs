@@ -14,6 +14,9 @@
 //! callgrind's files ([`parse`]), and a hand-written `swapcontext` coroutine
 //! ([`ucx`]) that serves as the libc baseline.
 
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod catalog;
 pub mod parse;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

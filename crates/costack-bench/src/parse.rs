@@ -81,7 +81,8 @@ mod tests {
 
     #[test]
     fn callgrind_summary() {
-        let text = "version: 1\ncmd: ./x\nevents: Ir\nfl=(1) a.c\nfn=(1) main\n3 10\n\nsummary: 123456\n";
+        let text =
+            "version: 1\ncmd: ./x\nevents: Ir\nfl=(1) a.c\nfn=(1) main\n3 10\n\nsummary: 123456\n";
         assert_eq!(callgrind_total(text), Some(123456));
         assert_eq!(callgrind_total("totals: 42 7\n"), Some(42));
         assert_eq!(callgrind_total("events: Ir\n"), None);
@@ -89,6 +90,9 @@ mod tests {
 
     #[test]
     fn per_op_difference() {
-        assert_eq!(per_op(1_000_000 + 5_000_000, 2_000_000 + 5_000_000, 100_000), 10.0);
+        assert_eq!(
+            per_op(1_000_000 + 5_000_000, 2_000_000 + 5_000_000, 100_000),
+            10.0
+        );
     }
 }

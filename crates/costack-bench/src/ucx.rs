@@ -176,7 +176,10 @@ impl PingPong {
         // `new` and yields after every resume), `Shared` is alive and pinned,
         // and the coroutine touches it only while we are suspended here.
         unsafe {
-            libc::swapcontext(&raw mut (*self.shared).caller, &raw const (*self.shared).coroutine);
+            libc::swapcontext(
+                &raw mut (*self.shared).caller,
+                &raw const (*self.shared).coroutine,
+            );
         }
     }
 }
@@ -192,7 +195,10 @@ impl Drop for PingPong {
         unsafe {
             if !(*self.shared).stop {
                 (*self.shared).stop = true;
-                libc::swapcontext(&raw mut (*self.shared).caller, &raw const (*self.shared).coroutine);
+                libc::swapcontext(
+                    &raw mut (*self.shared).caller,
+                    &raw const (*self.shared).coroutine,
+                );
             }
             drop(Box::from_raw(self.shared));
         }

@@ -18,14 +18,14 @@ use costack_bench::catalog::{COROSENSEI, COSTACK};
 fn costack_round_trips(n: u64) {
     let stop = Rc::new(Cell::new(false));
     let flag = Rc::clone(&stop);
-    let mut co = costack::Coroutine::new(move || {
+    let co = costack::Coroutine::new(move || {
         while !flag.get() {
             costack::yield_now();
         }
     });
     assert!(matches!(co.enter(), costack::Status::Yielded));
     for _ in 0..n {
-        black_box(co.enter());
+        let _ = black_box(co.enter());
     }
     stop.set(true);
     assert!(matches!(co.enter(), costack::Status::Finished(())));
@@ -38,11 +38,17 @@ fn corosensei_round_trips(n: u64) {
             stop = y.suspend(());
         }
     });
-    assert!(matches!(co.resume(false), corosensei::CoroutineResult::Yield(())));
+    assert!(matches!(
+        co.resume(false),
+        corosensei::CoroutineResult::Yield(())
+    ));
     for _ in 0..n {
         black_box(co.resume(false));
     }
-    assert!(matches!(co.resume(true), corosensei::CoroutineResult::Return(())));
+    assert!(matches!(
+        co.resume(true),
+        corosensei::CoroutineResult::Return(())
+    ));
 }
 
 fn main() -> ExitCode {
