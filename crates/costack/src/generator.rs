@@ -114,6 +114,7 @@ impl<I: 'static, Y: 'static, R: 'static> Generator<I, Y, R> {
     ///
     /// # Panics
     /// If the generator has completed, is running, or its body panics (with its payload).
+    #[inline]
     pub fn resume(&mut self, input: I) -> GeneratorState<Y, R> {
         let mut transfer = Transfer::<I, Y>::Input(input);
         let h = self.co.header();
@@ -141,6 +142,7 @@ impl<I: 'static, Y: 'static, R: 'static> Generator<I, Y, R> {
 impl<I, Y> Yielder<I, Y> {
     /// The exchange slot lent by the `resume` that entered the generator. It is live and
     /// unaliased until this coroutine switches back: `resume` waits on its stack meanwhile.
+    #[inline(always)]
     fn transfer(&self) -> *mut Transfer<I, Y> {
         assert!(
             current_header() == self.co,
@@ -157,6 +159,7 @@ impl<I, Y> Yielder<I, Y> {
         t.cast::<Transfer<I, Y>>()
     }
 
+    #[inline(always)]
     fn take_input(&self) -> I {
         // SAFETY: `transfer()` is live and unaliased until we switch back (see its docs).
         match unsafe { ptr::replace(self.transfer(), Transfer::Empty) } {
@@ -167,6 +170,7 @@ impl<I, Y> Yielder<I, Y> {
 
     /// Hands `value` to the caller of [`Generator::resume`], suspends, and returns the input of
     /// the next `resume`.
+    #[inline(always)]
     pub fn suspend(&self, value: Y) -> I {
         // SAFETY: `transfer()` is live and unaliased until we switch back (see its docs).
         unsafe { *self.transfer() = Transfer::Output(value) };
@@ -178,6 +182,7 @@ impl<I, Y> Yielder<I, Y> {
 impl<Y: 'static> Iterator for Generator<(), Y, ()> {
     type Item = Y;
 
+    #[inline]
     fn next(&mut self) -> Option<Y> {
         if self.is_complete() {
             return None;

@@ -38,7 +38,7 @@ pub const DEFAULT_CAPACITY: usize = 256;
 
 /// Stacks pooled beyond this many give their memory back to the kernel (`MADV_DONTNEED`) as
 /// they enter the pool, so that a burst of coroutines does not pin its peak memory.
-pub const DEFAULT_WATERMARK: usize = 16;
+pub const DEFAULT_WATERMARK: usize = 64;
 
 /// A pooled stack, named by the (dead) control block at its top, which still holds the stack.
 type Pooled = NonNull<Header>;
