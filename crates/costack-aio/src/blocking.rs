@@ -1,0 +1,164 @@
+//! Blocking work on worker threads: [`run_blocking`].
+//!
+//! Some work cannot yield: a system call with no non-blocking form (`fsync`, `getaddrinfo`,
+//! file I/O on most file systems), a library that blocks, a long computation. Running it on the
+//! loop's thread would stall every task. `run_blocking` sends it to a pool of worker threads
+//! (QEMU's thread pool), yields, and resumes the task with the result when the worker is done.
+//!
+//! Each loop has its own pool, started on first use, of at most
+//! [`LoopBuilder::blocking_threads`](crate::LoopBuilder::blocking_threads) threads (64 by
+//! default); work beyond that waits in a FIFO queue. Idle workers exit after a few seconds.
+
+use crate::remote::oneshot;
+use crate::runtime::{begin_wait, Wait};
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// How long an idle worker waits for work before it exits.
+const IDLE_EXIT: Duration = Duration::from_secs(5);
+
+struct State {
+    jobs: VecDeque<Job>,
+    threads: usize,
+    idle: usize,
+    shutdown: bool,
+}
+
+/// A loop's worker pool.
+pub(crate) struct Pool {
+    state: Mutex<State>,
+    cond: Condvar,
+    max: usize,
+}
+
+impl Pool {
+    pub(crate) fn new(max: usize) -> Pool {
+        Pool {
+            state: Mutex::new(State {
+                jobs: VecDeque::new(),
+                threads: 0,
+                idle: 0,
+                shutdown: false,
+            }),
+            cond: Condvar::new(),
+            max,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Jobs run outside the lock, so a poisoned lock cannot hide a broken state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `job`; starts a worker if none is idle and the limit allows.
+    fn submit(self: &std::sync::Arc<Self>, job: Job) {
+        let mut st = self.lock();
+        if st.shutdown {
+            return; // `job` is dropped: its result channel reports the loss
+        }
+        st.jobs.push_back(job);
+        if st.idle > 0 {
+            drop(st);
+            self.cond.notify_one();
+            return;
+        }
+        if st.threads < self.max {
+            st.threads += 1;
+            drop(st);
+            let pool = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("costack-blocking".into())
+                .spawn(move || pool.work());
+            if spawned.is_err() {
+                // No thread: the job waits for a running worker, if there is any.
+                let mut st = self.lock();
+                st.threads -= 1;
+                if st.threads == 0 {
+                    st.jobs.clear();
+                }
+            }
+        }
+    }
+
+    fn work(&self) {
+        let mut st = self.lock();
+        loop {
+            if let Some(job) = st.jobs.pop_front() {
+                drop(st);
+                job(); // catches its own panics
+                st = self.lock();
+                continue;
+            }
+            if st.shutdown {
+                break;
+            }
+            st.idle += 1;
+            let (s, t) = self
+                .cond
+                .wait_timeout(st, IDLE_EXIT)
+                .unwrap_or_else(PoisonError::into_inner);
+            st = s;
+            st.idle -= 1;
+            if t.timed_out() && st.jobs.is_empty() {
+                break;
+            }
+        }
+        st.threads -= 1;
+    }
+
+    /// Lets the workers finish what they run and exit; queued jobs are dropped.
+    pub(crate) fn shutdown(&self) {
+        let mut st = self.lock();
+        st.shutdown = true;
+        let jobs = std::mem::take(&mut st.jobs);
+        drop(st);
+        self.cond.notify_all();
+        drop(jobs);
+    }
+}
+
+/// Runs `f` on a worker thread of the loop's pool and returns its result; the running task
+/// yields meanwhile, so the loop goes on serving the others. A panic in `f` continues in the
+/// task with the same payload. Outside any coroutine, `f` simply runs on the calling thread.
+///
+/// If the task is cancelled (or times out) while `f` runs, `f` still runs to completion on
+/// its worker; its result is dropped.
+///
+/// ```
+/// use costack_aio::{run_blocking, EventLoop};
+///
+/// let lp = EventLoop::new();
+/// let (value, worker) = lp.block_on(|| {
+///     run_blocking(|| (6 * 7, std::thread::current().name().map(str::to_owned)))
+/// });
+/// assert_eq!(value, 42);
+/// assert_eq!(worker.as_deref(), Some("costack-blocking"));
+/// ```
+///
+/// # Panics
+/// Continuing `f`'s panic; if the loop shuts down its pool first; inside a coroutine that is
+/// not a task of this thread's loop.
+pub fn run_blocking<F, T>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let Some(Wait { inner, .. }) = begin_wait() else {
+        return f();
+    };
+    let (tx, rx) = oneshot::<std::thread::Result<T>>();
+    inner.pool().submit(Box::new(move || {
+        let r = catch_unwind(AssertUnwindSafe(f));
+        tx.send(r);
+    }));
+    drop(inner);
+    match rx.recv() {
+        Some(Ok(v)) => v,
+        Some(Err(p)) => resume_unwind(p),
+        None => panic!("costack-aio: the blocking pool shut down before running the work"),
+    }
+}

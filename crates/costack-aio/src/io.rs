@@ -1,0 +1,344 @@
+//! Readiness: waiting until a file descriptor can be read or written.
+//!
+//! The sockets in [`net`](crate::net) are built on this: they try the system call first and,
+//! when the kernel says `WouldBlock`, wait for readiness and try again. That is all it takes for
+//! `std::io::Read`/`Write` code to run unchanged in a task. For your own fds (a pipe, a
+//! tty, an eventfd, a device) [`AsyncFd`] does the same:
+//!
+//! ```
+//! use costack_aio::io::AsyncFd;
+//! use costack_aio::EventLoop;
+//! use std::io::{Read, Write};
+//! use std::os::unix::net::UnixStream;
+//!
+//! let lp = EventLoop::new();
+//! lp.block_on(|| {
+//!     let (a, b) = UnixStream::pair().unwrap();
+//!     a.set_nonblocking(true).unwrap();
+//!     let a = AsyncFd::new(a);
+//!     let writer = costack_aio::spawn(move || {
+//!         costack_aio::sleep(std::time::Duration::from_millis(5));
+//!         (&b).write_all(b"ping").unwrap();
+//!         b
+//!     });
+//!     a.readable().unwrap(); // yields until the writer has written
+//!     let mut buf = [0; 4];
+//!     let n = a.read_with(|s| (&*s).read(&mut buf)).unwrap();
+//!     assert_eq!(&buf[..n], b"ping");
+//!     drop(writer.join());
+//! });
+//! ```
+//!
+//! # Outside a coroutine
+//!
+//! Waiting outside any coroutine blocks the thread in `poll(2)`, so the same types also work
+//! from plain threads (without a loop, or beside it).
+//!
+//! # Closing under a waiter
+//!
+//! [`AsyncFd::close`] (and `close` on the sockets) may be called while other tasks wait on the
+//! fd: they wake with an [`io::ErrorKind::NotConnected`] error, and every later operation fails
+//! the same way. The descriptor itself is released only when the object is dropped, so that no
+//! task's system call can ever reach a descriptor number that the kernel has already handed to
+//! someone else.
+
+use crate::reactor::{Dir, Slot};
+use crate::runtime::{begin_wait, current_loop};
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::rc::Rc;
+
+/// The loop-side state of one fd: its registration (made on the first wait in a task) and
+/// whether it was closed.
+pub(crate) struct Source {
+    fd: RawFd,
+    reg: Cell<Option<(u64, Slot)>>,
+    closed: Cell<bool>,
+    /// Readiness bits, shared with the reactor (see the `reactor` module). Meaningful only
+    /// while registered: before that, system calls are always tried.
+    ready: Rc<Cell<u8>>,
+}
+
+pub(crate) fn closed_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "costack-aio: the file descriptor was closed",
+    )
+}
+
+impl Source {
+    pub(crate) fn new(fd: RawFd) -> Source {
+        Source {
+            fd,
+            reg: Cell::new(None),
+            closed: Cell::new(false),
+            ready: Rc::new(Cell::new(0)),
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// Runs the non-blocking `op` until it does not say `WouldBlock`, waiting for `dir` in
+    /// between.
+    #[inline]
+    pub(crate) fn io<R>(&self, dir: Dir, mut op: impl FnMut() -> io::Result<R>) -> io::Result<R> {
+        loop {
+            if self.closed.get() {
+                return Err(closed_error());
+            }
+            if self.known_not_ready(dir) {
+                self.wait(dir)?;
+                continue;
+            }
+            match op() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.clear_ready(dir);
+                    self.wait(dir)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// A stream read of up to `len` bytes: as [`io`](Source::io), and a read that returns
+    /// less than asked (the socket is drained) clears the read readiness, so that the next
+    /// read waits for an edge instead of making a system call that would say `WouldBlock`.
+    #[inline]
+    pub(crate) fn read(
+        &self,
+        len: usize,
+        op: impl FnMut() -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let n = self.io(Dir::Read, op)?;
+        if n > 0 && n < len {
+            self.clear_ready(Dir::Read);
+        }
+        Ok(n)
+    }
+
+    #[inline]
+    fn known_not_ready(&self, dir: Dir) -> bool {
+        self.ready.get() & dir.ready_mask() == 0 && self.reg.get().is_some()
+    }
+
+    #[inline]
+    fn clear_ready(&self, dir: Dir) {
+        self.ready.set(self.ready.get() & !dir.bit());
+    }
+
+    /// Waits for the next readiness edge in `dir` (in a task), or for readiness (outside any
+    /// coroutine, in `poll(2)`). The caller retries its operation afterwards.
+    pub(crate) fn wait(&self, dir: Dir) -> io::Result<()> {
+        if self.closed.get() {
+            return Err(closed_error());
+        }
+        let Some(w) = begin_wait() else {
+            poll_fd(self.fd, dir, -1)?;
+            // No loop tracks edges for a thread: say it is ready, the system call will tell.
+            self.ready.set(self.ready.get() | dir.bit());
+            return Ok(());
+        };
+        let slot = match self.reg.get() {
+            Some((id, slot)) if id == w.inner.id => slot,
+            _ => {
+                // Not registered yet, or registered with a loop of this thread that is gone
+                // (whose epoll instance went with it): register with this one. Registering
+                // reports the fd's current readiness as an edge.
+                self.ready.set(0);
+                let slot = w.inner.reactor.register(self.fd, self.ready.clone())?;
+                self.reg.set(Some((w.inner.id, slot)));
+                slot
+            }
+        };
+        w.inner.reactor.add_waiter(slot, dir, w.key);
+        w.park(None);
+        if self.closed.get() {
+            return Err(closed_error());
+        }
+        Ok(())
+    }
+
+    /// Waits until the fd is ready for `dir` (level: returns at once if it already is).
+    pub(crate) fn wait_ready(&self, dir: Dir) -> io::Result<()> {
+        loop {
+            if self.closed.get() {
+                return Err(closed_error());
+            }
+            if poll_fd(self.fd, dir, 0)? {
+                return Ok(());
+            }
+            self.wait(dir)?;
+        }
+    }
+
+    /// Marks the fd closed, takes it out of the loop and wakes its waiters (with an error).
+    pub(crate) fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
+        self.deregister();
+    }
+
+    fn deregister(&self) {
+        let Some((id, slot)) = self.reg.take() else {
+            return;
+        };
+        if let Some(inner) = current_loop().filter(|l| l.id == id) {
+            for k in inner.reactor.deregister(slot, self.fd) {
+                inner.wake(k);
+            }
+        }
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.deregister();
+    }
+}
+
+/// `poll(2)` on one fd for `dir`; `timeout_ms` as poll's (-1: no limit). Whether it is ready
+/// (an error or hang-up counts as ready: the next system call reports it).
+fn poll_fd(fd: RawFd, dir: Dir, timeout_ms: i32) -> io::Result<bool> {
+    let events = match dir {
+        Dir::Read => libc::POLLIN,
+        Dir::Write => libc::POLLOUT,
+    };
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `p` is one valid pollfd that outlives the call; nfds is 1.
+        let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if p.revents & libc::POLLNVAL != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        return Ok(r > 0);
+    }
+}
+
+/// A file descriptor watched by the event loop: wait until it is readable or writable.
+///
+/// `T` owns the fd (a `File`, an `OwnedFd`, a std socket…), which must be in non-blocking
+/// mode for [`read_with`](AsyncFd::read_with)/[`write_with`](AsyncFd::write_with) to make
+/// sense. There is no `get_mut`: replacing the object would leave the loop watching an fd
+/// number that is no longer this one's. The fd is registered with the thread's loop on the first wait in a task, and
+/// deregistered when the `AsyncFd` is dropped or closed. See the [module docs](self).
+pub struct AsyncFd<T: AsRawFd> {
+    // Declared first: deregisters before `inner` closes the fd.
+    src: Source,
+    inner: T,
+}
+
+impl<T: AsRawFd> AsyncFd<T> {
+    /// Watches `inner`'s fd. Does not change its flags: make it non-blocking yourself.
+    pub fn new(inner: T) -> AsyncFd<T> {
+        AsyncFd {
+            src: Source::new(inner.as_raw_fd()),
+            inner,
+        }
+    }
+
+    /// Waits until the fd is readable (or has an error or hang-up to report). Returns at once
+    /// if it already is.
+    ///
+    /// # Errors
+    /// If the fd was [closed](AsyncFd::close), or is not a valid fd.
+    pub fn readable(&self) -> io::Result<()> {
+        self.src.wait_ready(Dir::Read)
+    }
+
+    /// Waits until the fd is writable (or has an error or hang-up to report).
+    ///
+    /// # Errors
+    /// As [`readable`](AsyncFd::readable).
+    pub fn writable(&self) -> io::Result<()> {
+        self.src.wait_ready(Dir::Write)
+    }
+
+    /// Runs the non-blocking read `op` until it does not fail with `WouldBlock`, waiting for
+    /// readability in between.
+    pub fn read_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        self.src.io(Dir::Read, || op(&self.inner))
+    }
+
+    /// Runs the non-blocking write `op` until it does not fail with `WouldBlock`, waiting for
+    /// writability in between.
+    pub fn write_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        self.src.io(Dir::Write, || op(&self.inner))
+    }
+
+    /// Stops watching the fd: tasks waiting on it wake with a `NotConnected` error, and so do
+    /// all later waits. The fd itself stays open until the `AsyncFd` is dropped.
+    pub fn close(&self) {
+        self.src.close();
+    }
+
+    /// Whether [`close`](AsyncFd::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.src.is_closed()
+    }
+
+    /// The watched object.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Stops watching and gives the object back.
+    pub fn into_inner(self) -> T {
+        let AsyncFd { src, inner } = self;
+        drop(src);
+        inner
+    }
+}
+
+impl<T: AsRawFd> AsRawFd for AsyncFd<T> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
+impl<T: AsRawFd + AsFd> AsFd for AsyncFd<T> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
+impl<T: AsRawFd + fmt::Debug> fmt::Debug for AsyncFd<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncFd")
+            .field("inner", &self.inner)
+            .field("closed", &self.src.is_closed())
+            .finish()
+    }
+}
+
+/// Waits until `fd` is readable: in a task, by yielding to the loop; outside any coroutine, by
+/// blocking the thread in `poll(2)`. Registers the fd with the loop for the duration of the
+/// wait only; for repeated waits keep an [`AsyncFd`].
+///
+/// # Errors
+/// If the fd is not valid, or is registered with the loop already (it belongs to an
+/// [`AsyncFd`] or a socket of this crate: wait through that instead).
+pub fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Source::new(fd.as_raw_fd()).wait_ready(Dir::Read)
+}
+
+/// Waits until `fd` is writable; see [`wait_readable`].
+pub fn wait_writable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Source::new(fd.as_raw_fd()).wait_ready(Dir::Write)
+}

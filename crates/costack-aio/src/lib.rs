@@ -1,0 +1,103 @@
+//! # costack-aio: an event loop for code that reads as synchronous
+//!
+//! A [`costack`] coroutine can yield from any depth of ordinary code. This crate supplies what
+//! it yields *to*: an event loop, after QEMU's `AioContext`, that knows what each suspended
+//! coroutine waits for — a socket to become readable, a deadline, a result from a worker
+//! thread, a lock — and resumes it when that happens. Code that runs on the loop is written
+//! as if it blocked:
+//!
+//! ```
+//! use costack_aio::net::{TcpListener, TcpStream};
+//! use costack_aio::EventLoop;
+//! use std::io::{Read, Write};
+//!
+//! fn echo(mut stream: TcpStream) -> std::io::Result<()> {
+//!     let mut buf = [0; 1024];
+//!     loop {
+//!         let n = stream.read(&mut buf)?; // yields while there is nothing to read
+//!         if n == 0 {
+//!             return Ok(());
+//!         }
+//!         stream.write_all(&buf[..n])?; // yields while the socket buffer is full
+//!     }
+//! }
+//!
+//! let lp = EventLoop::new();
+//! lp.block_on(|| {
+//!     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+//!     let addr = listener.local_addr().unwrap();
+//!     costack_aio::spawn(move || {
+//!         for stream in listener.incoming() {
+//!             costack_aio::spawn(move || echo(stream.unwrap()));
+//!         }
+//!     });
+//!     let mut client = TcpStream::connect(addr).unwrap();
+//!     client.write_all(b"hello").unwrap();
+//!     let mut reply = [0; 5];
+//!     client.read_exact(&mut reply).unwrap();
+//!     assert_eq!(&reply, b"hello");
+//! });
+//! ```
+//!
+//! Nothing there is `async`: `echo` is the function you would write for a thread per
+//! connection. Underneath, each connection is a *task* — a coroutine owned by the loop, with a
+//! stack of its own — and each `read` that would block yields that task to the loop, which
+//! runs the others until the socket is readable. Thousands of connections share one thread.
+//!
+//! ## The pieces
+//!
+//! * **The loop** ([`EventLoop`]): one per thread. [`block_on`](EventLoop::block_on) runs a
+//!   closure as a task and drives the loop until it returns — the bridge from synchronous
+//!   `main` into coroutine land (inside a coroutine it just calls the closure, like QEMU's
+//!   generated wrappers). [`spawn`] starts more tasks; a [`JoinHandle`] joins, detaches (drop)
+//!   or cancels one (its stack unwinds). [`call_soon`] queues a callback (QEMU's bottom half).
+//!   How waits refer to tasks, and why a stale wake-up is harmless, is explained in the source
+//!   of the `runtime` module.
+//! * **Readiness and sockets**: [`io`] waits for fds ([`io::AsyncFd`]); [`net`] has TCP and
+//!   Unix sockets whose `Read`/`Write` yield on `WouldBlock`.
+//! * **Time** ([`time`]): [`sleep`], [`sleep_until`], [`timeout`] (abandons a block of code
+//!   whose wait overruns a deadline), and [`WakeableSleep`].
+//! * **Blocking work** ([`blocking`]): [`run_blocking`] runs a closure on a worker thread while
+//!   the task yields.
+//! * **Threads** ([`remote`]): a [`LoopHandle`] runs closures and spawns tasks on a loop from
+//!   any thread; [`suspend`] gives a [`Waker`] that resumes a task from any thread — on its own
+//!   loop: coroutines never migrate.
+//! * **Locks across loops** ([`sync`]): [`sync::Mutex`], for tasks on different threads.
+//!
+//! ## Rules of the road
+//!
+//! * Every wait in this crate works inside a task of the thread's loop, and outside any
+//!   coroutine (it then blocks the thread, so the sockets work in plain threads too). Inside a
+//!   coroutine that is *not* a task (one you created with `costack::Coroutine` and entered
+//!   yourself) there is nothing to wake it, so waits panic and say so.
+//! * [`costack::yield_now`] in a task suspends it until something wakes it; to let others run
+//!   and continue, use this crate's [`yield_now`].
+//! * The single-thread locks of `costack::sync` work in tasks as they are (their deferred
+//!   wake-ups run inside the loop's turn); use [`sync::Mutex`] only to share between threads.
+//! * Dropping the loop drops every task on it: suspended stacks unwind, sockets close.
+//!
+//! ## Readiness backend
+//!
+//! Readiness comes from `mio` (epoll on Linux), edge-triggered, registered once per fd on its
+//! first wait. The loop waits in exactly one place (`Inner::wait_for_events` in the
+//! `runtime` module), which is where a completion-based backend such as io_uring would go.
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod blocking;
+pub mod io;
+pub mod net;
+mod reactor;
+pub mod remote;
+mod runtime;
+pub mod sync;
+pub mod time;
+
+pub use blocking::run_blocking;
+pub use remote::{suspend, LoopClosed, LoopHandle, RemoteJoinHandle, Waker};
+pub use runtime::{
+    call_soon, current_handle, in_task, spawn, yield_now, EventLoop, JoinError, JoinHandle,
+    LoopBuilder, TaskBuilder,
+};
+pub use time::{sleep, sleep_until, timeout, timeout_at, Elapsed, WakeableSleep};

@@ -1,0 +1,1028 @@
+//! The event loop: the task table, the ready queue, and the one place where the loop waits.
+//!
+//! # How a wait works
+//!
+//! Every coroutine the loop runs is a *task*: an entry in the loop's task table, keyed by the
+//! coroutine's [`CoId`](costack::CoId), that owns the only strong [`CoHandle`] the loop keeps.
+//! A task that must wait (for a socket, a timer, a worker thread, a lock) starts a *wait*: the
+//! task's epoch counter is bumped and the pair `(coroutine id, epoch)` — a [`TaskKey`] — is
+//! handed to whatever will end the wait (the fd's waiter list, the timer map, a cross-thread
+//! [`Waker`](crate::Waker)). Then the coroutine yields to the loop.
+//!
+//! Waking a key puts the task on the ready queue only if the task still exists and is still in
+//! the very wait the key was made for; the loop bumps the epoch again when it enters the task.
+//! So a key is good for one wake of one wait: a second wake, a wake after a timeout ended the
+//! wait, or a wake after the task was cancelled or finished, is ignored. Nothing outside the
+//! table holds a strong handle, so dropping the table's handle (cancel, shutdown) unwinds a
+//! suspended coroutine at once.
+//!
+//! Every wait in this crate re-checks its condition after it is resumed (the syscall is tried
+//! again, the flag is looked at again), so a coroutine entered by someone other than the loop —
+//! for example by a `costack::sync` lock's deferred wake-up — is never confused.
+
+use crate::blocking::Pool;
+use crate::reactor::Reactor;
+use crate::remote::{LoopHandle, Msg, Remote};
+use crate::time::{TimeoutUnwind, Timers};
+use costack::{Builder, CoHandle, DEFAULT_STACK_SIZE};
+use std::any::Any;
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::ptr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+thread_local! {
+    /// The thread's event loop, or null. Set by `EventLoop::build`, cleared by its `Drop`
+    /// before the `EventLoop`'s own `Rc` is released, so a non-null pointer is always live.
+    static CURRENT: Cell<*const Inner> = const { Cell::new(ptr::null()) };
+}
+
+/// Loop ids: unique in the process, never reused, so a registration or a waker that outlives
+/// its loop can tell that it did.
+static NEXT_LOOP_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The thread's event loop, if it has one (a new strong reference).
+pub(crate) fn current_loop() -> Option<Rc<Inner>> {
+    let p = CURRENT.with(|c| c.get());
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: CURRENT is non-null only while the `EventLoop` that owns an `Rc<Inner>` for this
+    // pointer is alive (see `EventLoop::drop`), and only on its own thread (thread-local), so
+    // the allocation is live; taking a new strong count keeps it so for the returned `Rc`.
+    unsafe {
+        Rc::increment_strong_count(p);
+        Some(Rc::from_raw(p))
+    }
+}
+
+/// The thread's event loop, or a panic that says there is none.
+pub(crate) fn expect_loop(what: &str) -> Rc<Inner> {
+    match current_loop() {
+        Some(l) => l,
+        None => panic!(
+            "costack-aio: {what} needs an event loop on this thread (create an `EventLoop` first)"
+        ),
+    }
+}
+
+/// Identifies one wait of one task: see the module docs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct TaskKey {
+    pub(crate) co: u64,
+    pub(crate) epoch: u32,
+}
+
+/// Hashes coroutine ids (sequential numbers) with one multiplication.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ self.0.rotate_left(5)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// The part of a task's join state the loop needs without knowing `T`.
+pub(crate) trait TaskShared {
+    /// The task is being dropped on purpose (cancel, shutdown): the forced unwind that follows
+    /// must not be mistaken for a panic of the task.
+    fn mark_cancelled(&self);
+}
+
+struct Task {
+    co: CoHandle,
+    /// The top of the coroutine's stack, where its control block and its outer frames are.
+    stack_top: usize,
+    epoch: u32,
+    /// A ready-queue entry with the current epoch exists.
+    queued: bool,
+    shared: Rc<dyn TaskShared>,
+    /// The `timeout` scopes active in this task: deadline and scope id.
+    timeouts: Vec<(Instant, u64)>,
+}
+
+/// Something to run on the loop's thread, in FIFO order.
+pub(crate) enum Runnable {
+    Task(TaskKey),
+    Call(Box<dyn FnOnce()>),
+}
+
+/// The event loop proper, shared (`Rc`) by the `EventLoop`, the thread-local pointer and the
+/// waits in progress.
+pub(crate) struct Inner {
+    pub(crate) id: u64,
+    tasks: RefCell<IdMap<Task>>,
+    ready: RefCell<VecDeque<Runnable>>,
+    pub(crate) reactor: Reactor,
+    pub(crate) timers: RefCell<Timers>,
+    pub(crate) remote: Arc<Remote>,
+    running: Cell<bool>,
+    closing: Cell<bool>,
+    stack_size: usize,
+    blocking_threads: usize,
+    pool: OnceCell<Arc<Pool>>,
+    /// Messages taken from the remote queue, kept for their capacity.
+    remote_buf: RefCell<Vec<Msg>>,
+}
+
+impl Inner {
+    /// Wakes the task waiting with `key`, if it still is: queues it to be entered.
+    pub(crate) fn wake(&self, key: TaskKey) {
+        let mut tasks = self.tasks.borrow_mut();
+        if let Some(t) = tasks.get_mut(&key.co) {
+            if t.epoch == key.epoch && !t.queued {
+                t.queued = true;
+                drop(tasks);
+                self.ready.borrow_mut().push_back(Runnable::Task(key));
+            }
+        }
+    }
+
+    /// Queues a callback to run on the loop's thread.
+    pub(crate) fn call_soon(&self, f: Box<dyn FnOnce()>) {
+        self.ready.borrow_mut().push_back(Runnable::Call(f));
+    }
+
+    /// The loop's worker pool, started on first use.
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        self.pool
+            .get_or_init(|| Arc::new(Pool::new(self.blocking_threads)))
+    }
+
+    /// Spawns `f` as a task of this loop.
+    pub(crate) fn spawn<F, T>(&self, opts: &TaskBuilder, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        let shared = Rc::new(JoinShared::<T>::new());
+        let handle = JoinHandle {
+            shared: shared.clone(),
+            co: 0,
+            loop_id: self.id,
+        };
+        if self.closing.get() {
+            // The loop is shutting down: the task would be dropped at once.
+            shared.cancelled.set(true);
+            drop(f);
+            return handle;
+        }
+        let s2 = shared.clone();
+        let mut b = Builder::new().stack_size(opts.stack_size.unwrap_or(self.stack_size));
+        if let Some(n) = &opts.name {
+            b = b.name(n.clone());
+        }
+        let co = b.create(move || task_main(s2, f));
+        let id = co.id().as_u64();
+        self.tasks.borrow_mut().insert(
+            id,
+            Task {
+                stack_top: co.stack_bounds().1 as usize,
+                co: co.handle(),
+                epoch: 0,
+                queued: true,
+                shared: shared as Rc<dyn TaskShared>,
+                timeouts: Vec::new(),
+            },
+        );
+        self.ready
+            .borrow_mut()
+            .push_back(Runnable::Task(TaskKey { co: id, epoch: 0 }));
+        JoinHandle { co: id, ..handle }
+    }
+
+    /// Removes a task from the table: drops the loop's handle (outside the borrow). A
+    /// suspended coroutine whose last handle this was unwinds now.
+    fn remove_task(&self, co: u64) -> Option<Task> {
+        self.tasks.borrow_mut().remove(&co)
+    }
+
+    /// Enters the task waiting with `key`, if the key is still good.
+    fn run_task(&self, key: TaskKey) {
+        let co = {
+            let mut tasks = self.tasks.borrow_mut();
+            match tasks.get_mut(&key.co) {
+                Some(t) if t.epoch == key.epoch => {
+                    t.queued = false;
+                    t.epoch = t.epoch.wrapping_add(1);
+                    t.co.clone()
+                }
+                _ => return,
+            }
+        };
+        // Someone else may have entered it meanwhile (a deferred wake-up of the core): then it
+        // is running or scheduled, and re-checks its own condition when it next waits.
+        if co.is_entered() || co.is_finished() || co.is_scheduled() {
+            return;
+        }
+        let _ = co.enter();
+        // `co` may be the last handle (the task was cancelled while it ran): dropping it here,
+        // on the loop's stack, unwinds the coroutine.
+    }
+
+    /// Starts loading the control block and the top frames of the next ready task into the
+    /// cache while the current one runs. With a thousand tasks taking turns, each one's stack is
+    /// cold when its turn comes; resuming it would otherwise stall on those misses.
+    #[inline]
+    fn prefetch_next(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let ready = self.ready.borrow();
+            let Some(Runnable::Task(k)) = ready.front() else {
+                return;
+            };
+            let tasks = self.tasks.borrow();
+            let Some(t) = tasks.get(&k.co) else {
+                return;
+            };
+            let mut p = t.stack_top.saturating_sub(PREFETCH_BYTES);
+            while p < t.stack_top {
+                // SAFETY: a prefetch is only a hint: it does not fault and has no effect on
+                // the program's semantics, whatever the address.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        p as *const i8,
+                    );
+                }
+                p += 64;
+            }
+        }
+    }
+
+    /// Runs the loop until `done()` says so.
+    fn run_until(&self, done: &dyn Fn() -> bool) {
+        if self.running.replace(true) {
+            panic!(
+                "costack-aio: the event loop is already running on this thread (block_on or \
+                 join called from a call_soon callback?)"
+            );
+        }
+        struct Reset<'a>(&'a Cell<bool>);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                self.0.set(false);
+            }
+        }
+        let _reset = Reset(&self.running);
+        loop {
+            // Run what is ready, a bounded batch at a time so that I/O is polled regularly.
+            for _ in 0..RUN_BUDGET {
+                let next = self.ready.borrow_mut().pop_front();
+                self.prefetch_next();
+                match next {
+                    None => break,
+                    Some(Runnable::Task(key)) => self.run_task(key),
+                    Some(Runnable::Call(f)) => f(),
+                }
+            }
+            if done() {
+                return;
+            }
+            let timeout = if !self.ready.borrow().is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                self.timers
+                    .borrow()
+                    .next_deadline()
+                    .map(|d| d.saturating_duration_since(Instant::now()))
+            };
+            self.wait_for_events(timeout);
+            self.fire_timers();
+        }
+    }
+
+    /// The one place where the loop waits: for readiness, the eventfd of cross-thread wake-ups,
+    /// or the next timer (`timeout`; `None` waits indefinitely). A completion-based backend
+    /// (io_uring) replaces this function and the reactor behind it.
+    fn wait_for_events(&self, timeout: Option<Duration>) {
+        let remote = self.reactor.poll(timeout, &mut |key| self.wake(key));
+        if remote {
+            self.drain_remote();
+        }
+    }
+
+    /// Runs the messages other threads sent: wake-ups now, calls in FIFO order.
+    fn drain_remote(&self) {
+        let mut buf = std::mem::take(&mut *self.remote_buf.borrow_mut());
+        self.remote.take_all(&mut buf);
+        for msg in buf.drain(..) {
+            match msg {
+                Msg::Wake(key) => self.wake(key),
+                Msg::Call(f) => self.call_soon(f),
+            }
+        }
+        *self.remote_buf.borrow_mut() = buf;
+    }
+
+    fn fire_timers(&self) {
+        let now = Instant::now();
+        loop {
+            let key = self.timers.borrow_mut().pop_expired(now);
+            match key {
+                Some(k) => self.wake(k),
+                None => break,
+            }
+        }
+    }
+
+    /// Drops every task (their stacks unwind), every queued callback and message.
+    fn shutdown(&self) {
+        self.closing.set(true);
+        let mut first_panic: Option<Box<dyn Any + Send>> = None;
+        for _ in 0..SHUTDOWN_ROUNDS {
+            let tasks: Vec<Task> = self.tasks.borrow_mut().drain().map(|(_, t)| t).collect();
+            let ready = std::mem::take(&mut *self.ready.borrow_mut());
+            if tasks.is_empty() && ready.is_empty() {
+                break;
+            }
+            for t in &tasks {
+                t.shared.mark_cancelled();
+            }
+            for t in tasks {
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| drop(t))) {
+                    first_panic.get_or_insert(p);
+                }
+            }
+            for r in ready {
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| drop(r))) {
+                    first_panic.get_or_insert(p);
+                }
+            }
+        }
+        // Messages from other threads: their closures (and the senders inside) are dropped.
+        drop(self.remote.close());
+        self.timers.borrow_mut().clear();
+        if let Some(pool) = self.pool.get() {
+            pool.shutdown();
+        }
+        if let Some(p) = first_panic {
+            if !std::thread::panicking() {
+                resume_unwind(p);
+            }
+        }
+    }
+}
+
+/// How much of the top of the next task's stack `prefetch_next` loads: the control block and
+/// the frames of a task suspended in an I/O wait (about 2 KiB deep in the echo server).
+const PREFETCH_BYTES: usize = 2304;
+
+/// Tasks (or callbacks) run between two looks at I/O when the ready queue stays busy.
+const RUN_BUDGET: usize = 128;
+/// Shutdown repeats while unwinding tasks spawn new ones, this many times at most.
+const SHUTDOWN_ROUNDS: usize = 64;
+
+/// The body of every task: runs `f`, stores its result (or panic) for the `JoinHandle`, wakes
+/// the joiner, and removes the task from the table.
+fn task_main<F, T>(shared: Rc<JoinShared<T>>, f: F)
+where
+    F: FnOnce() -> T,
+{
+    let r = catch_unwind(AssertUnwindSafe(f));
+    if r.is_err() && shared.cancelled.get() {
+        // The coroutine is being dropped (cancel or shutdown): let the core's unwind go on.
+        if let Err(p) = r {
+            resume_unwind(p);
+        }
+        return;
+    }
+    let me = costack::current().map(|c| c.id().as_u64());
+    match shared.on_done.take() {
+        Some(forward) => forward(r),
+        None => *shared.result.borrow_mut() = Some(r),
+    }
+    shared.finished.set(true);
+    let joiner = shared.joiner.take();
+    drop(shared);
+    if let Some(inner) = current_loop() {
+        if let Some(me) = me {
+            // The enterer holds a handle while we run, so this is not the last one.
+            drop(inner.remove_task(me));
+        }
+        if let Some(j) = joiner {
+            inner.wake(j);
+        }
+    }
+}
+
+/// A wait in progress: the loop, the key that ends it, and the task's nearest timeout.
+pub(crate) struct Wait {
+    pub(crate) inner: Rc<Inner>,
+    pub(crate) key: TaskKey,
+    timeout: Option<(Instant, u64)>,
+}
+
+/// Starts a wait of the running task. `None` outside any coroutine (the caller then blocks
+/// the thread instead).
+///
+/// # Panics
+/// Inside a coroutine that is not a task of this thread's event loop: there is nothing that
+/// could wake it.
+pub(crate) fn begin_wait() -> Option<Wait> {
+    let id = costack::current_id()?.as_u64();
+    let Some(inner) = current_loop() else {
+        not_a_task()
+    };
+    let mut tasks = inner.tasks.borrow_mut();
+    let Some(t) = tasks.get_mut(&id) else {
+        drop(tasks);
+        not_a_task()
+    };
+    t.epoch = t.epoch.wrapping_add(1);
+    t.queued = false;
+    let key = TaskKey {
+        co: id,
+        epoch: t.epoch,
+    };
+    let timeout = earliest(&t.timeouts);
+    drop(tasks);
+    Some(Wait {
+        inner,
+        key,
+        timeout,
+    })
+}
+
+fn earliest(timeouts: &[(Instant, u64)]) -> Option<(Instant, u64)> {
+    timeouts.iter().copied().min_by_key(|&(d, _)| d)
+}
+
+#[cold]
+#[inline(never)]
+/// Whether the running coroutine is a task of this thread's loop.
+pub(crate) fn current_is_task() -> bool {
+    let Some(id) = costack::current_id() else {
+        return false;
+    };
+    current_loop().is_some_and(|inner| inner.tasks.borrow().contains_key(&id.as_u64()))
+}
+
+fn not_a_task() -> ! {
+    panic!(
+        "costack-aio: this coroutine is not a task of this thread's event loop, so nothing \
+         could wake it; spawn it with `spawn` or run it with `EventLoop::block_on`"
+    )
+}
+
+impl Wait {
+    /// Yields until the key is woken (or the task is entered by someone else), or until
+    /// `deadline`. If a `timeout` scope of the task expires, unwinds to it instead.
+    pub(crate) fn park(&self, deadline: Option<Instant>) {
+        if let Some((d, id)) = self.timeout {
+            if Instant::now() >= d {
+                throw_timeout(id);
+            }
+        }
+        let at = match (deadline, self.timeout) {
+            (Some(a), Some((b, _))) => Some(a.min(b)),
+            (a, t) => a.or(t.map(|t| t.0)),
+        };
+        let timer = at.map(|at| TimerGuard::new(&self.inner, at, self.key));
+        costack::yield_now();
+        drop(timer);
+        if let Some((d, id)) = self.timeout {
+            if Instant::now() >= d {
+                throw_timeout(id);
+            }
+        }
+    }
+}
+
+/// Unwinds the running task to the `timeout` scope `id`.
+fn throw_timeout(id: u64) -> ! {
+    resume_unwind(Box::new(TimeoutUnwind(id)))
+}
+
+/// A timer entry that wakes `key` at `at`, removed when dropped (fired or not).
+struct TimerGuard<'a> {
+    inner: &'a Inner,
+    entry: (Instant, u64),
+}
+
+impl<'a> TimerGuard<'a> {
+    fn new(inner: &'a Inner, at: Instant, key: TaskKey) -> Self {
+        let entry = inner.timers.borrow_mut().insert(at, key);
+        TimerGuard { inner, entry }
+    }
+}
+
+impl Drop for TimerGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.timers.borrow_mut().remove(self.entry);
+    }
+}
+
+/// Adds a `timeout` scope to the running task; `None` if the caller is not a task.
+pub(crate) fn push_timeout(deadline: Instant, id: u64) -> Option<Rc<Inner>> {
+    let co = costack::current()?;
+    let inner = current_loop()?;
+    let mut tasks = inner.tasks.borrow_mut();
+    let t = tasks.get_mut(&co.id().as_u64())?;
+    t.timeouts.push((deadline, id));
+    drop(tasks);
+    Some(inner)
+}
+
+/// Removes the `timeout` scope `id` from the running task.
+pub(crate) fn pop_timeout(inner: &Inner, id: u64) {
+    let Some(co) = costack::current() else { return };
+    let mut tasks = inner.tasks.borrow_mut();
+    if let Some(t) = tasks.get_mut(&co.id().as_u64()) {
+        t.timeouts.retain(|&(_, i)| i != id);
+    }
+}
+
+/// Whether the caller is a task of this thread's event loop.
+pub fn in_task() -> bool {
+    let Some(co) = costack::current() else {
+        return false;
+    };
+    current_loop().is_some_and(|l| l.tasks.borrow().contains_key(&co.id().as_u64()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Join handles
+
+/// Where the result of a task spawned from another thread goes.
+type Forward<T> = Box<dyn FnOnce(std::thread::Result<T>)>;
+
+/// The state a task shares with its [`JoinHandle`].
+pub(crate) struct JoinShared<T> {
+    result: RefCell<Option<std::thread::Result<T>>>,
+    /// Where the result goes instead of `result` (a task spawned from another thread).
+    on_done: Cell<Option<Forward<T>>>,
+    finished: Cell<bool>,
+    cancelled: Cell<bool>,
+    joiner: Cell<Option<TaskKey>>,
+}
+
+impl<T> JoinShared<T> {
+    fn new() -> Self {
+        JoinShared {
+            result: RefCell::new(None),
+            on_done: Cell::new(None),
+            finished: Cell::new(false),
+            cancelled: Cell::new(false),
+            joiner: Cell::new(None),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.finished.get() || self.cancelled.get()
+    }
+}
+
+impl<T> TaskShared for JoinShared<T> {
+    fn mark_cancelled(&self) {
+        self.cancelled.set(true);
+    }
+}
+
+/// Why [`JoinHandle::try_join`] (or [`RemoteJoinHandle::try_join`](crate::RemoteJoinHandle))
+/// has no value to give.
+pub enum JoinError {
+    /// The task panicked; here is the payload, for [`std::panic::resume_unwind`].
+    Panicked(Box<dyn Any + Send + 'static>),
+    /// The task was dropped before it finished: cancelled, or its loop shut down.
+    Cancelled,
+}
+
+impl fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JoinError::Panicked(_) => f.write_str("Panicked(..)"),
+            JoinError::Cancelled => f.write_str("Cancelled"),
+        }
+    }
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JoinError::Panicked(_) => f.write_str("the task panicked"),
+            JoinError::Cancelled => f.write_str("the task was dropped before it finished"),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+/// The result of a task spawned on this thread's loop: [`join`](JoinHandle::join) it, drop it
+/// to let the task run on unobserved (detach), or [`cancel`](JoinHandle::cancel) it.
+///
+/// ```
+/// use costack_aio::{sleep, EventLoop};
+/// use std::time::Duration;
+///
+/// let lp = EventLoop::new();
+/// let sum = lp.block_on(|| {
+///     let a = costack_aio::spawn(|| { sleep(Duration::from_millis(2)); 20 });
+///     let b = costack_aio::spawn(|| 22);
+///     a.join() + b.join() // each join yields until its task is done
+/// });
+/// assert_eq!(sum, 42);
+/// ```
+pub struct JoinHandle<T> {
+    shared: Rc<JoinShared<T>>,
+    co: u64,
+    loop_id: u64,
+}
+
+impl<T> JoinHandle<T> {
+    /// Waits for the task and returns its value; if the task panicked, continues the panic
+    /// here with the same payload.
+    ///
+    /// Inside a task this yields until the task is done. Outside any coroutine it drives the
+    /// thread's loop until then (like [`EventLoop::block_on`]).
+    ///
+    /// # Panics
+    /// Continuing the task's panic; or if the task was dropped before it finished (its loop
+    /// shut down).
+    pub fn join(self) -> T {
+        match self.try_join() {
+            Ok(v) => v,
+            Err(JoinError::Panicked(p)) => resume_unwind(p),
+            Err(JoinError::Cancelled) => {
+                panic!("costack-aio: joined a task that was dropped before it finished")
+            }
+        }
+    }
+
+    /// Like [`join`](JoinHandle::join), but returns a panic or a cancellation as an error.
+    pub fn try_join(self) -> Result<T, JoinError> {
+        loop {
+            if let Some(r) = self.shared.result.borrow_mut().take() {
+                return r.map_err(JoinError::Panicked);
+            }
+            if self.shared.cancelled.get() {
+                return Err(JoinError::Cancelled);
+            }
+            match begin_wait() {
+                Some(w) => {
+                    self.shared.joiner.set(Some(w.key));
+                    w.park(None);
+                }
+                None => match current_loop() {
+                    Some(inner) if inner.id == self.loop_id => {
+                        let shared = &self.shared;
+                        inner.run_until(&|| shared.is_done());
+                    }
+                    _ => return Err(JoinError::Cancelled),
+                },
+            }
+        }
+    }
+
+    /// Whether the task has finished (returned or panicked).
+    pub fn is_finished(&self) -> bool {
+        self.shared.finished.get()
+    }
+
+    /// Drops the task: if it is suspended its stack unwinds now, running every destructor on
+    /// it (sockets close, guards release). A task that already finished just drops its result.
+    ///
+    /// A task that cancels itself does not return from `cancel`: it unwinds as soon as it
+    /// yields to the loop.
+    pub fn cancel(self) {
+        if self.shared.is_done() {
+            return;
+        }
+        self.shared.cancelled.set(true);
+        let Some(inner) = current_loop().filter(|l| l.id == self.loop_id) else {
+            return;
+        };
+        let task = inner.remove_task(self.co);
+        let is_self = costack::current().is_some_and(|c| c.id().as_u64() == self.co);
+        drop(task);
+        if is_self {
+            // Our enterer holds the last handle: when we yield, it drops it and we unwind.
+            loop {
+                costack::yield_now();
+            }
+        }
+    }
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("finished", &self.shared.finished.get())
+            .field("cancelled", &self.shared.cancelled.get())
+            .finish()
+    }
+}
+
+/// Sets where a task's result goes instead of its join handle (tasks spawned from another
+/// thread send it back through a channel).
+pub(crate) fn forward_result<T>(h: JoinHandle<T>, f: Forward<T>) {
+    h.shared.on_done.set(Some(f));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The public loop
+
+/// Options for a task: stack size and name. Made by [`TaskBuilder::new`].
+///
+/// ```
+/// use costack_aio::{EventLoop, TaskBuilder};
+///
+/// let lp = EventLoop::new();
+/// let name = lp.block_on(|| {
+///     TaskBuilder::new()
+///         .stack_size(64 * 1024)
+///         .name("handler")
+///         .spawn(|| costack::current().unwrap().name().map(str::to_owned))
+///         .join()
+/// });
+/// assert_eq!(name.as_deref(), Some("handler"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct TaskBuilder {
+    stack_size: Option<usize>,
+    name: Option<String>,
+}
+
+impl TaskBuilder {
+    /// Options with the loop's default stack size ([`LoopBuilder::stack_size`]) and no name.
+    pub fn new() -> TaskBuilder {
+        TaskBuilder::default()
+    }
+
+    /// The task's stack size in bytes (virtual; only touched pages cost memory).
+    pub fn stack_size(mut self, bytes: usize) -> TaskBuilder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// The task's name, shown in panics about its coroutine and in traces.
+    pub fn name(mut self, name: impl Into<String>) -> TaskBuilder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Spawns the task on this thread's event loop.
+    ///
+    /// # Panics
+    /// If the thread has no event loop, or no stack can be mapped.
+    pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        expect_loop("spawn").spawn(self, f)
+    }
+}
+
+/// Options for an [`EventLoop`]. Made by [`EventLoop::builder`].
+#[derive(Debug, Clone)]
+pub struct LoopBuilder {
+    stack_size: usize,
+    blocking_threads: usize,
+    events: usize,
+}
+
+impl LoopBuilder {
+    /// The default stack size of the loop's tasks (default: costack's, 1 MiB, virtual).
+    /// Connection handlers rarely need more than 64–256 KiB.
+    pub fn stack_size(mut self, bytes: usize) -> LoopBuilder {
+        self.stack_size = bytes;
+        self
+    }
+
+    /// How many threads [`run_blocking`](crate::run_blocking) may use at once (default 64).
+    /// Work beyond that queues.
+    pub fn blocking_threads(mut self, n: usize) -> LoopBuilder {
+        self.blocking_threads = n.max(1);
+        self
+    }
+
+    /// How many readiness events one look at I/O takes at most (default 1024).
+    pub fn events_capacity(mut self, n: usize) -> LoopBuilder {
+        self.events = n.max(16);
+        self
+    }
+
+    /// Creates the loop and makes it this thread's loop.
+    ///
+    /// # Errors
+    /// If the thread already has a loop (`AlreadyExists`), or epoll/eventfd cannot be created.
+    pub fn build(self) -> io::Result<EventLoop> {
+        if !CURRENT.with(|c| c.get()).is_null() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "costack-aio: this thread already has an event loop (one loop per thread)",
+            ));
+        }
+        let id = NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed);
+        let (reactor, waker) = Reactor::new(self.events)?;
+        let inner = Rc::new(Inner {
+            id,
+            tasks: RefCell::new(IdMap::default()),
+            ready: RefCell::new(VecDeque::new()),
+            reactor,
+            timers: RefCell::new(Timers::default()),
+            remote: Arc::new(Remote::new(id, waker)),
+            running: Cell::new(false),
+            closing: Cell::new(false),
+            stack_size: self.stack_size,
+            blocking_threads: self.blocking_threads,
+            pool: OnceCell::new(),
+            remote_buf: RefCell::new(Vec::new()),
+        });
+        CURRENT.with(|c| c.set(Rc::as_ptr(&inner)));
+        // Let `costack::bridge::await_future` wait in this loop's tasks.
+        costack::bridge::set_suspender(Some(crate::remote::bridge_suspender));
+        Ok(EventLoop { inner })
+    }
+}
+
+/// An event loop: runs coroutines (tasks) and resumes them when what they wait for is ready.
+///
+/// One per thread, like QEMU's `AioContext`: creating it makes it the thread's loop, which the
+/// free functions of this crate ([`spawn`], [`sleep`](crate::sleep), the sockets…) use. It is
+/// bound to its thread (`!Send`); other threads reach it through a [`LoopHandle`].
+///
+/// The loop runs only inside [`block_on`](EventLoop::block_on) (or a
+/// [`join`](JoinHandle::join) outside any coroutine). Dropping it drops every task on it: the
+/// stacks of suspended tasks unwind, so their sockets close and their guards release; queued
+/// callbacks and messages from other threads are dropped unrun, and the worker threads of
+/// [`run_blocking`](crate::run_blocking) exit once their current job is done. Destructors that
+/// run during that unwinding must not wait (there is no loop left to wake them).
+///
+/// ```
+/// use costack_aio::EventLoop;
+///
+/// let lp = EventLoop::new();
+/// let n = lp.block_on(|| {
+///     let h = costack_aio::spawn(|| 6 * 7);
+///     h.join()
+/// });
+/// assert_eq!(n, 42);
+/// ```
+pub struct EventLoop {
+    inner: Rc<Inner>,
+}
+
+impl EventLoop {
+    /// Creates the thread's event loop with the default options.
+    ///
+    /// # Panics
+    /// If the thread already has one, or epoll cannot be created. See [`LoopBuilder::build`].
+    pub fn new() -> EventLoop {
+        match EventLoop::builder().build() {
+            Ok(l) => l,
+            Err(e) => panic!("costack-aio: cannot create an event loop: {e}"),
+        }
+    }
+
+    /// Options for a new loop.
+    pub fn builder() -> LoopBuilder {
+        LoopBuilder {
+            stack_size: DEFAULT_STACK_SIZE,
+            blocking_threads: 64,
+            events: 1024,
+        }
+    }
+
+    /// Runs `f` as a task and drives the loop until it returns; returns its value, or
+    /// continues its panic. Other tasks run meanwhile; those still unfinished when `f` returns
+    /// stay on the loop, suspended until the next `block_on`.
+    ///
+    /// This is how synchronous code calls coroutine code (QEMU's generated `bdrv_*` wrappers):
+    /// called from inside a coroutine, `block_on` just calls `f`.
+    ///
+    /// # Panics
+    /// Continuing `f`'s panic; and if the loop is already running (called from a
+    /// [`call_soon`](EventLoop::call_soon) callback).
+    pub fn block_on<F, T>(&self, f: F) -> T
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        if costack::in_coroutine() {
+            return f();
+        }
+        let h = self.inner.spawn(&TaskBuilder::new(), f);
+        let shared = h.shared.clone();
+        self.inner.run_until(&|| shared.is_done());
+        h.join()
+    }
+
+    /// Spawns `f` as a task of this loop; it starts when the loop next runs.
+    pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        self.inner.spawn(&TaskBuilder::new(), f)
+    }
+
+    /// Queues `f` to run on the loop's thread, outside any coroutine, in FIFO order with the
+    /// tasks that are ready (QEMU's bottom halves). It cannot wait; it can spawn or wake.
+    pub fn call_soon(&self, f: impl FnOnce() + 'static) {
+        self.inner.call_soon(Box::new(f));
+    }
+
+    /// A handle other threads can use to run closures and spawn tasks on this loop.
+    pub fn handle(&self) -> LoopHandle {
+        LoopHandle::new(self.inner.remote.clone())
+    }
+
+    /// How many tasks the loop holds (running, ready or waiting).
+    pub fn task_count(&self) -> usize {
+        self.inner.tasks.borrow().len()
+    }
+}
+
+impl Default for EventLoop {
+    fn default() -> Self {
+        EventLoop::new()
+    }
+}
+
+impl fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("id", &self.inner.id)
+            .field("tasks", &self.task_count())
+            .finish()
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        // The thread-local pointer stays set while tasks unwind: their destructors
+        // (deregistering sockets, removing timers) use the loop.
+        let r = catch_unwind(AssertUnwindSafe(|| self.inner.shutdown()));
+        CURRENT.with(|c| {
+            if c.get() == Rc::as_ptr(&self.inner) {
+                c.set(ptr::null());
+            }
+        });
+        if let Err(p) = r {
+            resume_unwind(p);
+        }
+    }
+}
+
+/// Spawns `f` as a task of this thread's event loop and returns its [`JoinHandle`].
+///
+/// # Panics
+/// If the thread has no event loop.
+pub fn spawn<F, T>(f: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + 'static,
+    T: 'static,
+{
+    expect_loop("spawn").spawn(&TaskBuilder::new(), f)
+}
+
+/// Queues `f` on this thread's event loop: see [`EventLoop::call_soon`].
+///
+/// # Panics
+/// If the thread has no event loop.
+pub fn call_soon(f: impl FnOnce() + 'static) {
+    expect_loop("call_soon").call_soon(Box::new(f));
+}
+
+/// A [`LoopHandle`] to this thread's event loop, if it has one.
+pub fn current_handle() -> Option<LoopHandle> {
+    current_loop().map(|l| LoopHandle::new(l.remote.clone()))
+}
+
+/// Lets the other ready tasks run, then continues: the task goes to the back of the ready
+/// queue. Outside any coroutine, yields the thread.
+///
+/// Unlike [`costack::yield_now`], which suspends the coroutine until someone enters it again
+/// (inside a task that means: until something it registered with wakes it), this one
+/// reschedules itself.
+///
+/// # Panics
+/// Inside a coroutine that is not a task of this thread's loop.
+pub fn yield_now() {
+    match begin_wait() {
+        Some(w) => {
+            w.inner.wake(w.key);
+            w.park(None);
+        }
+        None => std::thread::yield_now(),
+    }
+}
