@@ -483,9 +483,149 @@ fn comutex(c: &mut Criterion) {
     g.finish();
 }
 
+// ---------------------------------------------------------------------------
+// bridge: costack's async bridge against plain async code
+
+/// `std::io` over a tokio stream for a coroutine hosted by `bridge::as_future`.
+struct SyncIo(tokio::net::TcpStream);
+
+impl std::io::Read for SyncIo {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        costack::bridge::await_future(self.0.read(buf))
+    }
+}
+
+impl std::io::Write for SyncIo {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use tokio::io::AsyncWriteExt;
+        costack::bridge::await_future(self.0.write(buf))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The synchronous echo handler: read what comes, write it back, until EOF.
+fn sync_echo(mut io: SyncIo) {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 4096];
+    loop {
+        match io.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if io.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The same handler written as async code.
+async fn async_echo(mut s: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Times `iters` 64-byte echo round trips against a server on a current-thread runtime whose
+/// connection handler is `hosted` (sync code in a coroutine) or plain async.
+fn echo_round_trips(iters: u64, hosted: bool) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::task::spawn_local(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            if hosted {
+                costack::bridge::as_future(move || sync_echo(SyncIo(s))).await;
+            } else {
+                async_echo(s).await;
+            }
+        });
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.set_nodelay(true).unwrap();
+        let msg = [0x5au8; 64];
+        let mut back = [0u8; 64];
+        let start = Instant::now();
+        for _ in 0..iters {
+            c.write_all(&msg).await.unwrap();
+            c.read_exact(&mut back).await.unwrap();
+        }
+        let t = start.elapsed();
+        assert_eq!(back, msg);
+        t
+    })
+}
+
+fn bridge(c: &mut Criterion) {
+    use std::future::{ready, Future};
+    use std::task::{Context, Poll, Waker};
+
+    let mut g = c.benchmark_group("bridge");
+    g.throughput(Throughput::Elements(1));
+
+    // Awaiting a future that is ready at once, from synchronous code in a coroutine.
+    g.bench_function(BenchmarkId::new(COSTACK, "ready-future"), |b| {
+        b.iter_custom(|iters| {
+            let co = costack::Coroutine::new(move || {
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(costack::bridge::await_future(ready(black_box(i))));
+                }
+                start.elapsed()
+            });
+            co.enter().finished().expect("timing coroutine finishes")
+        });
+    });
+
+    // The same await in async code, polled once by hand.
+    g.bench_function(BenchmarkId::new("async", "ready-future"), |b| {
+        b.iter_custom(|iters| {
+            let fut = async move {
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(ready(black_box(i)).await);
+                }
+                start.elapsed()
+            };
+            let mut fut = std::pin::pin!(fut);
+            match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(t) => t,
+                Poll::Pending => unreachable!("ready futures only"),
+            }
+        });
+    });
+
+    g.sample_size(20);
+    g.bench_function(BenchmarkId::new(COSTACK, "echo"), |b| {
+        b.iter_custom(|iters| echo_round_trips(iters, true));
+    });
+    g.bench_function(BenchmarkId::new("tokio", "echo"), |b| {
+        b.iter_custom(|iters| echo_round_trips(iters, false));
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = roundtrip, create_pooled, create_fresh, nesting, generator_iter, comutex
+    targets = roundtrip, create_pooled, create_fresh, nesting, generator_iter, comutex, bridge
 }
 criterion_main!(benches);

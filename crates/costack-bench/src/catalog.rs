@@ -112,6 +112,18 @@ pub const GROUPS: &[Group] = &[
             "costack-ucontext/handoff",
         ],
     },
+    Group {
+        name: "bridge",
+        operation: "await of a ready future from sync code (ready-future), or one 64-byte echo \
+                    round trip through a tokio TCP server (echo)",
+        ops_per_iteration: 1,
+        functions: &[
+            "costack/ready-future",
+            "async/ready-future",
+            "costack/echo",
+            "tokio/echo",
+        ],
+    },
 ];
 
 /// Splits a function ID into its implementation label and its variant.

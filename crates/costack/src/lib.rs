@@ -62,6 +62,8 @@
 //!   source for the design and stack diagrams) or libc's `swapcontext` with the `ucontext`
 //!   feature; [`BACKEND`] names the one compiled in.
 //! * [`trace`]: `tracing` events for enter, yield and terminate (feature `trace`).
+//! * [`bridge`]: await any `Future` from a coroutine; host a coroutine in an async executor.
+//! * [`introspect`]: the live coroutines of a thread, for logs and debuggers.
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -71,6 +73,7 @@ mod arch;
 #[cfg(feature = "asan")]
 mod asan;
 mod backend;
+pub mod bridge;
 pub mod coroutine;
 pub mod generator;
 pub mod introspect;
@@ -81,7 +84,9 @@ pub mod sync;
 pub mod trace;
 mod valgrind;
 
-pub use coroutine::{current, in_coroutine, yield_now, Builder, CoHandle, CoId, Coroutine, Status};
+pub use coroutine::{
+    current, current_id, in_coroutine, yield_now, Builder, CoHandle, CoId, Coroutine, Status,
+};
 pub use generator::{Generator, GeneratorState, Yielder};
 pub use stack::{StackError, StackErrorKind, DEFAULT_STACK_SIZE};
 
