@@ -1053,7 +1053,6 @@ pub(crate) unsafe fn wake_header(h: NonNull<Header>) {
 ///
 /// # Safety
 /// `h` must be a live coroutine of this thread.
-#[allow(dead_code)] // for the layers above the core
 pub(crate) unsafe fn handle_from_header(h: NonNull<Header>) -> CoHandle {
     // SAFETY: live per the contract; the handle owns the new reference.
     unsafe { incref(h) };

@@ -75,6 +75,12 @@ impl Waiter {
         }
     }
 
+    /// What the waiter asks for.
+    #[inline]
+    pub(crate) fn want(&self) -> usize {
+        self.want
+    }
+
     fn is_linked(&self) -> bool {
         !self.list.get().is_null()
     }
@@ -151,6 +157,7 @@ impl WaitList {
     /// # Safety
     /// `node` is not linked, and stays at its address and alive until it is unlinked; `self`
     /// does not move until it is empty again.
+    #[inline]
     unsafe fn link(&self, node: &Waiter, front: bool) {
         debug_assert!(!node.is_linked());
         let me: *const Waiter = node;
@@ -290,11 +297,16 @@ impl Wakeups {
         }
     }
 
-    /// Continues the first panic of a coroutine entered directly, if there was one.
+    /// Continues the first panic of a coroutine entered directly, if there was one — unless the
+    /// thread is already unwinding (a guard dropped by a panic outside any coroutine): a second
+    /// panic out of a destructor would abort the process, so the payload is dropped, as the
+    /// core does for wake-ups.
     #[inline]
     pub(crate) fn finish(mut self) {
         if let Some(p) = self.panic.take() {
-            resume_unwind(p);
+            if !std::thread::panicking() {
+                resume_unwind(p);
+            }
         }
     }
 }
@@ -316,7 +328,7 @@ impl<'a, F: FnOnce(bool)> Parked<'a, F> {
     /// The returned guard must not be leaked (`mem::forget`): its destructor or
     /// [`wait`](Self::wait) is what unlinks the node before its frame goes. `list` does not
     /// move while the node is linked.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn new(list: &WaitList, node: &'a Waiter, front: bool, abandon: F) -> Self {
         // SAFETY: the node is borrowed for 'a, so it stays put and alive while this guard
         // lives, and the guard unlinks it before 'a ends (caller's contract). `list` per the
@@ -334,7 +346,7 @@ impl<'a, F: FnOnce(bool)> Parked<'a, F> {
     ///
     /// If the coroutine is dropped meanwhile, `yield_now` unwinds it and the guard's destructor
     /// cleans up.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn wait(self) {
         while !self.node.granted.get() {
             crate::coroutine::yield_now();
