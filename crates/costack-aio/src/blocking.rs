@@ -147,9 +147,19 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let Some(Wait { inner, .. }) = begin_wait() else {
-        return f();
-    };
+    match begin_wait() {
+        Some(w) => run_blocking_in(w, f),
+        None => f(),
+    }
+}
+
+/// [`run_blocking`] for a task whose wait has begun already.
+pub(crate) fn run_blocking_in<F, T>(w: Wait, f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let Wait { inner, .. } = w;
     let (tx, rx) = oneshot::<std::thread::Result<T>>();
     inner.pool().submit(Box::new(move || {
         let r = catch_unwind(AssertUnwindSafe(f));

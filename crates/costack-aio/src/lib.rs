@@ -57,6 +57,9 @@
 //!   Unix sockets whose `Read`/`Write` yield on `WouldBlock`.
 //! * **Time** ([`time`]): [`sleep`], [`sleep_until`], [`timeout`] (abandons a block of code
 //!   whose wait overruns a deadline), and [`WakeableSleep`].
+//! * **Files** ([`fs`]): [`File`] reads and writes at offsets, syncs, punches holes; each
+//!   request is issued, the task yields, and the completion re-enters it — through io_uring, or
+//!   the worker pool where io_uring is off or refused ([`IoBackend`]).
 //! * **Blocking work** ([`blocking`]): [`run_blocking`] runs a closure on a worker thread while
 //!   the task yields.
 //! * **Threads** ([`remote`]): a [`LoopHandle`] runs closures and spawns tasks on a loop from
@@ -76,16 +79,21 @@
 //!   wake-ups run inside the loop's turn); use [`sync::Mutex`] only to share between threads.
 //! * Dropping the loop drops every task on it: suspended stacks unwind, sockets close.
 //!
-//! ## Readiness backend
+//! ## Readiness and completions
 //!
 //! Readiness comes from `mio` (epoll on Linux), edge-triggered, registered once per fd on its
-//! first wait. The loop waits in exactly one place (`Inner::wait_for_events` in the
-//! `runtime` module), which is where a completion-based backend such as io_uring would go.
+//! first wait. File requests go to an io_uring ring per loop (see [`fs`]); the ring's
+//! completion eventfd sits in the same epoll set, so the loop still waits in exactly one place
+//! (`Inner::wait_for_events` in the `runtime` module). There, each turn, the requests that tasks
+//! queued are submitted in one `io_uring_enter`, completions are reaped, and only then does
+//! the loop sleep in epoll, if nothing is ready.
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod blocking;
+pub mod fs;
 pub mod io;
 pub mod net;
 mod reactor;
@@ -93,8 +101,10 @@ pub mod remote;
 mod runtime;
 pub mod sync;
 pub mod time;
+mod uring;
 
 pub use blocking::run_blocking;
+pub use fs::{File, IoBackend};
 pub use remote::{suspend, LoopClosed, LoopHandle, RemoteJoinHandle, Waker};
 pub use runtime::{
     call_soon, current_handle, in_task, spawn, yield_now, EventLoop, JoinError, JoinHandle,

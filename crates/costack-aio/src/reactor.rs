@@ -26,6 +26,9 @@ use std::time::Duration;
 
 /// The token of the loop's cross-thread waker (eventfd).
 const WAKER_TOKEN: Token = Token(usize::MAX);
+/// The token of the io_uring completion eventfd: it only ends the wait; the loop reads the
+/// completion queue after every wait anyway.
+const URING_TOKEN: Token = Token(usize::MAX - 1);
 
 /// Which way a task waits on an fd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +163,12 @@ impl Reactor {
         ))
     }
 
+    /// Adds the eventfd that io_uring signals for completions to the epoll set.
+    pub(crate) fn watch_uring(&self, eventfd: RawFd) -> io::Result<()> {
+        self.registry
+            .register(&mut SourceFd(&eventfd), URING_TOKEN, Interest::READABLE)
+    }
+
     /// Registers `fd` (edge-triggered, both directions); events set bits in `ready`.
     pub(crate) fn register(&self, fd: RawFd, ready: Rc<Cell<u8>>) -> io::Result<Slot> {
         let slot = {
@@ -248,6 +257,9 @@ impl Reactor {
         for ev in events.iter() {
             if ev.token() == WAKER_TOKEN {
                 remote = true;
+                continue;
+            }
+            if ev.token() == URING_TOKEN {
                 continue;
             }
             let slot = Slot::from_token(ev.token());

@@ -21,9 +21,11 @@
 //! for example by a `costack::sync` lock's deferred wake-up — is never confused.
 
 use crate::blocking::Pool;
+use crate::fs::{BufPool, IoBackend};
 use crate::reactor::Reactor;
 use crate::remote::{LoopHandle, Msg, Remote};
 use crate::time::{TimeoutUnwind, Timers};
+use crate::uring::Uring;
 use costack::{Builder, CoHandle, DEFAULT_STACK_SIZE};
 use std::any::Any;
 use std::cell::{Cell, OnceCell, RefCell};
@@ -141,6 +143,14 @@ pub(crate) struct Inner {
     pool: OnceCell<Arc<Pool>>,
     /// Messages taken from the remote queue, kept for their capacity.
     remote_buf: RefCell<Vec<Msg>>,
+    /// Which path file I/O takes (see the `fs` module).
+    pub(crate) io_backend: IoBackend,
+    /// Why io_uring is not used, when it was wanted but could not be had.
+    io_uring_error: Option<String>,
+    /// Loop-owned bounce buffers for file I/O.
+    pub(crate) bufs: RefCell<BufPool>,
+    /// The io_uring driver, when file I/O goes through the ring.
+    pub(crate) uring: Option<Uring>,
 }
 
 impl Inner {
@@ -294,6 +304,10 @@ impl Inner {
                 }
             }
             if done() {
+                // Requests queued in this turn go to the kernel now, not at the next run.
+                if let Some(u) = &self.uring {
+                    u.submit();
+                }
                 return;
             }
             let timeout = if !self.ready.borrow().is_empty() {
@@ -310,10 +324,25 @@ impl Inner {
     }
 
     /// The one place where the loop waits: for readiness, the eventfd of cross-thread wake-ups,
-    /// or the next timer (`timeout`; `None` waits indefinitely). A completion-based backend
-    /// (io_uring) replaces this function and the reactor behind it.
+    /// the eventfd of io_uring completions, or the next timer (`timeout`; `None` waits
+    /// indefinitely).
+    ///
+    /// With io_uring, the file requests that tasks queued during this turn go to the kernel
+    /// first, in one submit, and the completions already there (page-cached reads complete
+    /// during the submit) are taken before the wait, which then does not sleep. Why epoll
+    /// remains the waiting point is explained in the `uring` module.
     fn wait_for_events(&self, timeout: Option<Duration>) {
+        let mut timeout = timeout;
+        if let Some(u) = &self.uring {
+            let again = u.submit();
+            if u.reap(&mut |key| self.wake(key)) > 0 || again {
+                timeout = Some(Duration::ZERO);
+            }
+        }
         let remote = self.reactor.poll(timeout, &mut |key| self.wake(key));
+        if let Some(u) = &self.uring {
+            u.reap(&mut |key| self.wake(key));
+        }
         if remote {
             self.drain_remote();
         }
@@ -366,6 +395,10 @@ impl Inner {
                     first_panic.get_or_insert(p);
                 }
             }
+        }
+        // Requests still in the kernel: withdrawn, and waited for before their buffers go.
+        if let Some(u) = &self.uring {
+            u.shutdown();
         }
         // Messages from other threads: their closures (and the senders inside) are dropped.
         drop(self.remote.close());
@@ -797,6 +830,7 @@ pub struct LoopBuilder {
     stack_size: usize,
     blocking_threads: usize,
     events: usize,
+    io_uring: Option<bool>,
 }
 
 impl LoopBuilder {
@@ -820,10 +854,30 @@ impl LoopBuilder {
         self
     }
 
+    /// Whether file I/O ([`fs::File`](crate::fs::File)) may use io_uring (default: yes,
+    /// unless the environment variable `COSTACK_AIO_IO_URING` is `0`, `false`, `off` or `no`).
+    ///
+    /// `true` is a wish, not a demand: where the kernel has no io_uring, or refuses it (a
+    /// sandbox, `kernel.io_uring_disabled`), the loop falls back to its worker pool and
+    /// [`EventLoop::io_backend`] says so. `false` always uses the worker pool. An explicit
+    /// choice here wins over the environment variable.
+    ///
+    /// ```
+    /// use costack_aio::{EventLoop, IoBackend};
+    ///
+    /// let lp = EventLoop::builder().io_uring(false).build().unwrap();
+    /// assert_eq!(lp.io_backend(), IoBackend::ThreadPool);
+    /// ```
+    pub fn io_uring(mut self, enabled: bool) -> LoopBuilder {
+        self.io_uring = Some(enabled);
+        self
+    }
+
     /// Creates the loop and makes it this thread's loop.
     ///
     /// # Errors
     /// If the thread already has a loop (`AlreadyExists`), or epoll/eventfd cannot be created.
+    /// (Failing to set up io_uring is not an error: the loop falls back to its worker pool.)
     pub fn build(self) -> io::Result<EventLoop> {
         if !CURRENT.with(|c| c.get()).is_null() {
             return Err(io::Error::new(
@@ -833,6 +887,15 @@ impl LoopBuilder {
         }
         let id = NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed);
         let (reactor, waker) = Reactor::new(self.events)?;
+        let want_uring = self.io_uring.unwrap_or_else(crate::fs::io_uring_from_env);
+        let (io_backend, io_uring_error, uring) = if want_uring {
+            match Uring::new().and_then(|u| reactor.watch_uring(u.eventfd()).map(|()| u)) {
+                Ok(u) => (IoBackend::IoUring, None, Some(u)),
+                Err(e) => (IoBackend::ThreadPool, Some(e.to_string()), None),
+            }
+        } else {
+            (IoBackend::ThreadPool, None, None)
+        };
         let inner = Rc::new(Inner {
             id,
             tasks: RefCell::new(IdMap::default()),
@@ -846,6 +909,10 @@ impl LoopBuilder {
             blocking_threads: self.blocking_threads,
             pool: OnceCell::new(),
             remote_buf: RefCell::new(Vec::new()),
+            io_backend,
+            io_uring_error,
+            bufs: RefCell::new(BufPool::default()),
+            uring,
         });
         CURRENT.with(|c| c.set(Rc::as_ptr(&inner)));
         // Let `costack::bridge::await_future` wait in this loop's tasks.
@@ -899,6 +966,7 @@ impl EventLoop {
             stack_size: DEFAULT_STACK_SIZE,
             blocking_threads: 64,
             events: 1024,
+            io_uring: None,
         }
     }
 
@@ -949,6 +1017,29 @@ impl EventLoop {
     /// How many tasks the loop holds (running, ready or waiting).
     pub fn task_count(&self) -> usize {
         self.inner.tasks.borrow().len()
+    }
+
+    /// Which path file I/O ([`fs::File`](crate::fs::File)) takes on this loop: io_uring, or
+    /// the worker pool. See [`LoopBuilder::io_uring`].
+    ///
+    /// ```
+    /// use costack_aio::{EventLoop, IoBackend};
+    ///
+    /// let lp = EventLoop::new();
+    /// match lp.io_backend() {
+    ///     IoBackend::IoUring => println!("requests go to the kernel's ring"),
+    ///     IoBackend::ThreadPool => println!("requests run on worker threads"),
+    /// }
+    /// ```
+    pub fn io_backend(&self) -> IoBackend {
+        self.inner.io_backend
+    }
+
+    /// Why this loop does not use io_uring although it was allowed to (the error of
+    /// `io_uring_setup`, or the missing kernel feature); `None` when it uses io_uring or was told
+    /// not to.
+    pub fn io_uring_unavailable_reason(&self) -> Option<&str> {
+        self.inner.io_uring_error.as_deref()
     }
 }
 

@@ -1,0 +1,236 @@
+//! 4 KiB random reads of a page-cached 1 GiB file: io_uring, the worker pool, and a plain
+//! `pread` loop on one thread, in one run.
+//!
+//! ```sh
+//! cargo run --release -p costack-aio --example file_bench            # about a minute
+//! cargo run --release -p costack-aio --example file_bench -- --secs 1 --keep
+//! ```
+//!
+//! For the loop's backends, *depth* is the number of tasks, each reading one block at a time
+//! at random (4 KiB-aligned) offsets, so that many requests are in flight. The file is created
+//! in the temp dir (`/tmp/costack-file-bench.dat`), filled with random data, synced and read
+//! once so that it is in the page cache; it is removed at the end unless `--keep`.
+//!
+//! Reported per configuration: reads per second, and CPU time per read — user + system time
+//! of the whole process (the loop's thread, the worker threads, io_uring's own workers) over
+//! the measured interval, divided by the reads done.
+
+use costack_aio::{EventLoop, File, IoBackend};
+use std::cell::Cell;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+const FILE_SIZE: u64 = 1 << 30;
+const BLOCK: usize = 4096;
+const BLOCKS: u64 = FILE_SIZE / BLOCK as u64;
+
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// User + system CPU time of the whole process.
+fn cpu_time() -> Duration {
+    // SAFETY: `rusage` is plain data; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid, writable `rusage` for the whole call.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn prepare(path: &Path) {
+    let fresh = std::fs::metadata(path)
+        .map(|m| m.len() != FILE_SIZE)
+        .unwrap_or(true);
+    if fresh {
+        eprint!("creating {} (1 GiB of random data)... ", path.display());
+        let mut f = std::fs::File::create(path).unwrap();
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..FILE_SIZE >> 20 {
+            for w in chunk.chunks_exact_mut(8) {
+                w.copy_from_slice(&xorshift(&mut x).to_ne_bytes());
+            }
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+        eprintln!("done");
+    }
+    // Into the page cache (and check that it fits).
+    let f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let t0 = Instant::now();
+    for i in 0..FILE_SIZE >> 20 {
+        f.read_exact_at(&mut buf, i << 20).unwrap();
+    }
+    eprintln!("file read once in {:?}", t0.elapsed());
+}
+
+struct Row {
+    name: String,
+    depth: usize,
+    reads: u64,
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl Row {
+    fn iops(&self) -> f64 {
+        self.reads as f64 / self.wall.as_secs_f64()
+    }
+    fn cpu_per_read_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.reads as f64
+    }
+}
+
+fn bench_pread(path: &Path, secs: Duration) -> Row {
+    let f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; BLOCK];
+    let mut x = 0x1234_5678_9abc_def1_u64;
+    let mut read_some = |n: u64| {
+        for _ in 0..n {
+            let off = xorshift(&mut x) % BLOCKS * BLOCK as u64;
+            assert_eq!(f.read_at(&mut buf, off).unwrap(), BLOCK);
+        }
+    };
+    read_some(10_000); // warm up
+    let (t0, c0) = (Instant::now(), cpu_time());
+    let mut reads = 0;
+    while t0.elapsed() < secs {
+        read_some(1000);
+        reads += 1000;
+    }
+    Row {
+        name: "pread, one thread".into(),
+        depth: 1,
+        reads,
+        wall: t0.elapsed(),
+        cpu: cpu_time() - c0,
+    }
+}
+
+fn bench_loop(path: &Path, uring: bool, owned: bool, depth: usize, secs: Duration) -> Option<Row> {
+    let lp = EventLoop::builder().io_uring(uring).build().unwrap();
+    let backend = lp.io_backend();
+    if uring && backend != IoBackend::IoUring {
+        eprintln!(
+            "io_uring unavailable ({}): skipped",
+            lp.io_uring_unavailable_reason().unwrap_or("?")
+        );
+        return None;
+    }
+    let path: PathBuf = path.to_owned();
+    let (reads, wall, cpu) = lp.block_on(move || {
+        let f = Rc::new(File::open(&path).unwrap());
+        let stop = Rc::new(Cell::new(false));
+        let count = Rc::new(Cell::new(0u64));
+        let tasks: Vec<_> = (0..depth)
+            .map(|i| {
+                let (f, stop, count) = (f.clone(), stop.clone(), count.clone());
+                costack_aio::TaskBuilder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ ((i as u64 + 1) * 0x1000_0001);
+                        let mut buf = vec![0u8; BLOCK];
+                        let mut owned_buf = Some(vec![0u8; BLOCK]);
+                        while !stop.get() {
+                            let off = xorshift(&mut x) % BLOCKS * BLOCK as u64;
+                            let n = if owned {
+                                let (r, b) = f.read_at_owned(owned_buf.take().unwrap(), off);
+                                owned_buf = Some(b);
+                                r.unwrap()
+                            } else {
+                                f.read_at(&mut buf, off).unwrap()
+                            };
+                            assert_eq!(n, BLOCK);
+                            count.set(count.get() + 1);
+                        }
+                    })
+            })
+            .collect();
+        costack_aio::sleep(Duration::from_millis(200)); // warm up: workers started, caches hot
+        let (t0, c0, n0) = (Instant::now(), cpu_time(), count.get());
+        costack_aio::sleep(secs);
+        let (wall, cpu, reads) = (t0.elapsed(), cpu_time() - c0, count.get() - n0);
+        stop.set(true);
+        for t in tasks {
+            t.join();
+        }
+        (reads, wall, cpu)
+    });
+    let name = match (backend, owned) {
+        (IoBackend::IoUring, false) => "io_uring, read_at",
+        (IoBackend::IoUring, true) => "io_uring, read_at_owned",
+        (IoBackend::ThreadPool, false) => "worker pool, read_at",
+        (IoBackend::ThreadPool, true) => "worker pool, read_at_owned",
+    };
+    Some(Row {
+        name: name.into(),
+        depth,
+        reads,
+        wall,
+        cpu,
+    })
+}
+
+fn main() {
+    let mut secs = Duration::from_secs(3);
+    let mut keep = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--secs" => {
+                secs = Duration::from_secs_f64(args.next().and_then(|s| s.parse().ok()).unwrap())
+            }
+            "--keep" => keep = true,
+            _ => panic!("usage: file_bench [--secs S] [--keep]"),
+        }
+    }
+    let path = std::env::temp_dir().join("costack-file-bench.dat");
+    prepare(&path);
+    let mut rows = vec![bench_pread(&path, secs)];
+    for depth in [1, 16, 64] {
+        for (uring, owned) in [(true, false), (true, true), (false, false)] {
+            rows.extend(bench_loop(&path, uring, owned, depth, secs));
+        }
+    }
+    println!();
+    println!(
+        "4 KiB random reads, 1 GiB page-cached file, {} s each, {} CPUs",
+        secs.as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<28} {:>5} {:>12} {:>16}",
+        "path", "depth", "reads/s", "CPU µs per read"
+    );
+    for r in &rows {
+        println!(
+            "{:<28} {:>5} {:>12.0} {:>16.2}",
+            r.name,
+            r.depth,
+            r.iops(),
+            r.cpu_per_read_us()
+        );
+    }
+    let find = |name: &str, depth| rows.iter().find(|r| r.name == name && r.depth == depth);
+    if let (Some(u), Some(p)) = (
+        find("io_uring, read_at", 16),
+        find("worker pool, read_at", 16),
+    ) {
+        println!(
+            "\ndepth 16, read_at: io_uring / worker pool = {:.2}x reads/s, {:.2}x CPU per read",
+            u.iops() / p.iops(),
+            u.cpu_per_read_us() / p.cpu_per_read_us()
+        );
+    }
+    if !keep {
+        let _ = std::fs::remove_file(&path);
+    }
+}

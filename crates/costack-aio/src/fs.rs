@@ -1,0 +1,873 @@
+//! Files: positional reads and writes that yield the task, by completion.
+//!
+//! # The pattern
+//!
+//! A [`File`] method called in a task does what QEMU's `raw` block driver does in a coroutine:
+//! it *issues* the request (a read of 4 KiB at some offset, a `fsync`, a `fallocate`), *yields*
+//! to the loop, and the loop *re-enters* the task when the request completes, with the result.
+//! To the code that called it, `read_at` looks like `pread(2)`:
+//!
+//! ```
+//! use costack_aio::{EventLoop, File};
+//!
+//! let path = std::env::temp_dir().join(format!("costack-fs-doc-{}", std::process::id()));
+//! let lp = EventLoop::new();
+//! let text = lp.block_on({
+//!     let path = path.clone();
+//!     move || {
+//!         let f = File::create(&path).unwrap(); // opened through the loop
+//!         f.write_all_at(b"hello, world", 0).unwrap(); // yields until the write completes
+//!         f.sync_data().unwrap();
+//!         let mut buf = [0; 5];
+//!         f.read_exact_at(&mut buf, 7).unwrap();
+//!         buf
+//!     }
+//! });
+//! assert_eq!(&text, b"world");
+//! std::fs::remove_file(path).unwrap();
+//! ```
+//!
+//! Many tasks can have requests in flight at once; the loop goes on running the others
+//! meanwhile. There is no file position: every transfer names its offset, so tasks sharing a
+//! `File` never disturb each other.
+//!
+//! # Two ways to the kernel
+//!
+//! * **io_uring** (the default where the kernel allows it): each request becomes a submission
+//!   queue entry. A task only writes the entry into the ring's memory and yields; the loop hands
+//!   every entry that its tasks produced during one turn to the kernel in *one*
+//!   `io_uring_enter`, just before it looks for events. Completions come back in the ring;
+//!   the loop reads them and wakes the tasks. A read of data in the page cache completes inside
+//!   that same system call, so a turn of the loop costs one system call for any number of such
+//!   reads.
+//! * **The worker pool** (the fallback): each request runs as a blocking system call on one of
+//!   the loop's worker threads (see [`blocking`](crate::blocking)), like QEMU's thread pool.
+//!
+//! Both give the same results and the same errors. The loop picks one when it is built:
+//! io_uring unless [`LoopBuilder::io_uring(false)`](crate::LoopBuilder::io_uring) or the
+//! environment variable `COSTACK_AIO_IO_URING=0` says otherwise, or the kernel refuses it (too
+//! old, `kernel.io_uring_disabled`, a seccomp sandbox) — then it falls back by itself.
+//! [`EventLoop::io_backend`](crate::EventLoop::io_backend) says which it got.
+//!
+//! # Who owns the buffer
+//!
+//! A task can be cancelled, or time out, while its request is in the kernel. Its stack unwinds
+//! at once — but the kernel may still write into the request's buffer (a read), or read from it
+//! (a write), until the request completes. io_uring's classic use-after-free is freeing that
+//! buffer early. Here the buffer of a request in flight always belongs to the loop (or to the
+//! worker thread running it), never to the task's stack:
+//!
+//! * the borrowing methods ([`read_at`](File::read_at), [`write_at`](File::write_at), the
+//!   vectored ones) copy through a *bounce buffer* that the loop owns: a cancelled read leaves
+//!   the caller's slice untouched, and the bounce buffer is freed (or reused) only when the
+//!   completion arrives;
+//! * the owning methods ([`read_at_owned`](File::read_at_owned),
+//!   [`write_at_owned`](File::write_at_owned)) hand their `Vec` to the loop for the duration
+//!   and give it back with the result — no copy; if the task is cancelled, the `Vec` is freed
+//!   when the completion arrives;
+//! * the file descriptor, too, stays open until every request on it has completed, even if
+//!   the `File` is dropped first, so a request can never reach a descriptor number that the
+//!   kernel has handed to someone else meanwhile.
+//!
+//! A cancelled task's request is also withdrawn from the kernel where it can be (a read from a
+//! pipe that nobody writes to completes at once with `ECANCELED`); one that cannot (a disk read
+//! already under way) just finishes, and its result is dropped.
+//!
+//! # Outside a task
+//!
+//! Outside any coroutine (a plain thread, `main`, a [`call_soon`](crate::call_soon) callback)
+//! the same methods make the blocking system call directly (`pread`, `pwrite`, `fsync`…), with
+//! no copy. Inside a coroutine that is not a task of the thread's loop they panic, as every wait
+//! of this crate does.
+//!
+//! # Errors
+//!
+//! Errors are [`io::Error`]s with the kernel's errno ([`io::Error::raw_os_error`]): `EBADF`
+//! for a write to a file opened read-only, `ENOSPC` when the file system is full, `EFBIG`
+//! past the file size limit. A read that reaches the end of the file is a *short read* (the
+//! count says how much was there; `0` at or past the end), as with `pread`;
+//! [`read_exact_at`](File::read_exact_at) turns that into [`io::ErrorKind::UnexpectedEof`].
+//! An offset above `i64::MAX` is `EINVAL`. One transfer moves at most 2 GiB − 4 KiB (Linux's
+//! own limit); the loops of `read_exact_at` and `write_all_at` take care of larger buffers.
+//!
+//! On a descriptor that cannot seek (a pipe), io_uring and the worker pool both ignore the
+//! offset and read or write the stream; pass `0`.
+//!
+//! Metadata calls ([`len`](File::len), the `fstat` behind it) run on the loop's thread: they
+//! do not wait for the device on local file systems, and QEMU's `raw` driver does the same.
+
+use crate::blocking::run_blocking_in;
+use crate::runtime::{begin_wait, Inner, Wait};
+use std::ffi::CString;
+use std::fmt;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Which path file I/O takes on a loop: see the [module docs](self#two-ways-to-the-kernel) and
+/// [`EventLoop::io_backend`](crate::EventLoop::io_backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IoBackend {
+    /// Requests go to the kernel through an io_uring ring owned by the loop.
+    IoUring,
+    /// Requests run as blocking system calls on the loop's worker threads.
+    ThreadPool,
+}
+
+/// The environment variable that turns io_uring off for loops built without an explicit
+/// [`LoopBuilder::io_uring`](crate::LoopBuilder::io_uring) choice.
+pub const IO_URING_ENV: &str = "COSTACK_AIO_IO_URING";
+
+/// Whether the environment allows io_uring: yes unless `COSTACK_AIO_IO_URING` is `0`, `false`,
+/// `off` or `no`.
+pub(crate) fn io_uring_from_env() -> bool {
+    match std::env::var(IO_URING_ENV) {
+        Ok(v) => !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "false" | "off" | "no"
+        ),
+        Err(_) => true,
+    }
+}
+
+/// Linux moves at most this many bytes in one read or write (`MAX_RW_COUNT`).
+pub(crate) const MAX_RW: usize = 0x7fff_f000;
+
+/// At most this many slices go to one `preadv`/`pwritev` (`IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// Mode bits of a file that [`File::create`] makes (before the umask), as `std` uses.
+pub(crate) const CREATE_MODE: libc::mode_t = 0o666;
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/// One request, with everything the kernel may touch while it is in flight. It is owned by
+/// whoever runs it (the loop's ring, or a worker thread) until it completes, then given back.
+pub(crate) enum Op {
+    /// `pread` into `buf[..len]`.
+    Read {
+        buf: Vec<u8>,
+        len: usize,
+        offset: u64,
+    },
+    /// `pwrite` from `buf[..len]`.
+    Write {
+        buf: Vec<u8>,
+        len: usize,
+        offset: u64,
+    },
+    /// `fsync`, or `fdatasync` with `data_only`.
+    Sync { data_only: bool },
+    /// `fallocate(fd, mode, offset, len)`.
+    Fallocate { mode: i32, offset: u64, len: u64 },
+    /// `ftruncate(fd, len)`.
+    Truncate { len: u64 },
+    /// `openat(AT_FDCWD, path, flags | O_CLOEXEC, 0666)`; the new descriptor goes to `opened`
+    /// as soon as the request completes, so that it is closed if nobody takes it (a task
+    /// cancelled while its open was in flight).
+    Open {
+        path: CString,
+        flags: i32,
+        opened: Option<OwnedFd>,
+    },
+}
+
+fn cvt(r: isize) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Retries `f` while it fails with `EINTR`.
+fn retry(mut f: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        match cvt(f()) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// `pread(2)` into `buf`; on a descriptor that cannot seek, `read(2)` (as io_uring does).
+fn pread(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let len = buf.len().min(MAX_RW);
+    // SAFETY: `buf` is valid for writes of `len` bytes for the whole call.
+    let r = retry(|| unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), len, offset as i64) });
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
+            // SAFETY: as above.
+            retry(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), len) })
+        }
+        r => r,
+    }
+}
+
+/// `pwrite(2)` from `buf`; on a descriptor that cannot seek, `write(2)`.
+fn pwrite(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
+    let len = buf.len().min(MAX_RW);
+    // SAFETY: `buf` is valid for reads of `len` bytes for the whole call.
+    let r = retry(|| unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len, offset as i64) });
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
+            // SAFETY: as above.
+            retry(|| unsafe { libc::write(fd, buf.as_ptr().cast(), len) })
+        }
+        r => r,
+    }
+}
+
+/// Runs `op` as a blocking system call on the calling thread.
+pub(crate) fn exec_blocking(fd: RawFd, op: &mut Op) -> io::Result<usize> {
+    match op {
+        Op::Read { buf, len, offset } => pread(fd, &mut buf[..*len], *offset),
+        Op::Write { buf, len, offset } => pwrite(fd, &buf[..*len], *offset),
+        Op::Sync { data_only } => {
+            // SAFETY: fsync/fdatasync take only a descriptor.
+            retry(|| unsafe {
+                (if *data_only {
+                    libc::fdatasync(fd)
+                } else {
+                    libc::fsync(fd)
+                }) as isize
+            })
+        }
+        Op::Fallocate { mode, offset, len } => {
+            // SAFETY: fallocate takes only integers.
+            retry(|| unsafe { libc::fallocate(fd, *mode, *offset as i64, *len as i64) as isize })
+        }
+        Op::Truncate { len } => {
+            let len = i64::try_from(*len).map_err(|_| einval())?;
+            // SAFETY: ftruncate takes only integers.
+            retry(|| unsafe { libc::ftruncate(fd, len) as isize })
+        }
+        Op::Open {
+            path,
+            flags,
+            opened,
+        } => {
+            let flags = *flags | libc::O_CLOEXEC;
+            // SAFETY: `path` is a valid NUL-terminated string for the whole call.
+            let new = retry(|| unsafe {
+                libc::open(path.as_ptr(), flags, CREATE_MODE as libc::c_uint) as isize
+            })?;
+            // SAFETY: open(2) just returned this descriptor; nothing else owns it.
+            *opened = Some(unsafe { OwnedFd::from_raw_fd(new as RawFd) });
+            Ok(new)
+        }
+    }
+}
+
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+/// Offsets above `i64::MAX` are `EINVAL` on every path (io_uring would read `u64::MAX` as "the
+/// file position").
+fn check_offset(offset: u64) -> io::Result<()> {
+    if offset > i64::MAX as u64 {
+        return Err(einval());
+    }
+    Ok(())
+}
+
+/// Runs `op` on the loop of the task waiting with `w`: through the ring if the loop has one,
+/// else on a worker thread. `fd` is `None` only for `Op::Open`.
+fn run_in_task(w: Wait, fd: Option<&Arc<OwnedFd>>, op: Op) -> (io::Result<usize>, Op) {
+    let (w, op) = match crate::uring::run(w, fd, op) {
+        Ok(done) => return done,
+        Err(back) => back,
+    };
+    let fd = fd.cloned();
+    run_blocking_in(w, move || {
+        let mut op = op;
+        let raw = fd.as_ref().map_or(libc::AT_FDCWD, |f| f.as_raw_fd());
+        let r = exec_blocking(raw, &mut op);
+        drop(fd); // the descriptor stays open while the worker uses it
+        (r, op)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounce buffers
+
+/// The loop's free bounce buffers, by size class (powers of two from 4 KiB to 1 MiB). Each
+/// class keeps at most 4 MiB. Larger transfers get a buffer of their own.
+#[derive(Default)]
+pub(crate) struct BufPool {
+    classes: [Vec<Vec<u8>>; CLASSES],
+}
+
+const MIN_CLASS_SHIFT: u32 = 12;
+const CLASSES: usize = 9;
+const MAX_CLASS: usize = 1 << (MIN_CLASS_SHIFT as usize + CLASSES - 1);
+const CLASS_BYTES: usize = 4 << 20;
+
+impl BufPool {
+    fn class(len: usize) -> Option<usize> {
+        if len > MAX_CLASS {
+            return None;
+        }
+        let size = len.max(1 << MIN_CLASS_SHIFT).next_power_of_two();
+        Some((size.trailing_zeros() - MIN_CLASS_SHIFT) as usize)
+    }
+
+    /// A buffer of at least `len` bytes.
+    pub(crate) fn take(&mut self, len: usize) -> Vec<u8> {
+        match Self::class(len) {
+            Some(c) => self.classes[c]
+                .pop()
+                .unwrap_or_else(|| vec![0; 1 << (c as u32 + MIN_CLASS_SHIFT)]),
+            None => vec![0; len],
+        }
+    }
+
+    /// Keeps `buf` for reuse if it is one of ours and the class has room.
+    pub(crate) fn give(&mut self, buf: Vec<u8>) {
+        let len = buf.len();
+        if !len.is_power_of_two() {
+            return;
+        }
+        if let Some(c) = Self::class(len) {
+            if len == 1 << (c as u32 + MIN_CLASS_SHIFT) && self.classes[c].len() * len < CLASS_BYTES
+            {
+                self.classes[c].push(buf);
+            }
+        }
+    }
+}
+
+fn take_buf(inner: &Inner, len: usize) -> Vec<u8> {
+    inner.bufs.borrow_mut().take(len)
+}
+
+fn give_buf(inner: &Inner, buf: Vec<u8>) {
+    inner.bufs.borrow_mut().give(buf);
+}
+
+// ---------------------------------------------------------------------------------------------
+// File
+
+/// A file whose I/O yields the task instead of blocking the thread: see the
+/// [module docs](self).
+///
+/// Positional only (`read_at`, `write_at`, …; no cursor), so tasks can share one `File`
+/// (`&File`, or an `Rc<File>`) and have requests in flight on it at once. Bound to its thread
+/// (`!Send`): move a [`std::fs::File`] between threads and wrap it with [`File::from_std`].
+///
+/// ```
+/// use costack_aio::{EventLoop, File};
+/// use std::rc::Rc;
+///
+/// let path = std::env::temp_dir().join(format!("costack-file-doc-{}", std::process::id()));
+/// let lp = EventLoop::new();
+/// lp.block_on({
+///     let path = path.clone();
+///     move || {
+///         let f = Rc::new(File::create(&path).unwrap());
+///         // Eight tasks write their 4 KiB blocks concurrently...
+///         let writers: Vec<_> = (0..8u8)
+///             .map(|i| {
+///                 let f = f.clone();
+///                 costack_aio::spawn(move || f.write_all_at(&[i; 4096], u64::from(i) * 4096))
+///             })
+///             .collect();
+///         for w in writers {
+///             w.join().unwrap();
+///         }
+///         // ...and an owned buffer comes back with the data, no copy.
+///         let (n, buf) = f.read_at_owned(vec![0; 4096], 5 * 4096);
+///         assert_eq!(n.unwrap(), 4096);
+///         assert!(buf.iter().all(|&b| b == 5));
+///         assert_eq!(f.len().unwrap(), 8 * 4096);
+///     }
+/// });
+/// std::fs::remove_file(path).unwrap();
+/// ```
+pub struct File {
+    /// Shared with the requests in flight, so that the descriptor outlives them.
+    fd: Arc<OwnedFd>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl File {
+    fn from_owned(fd: OwnedFd) -> File {
+        File {
+            fd: Arc::new(fd),
+            _not_send: PhantomData,
+        }
+    }
+
+    fn open_with(path: &Path, flags: i32) -> io::Result<File> {
+        let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "file name contained an unexpected NUL byte",
+            )
+        })?;
+        let op = Op::Open {
+            path,
+            flags,
+            opened: None,
+        };
+        let (r, op) = match begin_wait() {
+            Some(w) => run_in_task(w, None, op),
+            None => {
+                let mut op = op;
+                let r = exec_blocking(libc::AT_FDCWD, &mut op);
+                (r, op)
+            }
+        };
+        r?;
+        match op {
+            Op::Open {
+                opened: Some(fd), ..
+            } => Ok(File::from_owned(fd)),
+            _ => unreachable!("a successful open gives a descriptor"),
+        }
+    }
+
+    /// Opens an existing file for reading only (through the loop in a task).
+    ///
+    /// # Errors
+    /// As `open(2)`: `ENOENT`, `EACCES`, …
+    pub fn open(path: impl AsRef<Path>) -> io::Result<File> {
+        File::open_with(path.as_ref(), libc::O_RDONLY)
+    }
+
+    /// Opens an existing file for reading and writing.
+    ///
+    /// # Errors
+    /// As `open(2)`; `ENOENT` if the file does not exist.
+    pub fn open_rw(path: impl AsRef<Path>) -> io::Result<File> {
+        File::open_with(path.as_ref(), libc::O_RDWR)
+    }
+
+    /// Opens a file for reading and writing, creating it (mode `0666` less the umask) or
+    /// truncating it to length 0.
+    ///
+    /// # Errors
+    /// As `open(2)`.
+    pub fn create(path: impl AsRef<Path>) -> io::Result<File> {
+        File::open_with(path.as_ref(), libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC)
+    }
+
+    /// Wraps an open [`std::fs::File`] (opened with whatever `OpenOptions` you need,
+    /// `O_DIRECT` included).
+    pub fn from_std(f: std::fs::File) -> File {
+        File::from_owned(OwnedFd::from(f))
+    }
+
+    fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Runs `op` in the caller's task, or blocking outside one.
+    fn run(&self, op: Op) -> (io::Result<usize>, Op) {
+        match begin_wait() {
+            Some(w) => run_in_task(w, Some(&self.fd), op),
+            None => {
+                let mut op = op;
+                let r = exec_blocking(self.raw(), &mut op);
+                (r, op)
+            }
+        }
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many (`0` at or past the end of
+    /// the file). Like `pread(2)`.
+    ///
+    /// In a task, the data comes through a bounce buffer that the loop owns, so a cancelled or
+    /// timed-out task's `buf` is never written after it is gone. Use
+    /// [`read_at_owned`](File::read_at_owned) to avoid the copy.
+    ///
+    /// # Errors
+    /// The kernel's: `EBADF` if the file is not open for reading, `EISDIR`, `EIO`, …
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        check_offset(offset)?;
+        let Some(w) = begin_wait() else {
+            return pread(self.raw(), buf, offset);
+        };
+        let len = buf.len().min(MAX_RW);
+        let inner = w.inner.clone();
+        let bounce = take_buf(&inner, len);
+        let (r, op) = run_in_task(
+            w,
+            Some(&self.fd),
+            Op::Read {
+                buf: bounce,
+                len,
+                offset,
+            },
+        );
+        let Op::Read { buf: bounce, .. } = op else {
+            unreachable!()
+        };
+        if let Ok(n) = r {
+            buf[..n].copy_from_slice(&bounce[..n]);
+        }
+        give_buf(&inner, bounce);
+        r
+    }
+
+    /// Writes up to `buf.len()` bytes at `offset`; returns how many. Like `pwrite(2)` (on a
+    /// file opened with `O_APPEND` the data goes to the end, whatever `offset`).
+    ///
+    /// In a task the data is copied into a buffer the loop owns first.
+    ///
+    /// # Errors
+    /// The kernel's: `EBADF` if the file is not open for writing, `ENOSPC`, `EFBIG`, `EIO`, …
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        check_offset(offset)?;
+        let Some(w) = begin_wait() else {
+            return pwrite(self.raw(), buf, offset);
+        };
+        let len = buf.len().min(MAX_RW);
+        let inner = w.inner.clone();
+        let mut bounce = take_buf(&inner, len);
+        bounce[..len].copy_from_slice(&buf[..len]);
+        let (r, op) = run_in_task(
+            w,
+            Some(&self.fd),
+            Op::Write {
+                buf: bounce,
+                len,
+                offset,
+            },
+        );
+        if let Op::Write { buf, .. } = op {
+            give_buf(&inner, buf);
+        }
+        r
+    }
+
+    /// Fills `buf` from `offset`, reading as often as it takes.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::UnexpectedEof`] if the file ends first (how much of `buf` was
+    /// filled is then unspecified); the kernel's errors as [`read_at`](File::read_at).
+    pub fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.read_at(buf, offset) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "failed to fill whole buffer",
+                    ))
+                }
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `buf` at `offset`, writing as often as it takes.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::WriteZero`] if a write makes no progress; the kernel's errors as
+    /// [`write_at`](File::write_at) (`ENOSPC` once the file system is full: what was written
+    /// before it stays written).
+    pub fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.write_at(buf, offset) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "failed to write whole buffer",
+                    ))
+                }
+                Ok(n) => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads into `bufs` in order, from `offset` on; returns how many bytes in all. Like
+    /// `preadv(2)`. In a task this is one read of the total length into a bounce buffer,
+    /// scattered into `bufs` when it completes.
+    ///
+    /// # Errors
+    /// As [`read_at`](File::read_at).
+    pub fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<usize> {
+        check_offset(offset)?;
+        let Some(w) = begin_wait() else {
+            let n = bufs.len().min(IOV_MAX) as libc::c_int;
+            let iov = bufs.as_ptr().cast::<libc::iovec>();
+            // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix, and each slice is
+            // valid for writes of its length for the whole call.
+            let r = retry(|| unsafe { libc::preadv(self.raw(), iov, n, offset as i64) });
+            return match r {
+                // A descriptor that cannot seek reads its stream.
+                Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
+                    // SAFETY: as above.
+                    retry(|| unsafe { libc::readv(self.raw(), iov, n) })
+                }
+                r => r,
+            };
+        };
+        let total = bufs
+            .iter()
+            .fold(0usize, |a, b| a.saturating_add(b.len()))
+            .min(MAX_RW);
+        let inner = w.inner.clone();
+        let bounce = take_buf(&inner, total);
+        let (r, op) = run_in_task(
+            w,
+            Some(&self.fd),
+            Op::Read {
+                buf: bounce,
+                len: total,
+                offset,
+            },
+        );
+        let Op::Read { buf: bounce, .. } = op else {
+            unreachable!()
+        };
+        if let Ok(n) = r {
+            let mut src = &bounce[..n];
+            for b in bufs.iter_mut() {
+                if src.is_empty() {
+                    break;
+                }
+                let k = b.len().min(src.len());
+                b[..k].copy_from_slice(&src[..k]);
+                src = &src[k..];
+            }
+        }
+        give_buf(&inner, bounce);
+        r
+    }
+
+    /// Writes `bufs` in order, from `offset` on; returns how many bytes in all. Like
+    /// `pwritev(2)`. In a task the slices are gathered into one loop-owned buffer and written
+    /// with one request.
+    ///
+    /// # Errors
+    /// As [`write_at`](File::write_at).
+    pub fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<usize> {
+        check_offset(offset)?;
+        let Some(w) = begin_wait() else {
+            let n = bufs.len().min(IOV_MAX) as libc::c_int;
+            let iov = bufs.as_ptr().cast::<libc::iovec>();
+            // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and each slice is valid
+            // for reads of its length for the whole call.
+            let r = retry(|| unsafe { libc::pwritev(self.raw(), iov, n, offset as i64) });
+            return match r {
+                // A descriptor that cannot seek writes its stream.
+                Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
+                    // SAFETY: as above.
+                    retry(|| unsafe { libc::writev(self.raw(), iov, n) })
+                }
+                r => r,
+            };
+        };
+        let total = bufs
+            .iter()
+            .fold(0usize, |a, b| a.saturating_add(b.len()))
+            .min(MAX_RW);
+        let inner = w.inner.clone();
+        let mut bounce = take_buf(&inner, total);
+        let mut at = 0;
+        for b in bufs {
+            let k = b.len().min(total - at);
+            bounce[at..at + k].copy_from_slice(&b[..k]);
+            at += k;
+            if at == total {
+                break;
+            }
+        }
+        let (r, op) = run_in_task(
+            w,
+            Some(&self.fd),
+            Op::Write {
+                buf: bounce,
+                len: total,
+                offset,
+            },
+        );
+        if let Op::Write { buf, .. } = op {
+            give_buf(&inner, buf);
+        }
+        r
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset` straight into `buf` (no copy) and gives the
+    /// buffer back with the count. The buffer's length is the request: `buf.len()` bytes are
+    /// asked for, `buf[..n]` hold the data, the rest is left as it was.
+    ///
+    /// While the request is in flight the `Vec` belongs to the loop: if the task is cancelled,
+    /// it is freed only when the completion arrives.
+    ///
+    /// ```
+    /// use costack_aio::{EventLoop, File};
+    ///
+    /// let lp = EventLoop::new();
+    /// lp.block_on(|| {
+    ///     let f = File::open("/proc/self/stat").unwrap();
+    ///     let (r, buf) = f.read_at_owned(vec![0; 64], 0);
+    ///     let n = r.unwrap();
+    ///     assert!(n > 0 && buf.len() == 64);
+    /// });
+    /// ```
+    pub fn read_at_owned(&self, buf: Vec<u8>, offset: u64) -> (io::Result<usize>, Vec<u8>) {
+        let mut buf = buf;
+        if let Err(e) = check_offset(offset) {
+            return (Err(e), buf);
+        }
+        let Some(w) = begin_wait() else {
+            let r = pread(self.raw(), &mut buf, offset);
+            return (r, buf);
+        };
+        let len = buf.len().min(MAX_RW);
+        let (r, op) = run_in_task(w, Some(&self.fd), Op::Read { buf, len, offset });
+        let Op::Read { buf, .. } = op else {
+            unreachable!()
+        };
+        (r, buf)
+    }
+
+    /// Writes `buf[..]` at `offset` straight from `buf` (no copy) and gives the buffer back
+    /// with the count. While the request is in flight the `Vec` belongs to the loop, as with
+    /// [`read_at_owned`](File::read_at_owned).
+    pub fn write_at_owned(&self, buf: Vec<u8>, offset: u64) -> (io::Result<usize>, Vec<u8>) {
+        if let Err(e) = check_offset(offset) {
+            return (Err(e), buf);
+        }
+        let Some(w) = begin_wait() else {
+            let r = pwrite(self.raw(), &buf, offset);
+            return (r, buf);
+        };
+        let len = buf.len().min(MAX_RW);
+        let (r, op) = run_in_task(w, Some(&self.fd), Op::Write { buf, len, offset });
+        let Op::Write { buf, .. } = op else {
+            unreachable!()
+        };
+        (r, buf)
+    }
+
+    /// Flushes the file's data and metadata to the device (`fsync(2)`).
+    ///
+    /// # Errors
+    /// The kernel's: `EIO` (a write-back failed), `EROFS`/`EINVAL` for files that cannot be
+    /// synced.
+    pub fn sync_all(&self) -> io::Result<()> {
+        self.run(Op::Sync { data_only: false }).0.map(drop)
+    }
+
+    /// Flushes the file's data, and only the metadata needed to read it back
+    /// (`fdatasync(2)`).
+    ///
+    /// # Errors
+    /// As [`sync_all`](File::sync_all).
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.run(Op::Sync { data_only: true }).0.map(drop)
+    }
+
+    /// Deallocates `len` bytes from `offset` (`fallocate` with
+    /// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`): they read as zeroes afterwards and no
+    /// longer take space; the file's length does not change.
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` where the file system cannot punch holes; `EINVAL` for `len == 0`; the
+    /// kernel's others.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_offset(offset)?;
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        self.run(Op::Fallocate { mode, offset, len }).0.map(drop)
+    }
+
+    /// Makes `len` bytes from `offset` read as zeroes (`fallocate` with
+    /// `FALLOC_FL_ZERO_RANGE`), extending the file if the range goes past its end. Where the
+    /// file system does not support that (`EOPNOTSUPP`), writes zeroes instead.
+    ///
+    /// # Errors
+    /// `EINVAL` for `len == 0`; the kernel's others (`ENOSPC`…).
+    pub fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_offset(offset)?;
+        let mode = libc::FALLOC_FL_ZERO_RANGE;
+        match self.run(Op::Fallocate { mode, offset, len }).0 {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => self.write_zeroes(offset, len),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `len` zero bytes from `offset`, a megabyte at a time.
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let end = offset.checked_add(len).ok_or_else(einval)?;
+        check_offset(end)?;
+        let zeroes = vec![0u8; CHUNK.min(len) as usize];
+        let mut at = offset;
+        while at < end {
+            let k = (end - at).min(CHUNK) as usize;
+            self.write_all_at(&zeroes[..k], at)?;
+            at += k as u64;
+        }
+        Ok(())
+    }
+
+    /// The file's length in bytes (`fstat(2)`, on the calling thread).
+    ///
+    /// # Errors
+    /// The kernel's.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> io::Result<u64> {
+        // SAFETY: `stat` is plain data; fstat fills it or fails.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid, writable `stat` for the whole call.
+        if unsafe { libc::fstat(self.raw(), &mut st) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st.st_size as u64)
+    }
+
+    /// Truncates or extends the file to `len` bytes (`ftruncate(2)`); an extension reads as
+    /// zeroes.
+    ///
+    /// # Errors
+    /// `EINVAL` if `len` is above `i64::MAX` or the file is not open for writing; `EFBIG`…
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        check_offset(len)?;
+        self.run(Op::Truncate { len }).0.map(drop)
+    }
+}
+
+impl AsRawFd for File {
+    fn as_raw_fd(&self) -> RawFd {
+        self.raw()
+    }
+}
+
+impl AsFd for File {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl From<std::fs::File> for File {
+    fn from(f: std::fs::File) -> File {
+        File::from_std(f)
+    }
+}
+
+impl fmt::Debug for File {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("File").field("fd", &self.raw()).finish()
+    }
+}
