@@ -25,6 +25,9 @@
 //! * a finished one drops its unclaimed result;
 //! * a suspended one is *unwound*: it is entered once more, its `yield_now` panics with a private
 //!   payload, and the unwinding runs every destructor on its stack before the stack is reused.
+//!   A destructor must not wait (yield) during that unwinding: the coroutine cannot be suspended
+//!   again, so such a yield panics, and a panic inside a destructor that runs during unwinding
+//!   aborts the process. Use non-waiting calls (`try_lock` and the like) in destructors.
 //!
 //! The control block, the closure and the result all live at the top of the coroutine's own
 //! stack, and stacks come from a per-thread [`pool`], so creating, running and dropping

@@ -19,6 +19,11 @@
 //! stays right; the resume address is an indirect-call target, which the indirect branch
 //! predictor learns.
 //!
+//! The predictor is per CPU, not per stack, so this only holds when a coroutine yields at the
+//! call depth at which it was last resumed (a loop around `yield_now`, an inlined wait). Yielding
+//! from deeper or shallower than that costs one misprediction per unmatched frame at every
+//! switch; the generator's `suspend` and the locks' wait paths are forced inline for this reason.
+//!
 //! ## The two saved stack pointers
 //!
 //! A coroutine's [`Context`] holds two words, at fixed offsets that the assembly uses:
