@@ -199,8 +199,9 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// The "Goals" section of the previous report, heading included, up to the
-/// next second-level heading.
+/// The "Goals" section of the previous report, heading included, and every
+/// section after it (such as `## NBD server`, which `scripts/nbd-bench.sh`
+/// writes): this report only generates the sections before "Goals".
 fn previous_goals(out: &Path) -> String {
     let Ok(text) = fs::read_to_string(out) else {
         return format!("{GOALS_HEADING}\n\n{GOALS_PLACEHOLDER}");
@@ -210,8 +211,6 @@ fn previous_goals(out: &Path) -> String {
     for line in text.lines() {
         if line.trim_end() == GOALS_HEADING {
             inside = true;
-        } else if inside && line.starts_with("## ") {
-            break;
         }
         if inside {
             section.push_str(line);

@@ -1,0 +1,64 @@
+//! # costack-nbd: a Network Block Device server written as straight-line code
+//!
+//! NBD is the protocol QEMU, the Linux kernel, `nbdcopy` and friends use to reach a disk over a
+//! socket: a short negotiation, then a stream of requests — read these bytes, write those,
+//! flush — each answered with a reply that carries the client's cookie. Replies may come back
+//! in any order, so a good server runs many requests at once.
+//!
+//! The classic way to do that is a state machine per request, or a thread per request. QEMU
+//! built its coroutines for exactly this server, and this crate is the same design on
+//! [`costack`]: each connection is a coroutine, each request is a coroutine, and each is
+//! written as if it blocked:
+//!
+//! ```text
+//! fn run_request(conn, req, payload) {
+//!     let (r, _) = backend.write_at_owned(payload, req.offset);  // yields while the kernel works
+//!     if fua { backend.flush() }                                 // yields during fdatasync
+//!     send(conn, reply)                                          // yields for the lock and the socket
+//! }
+//! ```
+//!
+//! The event loop ([`costack_aio`]) resumes whichever coroutine's I/O is ready; nothing in the
+//! request code knows it is being interleaved with fifteen others.
+//!
+//! ## Using it
+//!
+//! The binary `costack-nbd` serves a file, or an in-memory disk when no file is given:
+//!
+//! ```sh
+//! costack-nbd                                # 1 GiB in memory on 127.0.0.1:10809
+//! qemu-img info nbd://127.0.0.1:10809
+//! costack-nbd --name disk0 disk.img          # a file, under the export name "disk0"
+//! ```
+//!
+//! As a library, build an [`Export`] and call [`serve`]:
+//!
+//! ```
+//! use costack_nbd::{serve, Config, Export};
+//! use std::sync::Arc;
+//!
+//! let export = Arc::new(Export::memory("demo", 1 << 20, false).unwrap());
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+//! let server = serve(export, listener, Config::default()).unwrap();
+//! println!("serving on {}", server.local_addr());
+//! server.shutdown().unwrap(); // stop accepting, finish what is in flight, flush
+//! ```
+//!
+//! ## Modules
+//!
+//! * [`proto`]: the wire format and the request rules, pure functions.
+//! * [`handshake`]: the option negotiation.
+//! * [`server`]: threads, loops, connections, the transmission phase.
+//! * [`export`]: the [`Backend`] trait, and the memory and file stores.
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod export;
+pub mod handshake;
+pub mod proto;
+pub mod server;
+
+pub use export::{Backend, Export, WritePath, ZeroMode};
+pub use server::{serve, set_verbose, Config, ServerHandle};

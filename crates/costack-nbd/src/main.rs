@@ -1,0 +1,244 @@
+//! `costack-nbd`: serve a file, or a disk in memory, over NBD.
+//!
+//! SIGINT and SIGTERM stop the server gracefully: it stops accepting, finishes the requests
+//! in flight, flushes the export and exits 0. A second signal while that is going on exits at
+//! once (status 1).
+
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+use clap::{Parser, ValueEnum};
+use costack_nbd::{serve, set_verbose, Config, Export, WritePath};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Serve a file, or an in-memory disk, over the Network Block Device protocol.
+///
+/// With FILE, clients read and write that file (or block device). Without it, they get a disk
+/// in memory (--size, all zeroes at first, gone when the server exits).
+///
+/// Reach it with, for example:
+///   qemu-img info nbd://127.0.0.1:10809
+///   nbdinfo nbd://127.0.0.1:10809
+///
+/// SIGINT/SIGTERM: stop accepting, finish the requests in flight, flush, exit 0.
+#[derive(Parser, Debug)]
+#[command(name = "costack-nbd", version, verbatim_doc_comment)]
+struct Args {
+    /// The file or block device to serve; an in-memory disk if absent.
+    file: Option<PathBuf>,
+
+    /// Address to listen on.
+    #[arg(
+        short = 'b',
+        long = "bind",
+        default_value = "127.0.0.1",
+        value_name = "ADDR"
+    )]
+    bind: IpAddr,
+
+    /// TCP port to listen on (0: any free port, printed at start).
+    #[arg(short, long, default_value_t = 10809)]
+    port: u16,
+
+    /// Export name. Clients asking for the empty (default) name get this export too.
+    #[arg(short = 'x', long = "name", default_value = "", value_parser = export_name)]
+    name: String,
+
+    /// Refuse writes (advertised to clients as a read-only export).
+    #[arg(short, long)]
+    read_only: bool,
+
+    /// Size of the in-memory disk, e.g. 1G, 512M, 4096 (ignored with FILE).
+    #[arg(short, long, default_value = "1G", value_parser = parse_size)]
+    size: u64,
+
+    /// Event-loop threads; connections are spread over them [default: the number of CPUs].
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
+
+    /// Requests in flight per connection.
+    #[arg(short = 'q', long = "in-flight", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    in_flight: u32,
+
+    /// Where file writes the kernel cannot do without blocking go: `inline` copies them into
+    /// the page cache on the loop thread; `aio` sends them through the loop's file I/O
+    /// (io_uring, or worker threads) while the request waits.
+    #[arg(long, value_enum, default_value_t = Writes::Inline)]
+    writes: Writes,
+
+    /// Log connections and errors to stderr.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Writes {
+    Inline,
+    Aio,
+}
+
+fn export_name(s: &str) -> Result<String, String> {
+    if s.len() > 4096 {
+        return Err("at most 4096 bytes".into());
+    }
+    if s.contains('\0') {
+        return Err("must not contain NUL".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// Parses `4096`, `64K`, `512M`, `1G`, `2T` (also with `iB`/`B`): binary units.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown unit in {s:?} (use K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a size: {s:?}"))?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n)
+        .ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and so in every thread started after), so that
+/// they are only ever taken by `sigwait` below: no handler runs, nothing is done in signal
+/// context.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a sigset_t we own; pthread_sigmask
+    // reads it. No memory outlives the calls.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: `set` is an initialised sigset_t and `sig` a valid out-pointer.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    set_verbose(args.verbose);
+    let writes = match args.writes {
+        Writes::Inline => WritePath::Inline,
+        Writes::Aio => WritePath::Aio,
+    };
+    let export = match &args.file {
+        Some(path) => Export::file(&args.name, path, args.read_only, writes),
+        None => Export::memory(&args.name, args.size, args.read_only),
+    };
+    let export = match export {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            match &args.file {
+                Some(p) => eprintln!("costack-nbd: cannot open {}: {e}", p.display()),
+                None => eprintln!("costack-nbd: cannot create the in-memory disk: {e}"),
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let addr = SocketAddr::new(args.bind, args.port);
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("costack-nbd: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let sigs = block_signals();
+    let threads = args.threads.map(|t| t as usize).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let cfg = Config {
+        threads,
+        max_in_flight: args.in_flight as usize,
+        ..Config::default()
+    };
+    let size = export.size();
+    let what = match &args.file {
+        Some(p) => p.display().to_string(),
+        None => "memory".to_owned(),
+    };
+    let server = match serve(export, listener, cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("costack-nbd: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    eprintln!(
+        "costack-nbd: serving {what} ({size} bytes{}) as {:?} on {} with {threads} thread(s)",
+        if args.read_only { ", read-only" } else { "" },
+        args.name,
+        server.local_addr(),
+    );
+    let sig = wait_signal(&sigs);
+    eprintln!("costack-nbd: signal {sig}: finishing the requests in flight");
+    // A second signal while the server winds down ends the process at once.
+    std::thread::spawn(move || {
+        let sig = wait_signal(&sigs);
+        eprintln!("costack-nbd: signal {sig} again: exiting now");
+        std::process::exit(1);
+    });
+    match server.shutdown() {
+        Ok(()) => {
+            eprintln!("costack-nbd: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("costack-nbd: final flush failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2t"), Ok(2 << 40));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+}

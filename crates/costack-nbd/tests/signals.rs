@@ -1,0 +1,155 @@
+//! The `costack-nbd` binary: SIGTERM and SIGINT stop it gracefully (requests in flight are
+//! answered, the export is flushed, the exit status is 0).
+
+mod common;
+
+use common::*;
+use costack_nbd::proto::{cflag, cmd};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+
+/// The server process, killed when dropped (if it is still running).
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(args: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
+        .args(["-p", "0", "-x", "test"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    // "costack-nbd: serving ... on 127.0.0.1:PORT with N thread(s)"
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.parse::<SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    // Keep draining stderr so the server never blocks on it.
+    std::thread::spawn(move || for _ in err.lines() {});
+    Server { child, addr }
+}
+
+fn signal(s: &Server, sig: i32) {
+    let pid = s.child.id() as libc::pid_t;
+    // SAFETY: kill(2) only sends a signal to our own child, still running (not reaped yet).
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+fn wait_exit(s: &mut Server) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_answers_requests_in_flight_flushes_and_exits_0() {
+    let f = TempFile::with_data("sigterm", &vec![0u8; 4 * MIB]);
+    let mut srv = start(&["-t", "2", f.path().to_str().unwrap()]);
+    let (mut c, _) = Client::open(srv.addr, true);
+    for i in 0..16u64 {
+        let flags = if i % 2 == 0 { cflag::FUA } else { 0 };
+        c.send(
+            cmd::WRITE,
+            flags,
+            i + 1,
+            i * 65536,
+            65536,
+            &vec![i as u8 + 1; 65536],
+        );
+    }
+    let first = c.read_reply().unwrap();
+    assert_eq!(first.error(), 0);
+    signal(&srv, libc::SIGTERM);
+    // Every request gets an answer: done (all of those the server had started), or
+    // ESHUTDOWN (those still on their way in when the signal came).
+    let mut acked = vec![first.cookie()];
+    let mut answered = 1;
+    while let Ok(r) = c.read_reply() {
+        answered += 1;
+        match r.error() {
+            0 => acked.push(r.cookie()),
+            e => assert_eq!(e, costack_nbd::proto::err::ESHUTDOWN),
+        }
+    }
+    assert_eq!(answered, 16, "every request was answered");
+    let st = wait_exit(&mut srv);
+    assert!(st.success(), "exit status {st}");
+    // Every acknowledged write is in the file.
+    let data = std::fs::read(f.path()).unwrap();
+    for cookie in acked {
+        let i = (cookie - 1) as usize;
+        assert!(data[i * 65536..(i + 1) * 65536]
+            .iter()
+            .all(|&b| b == i as u8 + 1));
+    }
+}
+
+#[test]
+fn sigint_with_idle_clients_exits_0() {
+    let mut srv = start(&["--size", "1M"]);
+    let (mut c, _) = Client::open(srv.addr, false);
+    assert_eq!(c.write(0, b"x"), 0);
+    let mut in_handshake = Client::connect(srv.addr);
+    signal(&srv, libc::SIGINT);
+    assert!(c.is_closed());
+    assert!(in_handshake.is_closed());
+    let st = wait_exit(&mut srv);
+    assert!(st.success(), "exit status {st}");
+    // No longer listening.
+    assert!(std::net::TcpStream::connect(srv.addr).is_err());
+}
+
+#[test]
+fn bad_arguments_are_refused_clearly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
+        .args(["/nonexistent/disk.img", "-p", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open /nonexistent/disk.img"));
+    let out = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
+        .args(["--size", "12Q"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
+    let out = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--bind",
+        "--port",
+        "--name",
+        "--read-only",
+        "--size",
+        "--threads",
+        "--in-flight",
+    ] {
+        assert!(help.contains(flag), "--help mentions {flag}");
+    }
+}
