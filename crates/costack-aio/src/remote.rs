@@ -31,7 +31,6 @@ use crate::runtime::{
     begin_wait, current_loop, expect_loop, forward_result, JoinError, TaskBuilder, TaskKey, Wait,
 };
 use std::fmt;
-use std::panic::resume_unwind;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::Thread;
@@ -448,13 +447,7 @@ impl<T> RemoteJoinHandle<T> {
     /// # Panics
     /// Continuing the task's panic, or if the task was dropped before it finished.
     pub fn join(self) -> T {
-        match self.try_join() {
-            Ok(v) => v,
-            Err(JoinError::Panicked(p)) => resume_unwind(p),
-            Err(JoinError::Cancelled) => {
-                panic!("costack-aio: joined a task that was dropped before it finished")
-            }
-        }
+        crate::runtime::join_value(self.try_join())
     }
 
     /// Like [`join`](RemoteJoinHandle::join), with the panic or cancellation as an error.

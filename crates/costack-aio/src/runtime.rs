@@ -679,6 +679,18 @@ pub struct JoinHandle<T> {
     loop_id: u64,
 }
 
+/// What `join` returns for a `try_join` result: the value, or the task's panic continued, or a
+/// panic saying the task was dropped unfinished.
+pub(crate) fn join_value<T>(r: Result<T, JoinError>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(JoinError::Panicked(p)) => resume_unwind(p),
+        Err(JoinError::Cancelled) => {
+            panic!("costack-aio: joined a task that was dropped before it finished")
+        }
+    }
+}
+
 impl<T> JoinHandle<T> {
     /// Waits for the task and returns its value; if the task panicked, continues the panic
     /// here with the same payload.
@@ -690,13 +702,7 @@ impl<T> JoinHandle<T> {
     /// Continuing the task's panic; or if the task was dropped before it finished (its loop
     /// shut down).
     pub fn join(self) -> T {
-        match self.try_join() {
-            Ok(v) => v,
-            Err(JoinError::Panicked(p)) => resume_unwind(p),
-            Err(JoinError::Cancelled) => {
-                panic!("costack-aio: joined a task that was dropped before it finished")
-            }
-        }
+        crate::runtime::join_value(self.try_join())
     }
 
     /// Like [`join`](JoinHandle::join), but returns a panic or a cancellation as an error.

@@ -124,8 +124,9 @@ pub(crate) struct Header {
 }
 
 impl Header {
-    /// Bytes at the top of every stack reserved for its control block (whole pages).
-    pub(crate) const RESERVED: usize = (size_of::<Header>() + 4095) & !4095;
+    /// Bytes at the top of every stack reserved for its control block (whole pages): its size
+    /// plus up to 63 bytes of alignment slack (see [`Header::location`]).
+    pub(crate) const RESERVED: usize = (size_of::<Header>() + 63 + 4095) & !4095;
 
     /// Where the control block of a coroutine on `stack` lives: at the top, 64-byte aligned.
     pub(crate) fn location(stack: &Stack) -> *mut Header {
@@ -1037,11 +1038,42 @@ pub(crate) unsafe fn wake_header(h: NonNull<Header>) {
     if state > SUSPENDED {
         cannot_wake(hr, state);
     }
-    hr.state.set(state | SCHEDULED);
+    // SAFETY: `cur` is the running coroutine; `h` is live and idle (checked above).
+    unsafe { enqueue_wakeup(&*cur, h) };
+}
+
+/// Queues `h` behind the running coroutine, like [`CoHandle::wake`] inside a coroutine, if it
+/// is idle (suspended or never entered, and not scheduled yet); returns whether it did. For the
+/// locks, whose waiters may already be entered or scheduled by someone else and then need no
+/// wake-up: no handle is made and no state is read twice.
+///
+/// # Safety
+/// `h` must be a live coroutine of this thread; the caller must run inside a coroutine.
+#[inline]
+pub(crate) unsafe fn schedule_if_idle(h: NonNull<Header>) -> bool {
+    let cur = current_ptr();
+    debug_assert!(!cur.is_null(), "schedule_if_idle outside any coroutine");
+    // SAFETY: live per the contract.
+    if unsafe { h.as_ref() }.state.get() > SUSPENDED {
+        return false;
+    }
+    // SAFETY: `cur` is the running coroutine (contract); `h` is live and idle.
+    unsafe { enqueue_wakeup(&*cur, h) };
+    true
+}
+
+/// Appends the idle coroutine `h` to `cur`'s deferred wake-up queue, which takes a strong
+/// reference to it.
+///
+/// # Safety
+/// `cur` is the running coroutine; `h` is live, suspended or never entered, and not scheduled.
+#[inline]
+unsafe fn enqueue_wakeup(cur: &Header, h: NonNull<Header>) {
+    // SAFETY: live per the contract.
+    let hr = unsafe { h.as_ref() };
+    hr.state.set(hr.state.get() | SCHEDULED);
     // SAFETY: live header; the queue entry owns this new reference.
     unsafe { incref(h) };
-    // SAFETY: CURRENT is the live running coroutine.
-    let cur = unsafe { &*cur };
     cur.state.set(cur.state.get() | WAKEUPS);
     let tail = cur.wake_tail.replace(hr);
     if tail.is_null() {

@@ -3,21 +3,17 @@
 //! re-executed), because exhausting a process-wide limit would break tests running beside it.
 
 use costack::{Builder, Coroutine, StackErrorKind};
-use std::process::Command;
 
 const CHILD_ENV: &str = "COSTACK_STACK_ERROR_CHILD";
+
+#[path = "common/child.rs"]
+mod child;
 
 /// Re-runs this test binary with only `test` selected and the child role set; returns
 /// (success, stdout + stderr).
 fn run_child(test: &str, role: &str) -> (bool, String) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, role)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    let (status, out) = child::run_child(CHILD_ENV, test, role);
+    (status.success(), out)
 }
 
 fn role() -> Option<String> {

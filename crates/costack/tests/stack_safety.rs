@@ -3,21 +3,14 @@
 
 use costack::{introspect, pool, yield_now, Builder, Coroutine};
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
 
 const CHILD_ENV: &str = "COSTACK_STACK_SAFETY_CHILD";
 
-/// Re-runs this binary with only `test` selected and `role` set; returns the exit status and
-/// the output.
+#[path = "common/child.rs"]
+mod child;
+
 fn run_child(test: &str, role: &str) -> (std::process::ExitStatus, String) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, role)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status, text)
+    child::run_child(CHILD_ENV, test, role)
 }
 
 fn role() -> Option<String> {

@@ -20,7 +20,7 @@
 //!
 //! # Spurious resumes
 //!
-//! Anyone holding a [`CoHandle`] to a waiting coroutine can enter it. The wait loop therefore
+//! Anyone holding a [`CoHandle`](crate::CoHandle) to a waiting coroutine can enter it. The wait loop therefore
 //! trusts only its node's `granted` flag: it yields again until that is set.
 //!
 //! # Waking
@@ -32,7 +32,7 @@
 //! after every wake, never keep a node pointer across one, and collect a panic of a coroutine
 //! entered this way in [`Wakeups`] to continue it after the remaining waiters have been served.
 
-use crate::coroutine::{current_header, handle_from_header, CoHandle, Header};
+use crate::coroutine::{current_header, handle_from_header, schedule_if_idle, Header};
 use std::any::Any;
 use std::cell::Cell;
 use std::marker::PhantomData;
@@ -222,10 +222,9 @@ impl WaitList {
         self.remove(node);
         node.granted.set(true);
         // SAFETY: the node was linked until a moment ago and nothing has run since, so its
-        // coroutine, on whose stack it lives, is live; the handle keeps it so from now on.
-        let co = unsafe { handle_from_header(node.co) };
-        // The node must not be touched any more: once its coroutine runs, it may be gone.
-        wakeups.wake(co);
+        // coroutine, on whose stack it lives, is live. The node must not be touched any more:
+        // once its coroutine runs, it may be gone.
+        unsafe { wakeups.wake(node.co) };
         true
     }
 
@@ -277,23 +276,29 @@ impl Wakeups {
     ///
     /// A coroutine that is entered (it is checking its flag before it suspends) or already
     /// scheduled (someone else woke it; it will check its flag when it runs) needs no wake.
-    fn wake(&mut self, co: CoHandle) {
+    ///
+    /// # Safety
+    /// `co` is a live coroutine of this thread.
+    unsafe fn wake(&mut self, co: NonNull<Header>) {
+        if crate::coroutine::in_coroutine() {
+            // Queued behind the running coroutine with a reference of its own; runs no code.
+            // SAFETY: live per the contract; we run inside a coroutine.
+            unsafe { schedule_if_idle(co) };
+            return;
+        }
+        // SAFETY: live per the contract; the handle keeps it so while it runs.
+        let co = unsafe { handle_from_header(co) };
         if !co.is_suspended() || co.is_scheduled() {
             return;
         }
-        if crate::coroutine::in_coroutine() {
-            // Queued behind the running coroutine with a reference of its own; runs no code.
-            co.wake();
-        } else {
-            // Entered now. Dropping `co` inside may free the coroutine (unwinding it), which
-            // can panic too.
-            let r = catch_unwind(AssertUnwindSafe(move || {
-                let _ = co.enter();
-                drop(co);
-            }));
-            if let Err(p) = r {
-                self.panic.get_or_insert(p);
-            }
+        // Entered now. Dropping `co` inside may free the coroutine (unwinding it), which can
+        // panic too.
+        let r = catch_unwind(AssertUnwindSafe(move || {
+            let _ = co.enter();
+            drop(co);
+        }));
+        if let Err(p) = r {
+            self.panic.get_or_insert(p);
         }
     }
 
