@@ -8,12 +8,20 @@
 //! Each loop has its own pool, started on first use, of at most
 //! [`LoopBuilder::blocking_threads`](crate::LoopBuilder::blocking_threads) threads (64 by
 //! default); work beyond that waits in a FIFO queue. Idle workers exit after a few seconds.
+//!
+//! # Cancellation
+//!
+//! A task that is cancelled (or whose [`timeout`](crate::timeout) expires) while its work still
+//! waits in the queue takes the work off the queue: it never runs, as QEMU's thread pool does
+//! with a cancelled request that has not started. Work that a worker has already started is
+//! not interrupted — a thread cannot be stopped safely in the middle of a system call or of
+//! foreign code — it runs to completion on its worker and its result is dropped.
 
 use crate::remote::oneshot;
 use crate::runtime::{begin_wait, Wait};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -22,7 +30,10 @@ type Job = Box<dyn FnOnce() + Send>;
 const IDLE_EXIT: Duration = Duration::from_secs(5);
 
 struct State {
-    jobs: VecDeque<Job>,
+    /// Queued jobs with their tickets, in FIFO order.
+    jobs: VecDeque<(u64, Job)>,
+    /// The ticket of the next job.
+    next: u64,
     threads: usize,
     idle: usize,
     shutdown: bool,
@@ -40,6 +51,7 @@ impl Pool {
         Pool {
             state: Mutex::new(State {
                 jobs: VecDeque::new(),
+                next: 0,
                 threads: 0,
                 idle: 0,
                 shutdown: false,
@@ -54,17 +66,20 @@ impl Pool {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `job`; starts a worker if none is idle and the limit allows.
-    fn submit(self: &std::sync::Arc<Self>, job: Job) {
+    /// Queues `job` and returns its ticket (for [`withdraw`](Pool::withdraw)); starts a worker
+    /// if none is idle and the limit allows.
+    fn submit(self: &std::sync::Arc<Self>, job: Job) -> u64 {
         let mut st = self.lock();
+        let ticket = st.next;
+        st.next += 1;
         if st.shutdown {
-            return; // `job` is dropped: its result channel reports the loss
+            return ticket; // `job` is dropped: its result channel reports the loss
         }
-        st.jobs.push_back(job);
+        st.jobs.push_back((ticket, job));
         if st.idle > 0 {
             drop(st);
             self.cond.notify_one();
-            return;
+            return ticket;
         }
         if st.threads < self.max {
             st.threads += 1;
@@ -82,12 +97,21 @@ impl Pool {
                 }
             }
         }
+        ticket
+    }
+
+    /// Takes the job `ticket` off the queue if no worker has started it yet; returns it (to be
+    /// dropped by the caller, outside the lock) if it did.
+    fn withdraw(&self, ticket: u64) -> Option<Job> {
+        let mut st = self.lock();
+        let i = st.jobs.iter().position(|(t, _)| *t == ticket)?;
+        st.jobs.remove(i).map(|(_, job)| job)
     }
 
     fn work(&self) {
         let mut st = self.lock();
         loop {
-            if let Some(job) = st.jobs.pop_front() {
+            if let Some((_, job)) = st.jobs.pop_front() {
                 drop(st);
                 job(); // catches its own panics
                 st = self.lock();
@@ -125,8 +149,9 @@ impl Pool {
 /// yields meanwhile, so the loop goes on serving the others. A panic in `f` continues in the
 /// task with the same payload. Outside any coroutine, `f` simply runs on the calling thread.
 ///
-/// If the task is cancelled (or times out) while `f` runs, `f` still runs to completion on
-/// its worker; its result is dropped.
+/// If the task is cancelled (or times out) while `f` waits in the queue, `f` is taken off the
+/// queue and never runs (it is dropped). If that happens while `f` runs, `f` runs to completion
+/// on its worker and its result is dropped.
 ///
 /// ```
 /// use costack_aio::{run_blocking, EventLoop};
@@ -161,12 +186,24 @@ where
 {
     let Wait { inner, .. } = w;
     let (tx, rx) = oneshot::<std::thread::Result<T>>();
-    inner.pool().submit(Box::new(move || {
+    let pool = inner.pool().clone();
+    drop(inner);
+    let ticket = pool.submit(Box::new(move || {
         let r = catch_unwind(AssertUnwindSafe(f));
         tx.send(r);
     }));
-    drop(inner);
-    match rx.recv() {
+    /// Takes the job off the queue if the task stops waiting for it (unwinds) before a worker
+    /// starts it; after the job ran, finds nothing to take.
+    struct Withdraw(Arc<Pool>, u64);
+    impl Drop for Withdraw {
+        fn drop(&mut self) {
+            drop(self.0.withdraw(self.1));
+        }
+    }
+    let withdraw = Withdraw(pool, ticket);
+    let r = rx.recv();
+    drop(withdraw);
+    match r {
         Some(Ok(v)) => v,
         Some(Err(p)) => resume_unwind(p),
         None => panic!("costack-aio: the blocking pool shut down before running the work"),

@@ -69,14 +69,19 @@
 //!
 //! ## Rules of the road
 //!
-//! * Every wait in this crate works inside a task of the thread's loop, and outside any
-//!   coroutine (it then blocks the thread, so the sockets work in plain threads too). Inside a
-//!   coroutine that is *not* a task (one you created with `costack::Coroutine` and entered
-//!   yourself) there is nothing to wake it, so waits panic and say so.
-//! * [`costack::yield_now`] in a task suspends it until something wakes it; to let others run
-//!   and continue, use this crate's [`yield_now`].
-//! * The single-thread locks of `costack::sync` work in tasks as they are (their deferred
-//!   wake-ups run inside the loop's turn); use [`sync::Mutex`] only to share between threads.
+//! * Every wait in this crate works inside a task of the thread's loop — also in a coroutine
+//!   that a task entered (a `costack::Generator` pulling from a socket, say), whose wait
+//!   suspends the task with it — and outside any coroutine (it then blocks the thread, so the
+//!   sockets work in plain threads too). In a coroutine that no task entered (one you created
+//!   with `costack::Coroutine` and entered from `main`) there is nothing to wake it, so waits
+//!   panic and say so. The rules behind this are costack's resume contract (`costack::park`),
+//!   in which the loop is the driver of its tasks.
+//! * [`costack::yield_now`] in a task lets the other ready tasks run and continues, like this
+//!   crate's [`yield_now`]; in a coroutine nested in a task it returns to the enterer, as
+//!   always.
+//! * The single-thread locks of `costack::sync` and `costack::bridge::await_future` work in
+//!   tasks as they are: their wake-ups reach the loop, which resumes the task. Use
+//!   [`sync::Mutex`] only to share between threads.
 //! * Dropping the loop drops every task on it: suspended stacks unwind, sockets close.
 //!
 //! ## Readiness and completions

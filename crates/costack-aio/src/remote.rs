@@ -39,6 +39,8 @@ use std::time::Instant;
 /// A message for a loop from another thread.
 pub(crate) enum Msg {
     Wake(TaskKey),
+    /// Wake the task whatever wait it is in (see [`task_waker`]).
+    WakeTask(u64),
     Call(Box<dyn FnOnce() + Send>),
 }
 
@@ -243,15 +245,29 @@ pub fn suspend(f: impl FnOnce(Waker)) {
     park.park(None);
 }
 
-/// The loop's [`costack::bridge::Suspender`]: lets `costack::bridge::await_future` wait for any
-/// `Future` in a task. The future's waker is this crate's `Send` waker, so a wake from any
-/// thread resumes the task on its home loop.
-pub(crate) fn bridge_suspender(poll: &mut dyn FnMut(&std::task::Waker)) -> bool {
-    if !crate::runtime::current_is_task() {
-        return false;
+/// The `Send` waker of the task `co` for futures it awaits (the loop's
+/// [`Driver::waker`](costack::Driver::waker)): waking it, from any thread, queues the task on
+/// its home loop whatever wait it is in; the wait re-checks its condition. One per task,
+/// reused for all its awaits.
+pub(crate) fn task_waker(remote: Arc<Remote>, co: u64) -> std::task::Waker {
+    struct TaskWake {
+        remote: Arc<Remote>,
+        co: u64,
     }
-    suspend(|waker| poll(&std::task::Waker::from(waker)));
-    true
+    impl std::task::Wake for TaskWake {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            match current_loop().filter(|l| l.id == self.remote.loop_id) {
+                Some(inner) => inner.wake_task(self.co),
+                None => {
+                    let _ = self.remote.send(Msg::WakeTask(self.co));
+                }
+            }
+        }
+    }
+    std::task::Waker::from(Arc::new(TaskWake { remote, co }))
 }
 
 /// A [`Waker`] as a `std::task::Waker`, for futures: waking it ends the same wait.

@@ -17,8 +17,19 @@
 //! suspended coroutine at once.
 //!
 //! Every wait in this crate re-checks its condition after it is resumed (the syscall is tried
-//! again, the flag is looked at again), so a coroutine entered by someone other than the loop —
-//! for example by a `costack::sync` lock's deferred wake-up — is never confused.
+//! again, the flag is looked at again), so a spurious resume is never confused.
+//!
+//! # The loop in the resume contract
+//!
+//! The loop is the [`Driver`](costack::Driver) of its tasks (`costack::park`): each task's
+//! coroutine names it, so a wake-up of anything that waits in a task — a `costack::sync` lock
+//! handed over, a future awaited with `costack::bridge::await_future`, a coroutine nested in the
+//! task (a generator pulling from a socket) — comes to the loop, which queues the task. A wait
+//! is a [`Park`](costack::Park): it finds the task as the root of the running chain (so a
+//! nested coroutine waits on its task's behalf), and parks, which suspends the chain up to the
+//! task. When the task comes back to the loop, the loop looks at how it left: parked (it waits
+//! for a wake-up) or a plain yield (`costack::yield_now`), which puts it back on the ready
+//! queue like [`yield_now`].
 
 use crate::blocking::Pool;
 use crate::fs::{BufPool, IoBackend};
@@ -26,7 +37,7 @@ use crate::reactor::Reactor;
 use crate::remote::{LoopHandle, Msg, Remote};
 use crate::time::{TimeoutUnwind, Timers};
 use crate::uring::Uring;
-use costack::{Builder, CoHandle, DEFAULT_STACK_SIZE};
+use costack::{Builder, CoHandle, Driver, Park, DEFAULT_STACK_SIZE};
 use std::any::Any;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -35,7 +46,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,6 +130,33 @@ struct Task {
     shared: Rc<dyn TaskShared>,
     /// The `timeout` scopes active in this task: deadline and scope id.
     timeouts: Vec<(Instant, u64)>,
+    /// The `Send` waker of this task for futures it awaits, made on first use.
+    waker: Option<std::task::Waker>,
+}
+
+/// The loop as the [`Driver`] of its tasks (see the module docs).
+pub(crate) struct LoopDriver {
+    inner: Weak<Inner>,
+}
+
+impl Driver for LoopDriver {
+    fn wake(&self, root: &CoHandle) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.wake_task(root.id().as_u64());
+        }
+    }
+
+    fn waker(&self, root: &CoHandle) -> Option<std::task::Waker> {
+        let inner = self.inner.upgrade()?;
+        let id = root.id().as_u64();
+        let mut tasks = inner.tasks.borrow_mut();
+        let t = tasks.get_mut(&id)?;
+        Some(
+            t.waker
+                .get_or_insert_with(|| crate::remote::task_waker(inner.remote.clone(), id))
+                .clone(),
+        )
+    }
 }
 
 /// Something to run on the loop's thread, in FIFO order.
@@ -131,6 +169,8 @@ pub(crate) enum Runnable {
 /// waits in progress.
 pub(crate) struct Inner {
     pub(crate) id: u64,
+    /// The driver every task of this loop names (one, shared).
+    driver: Rc<LoopDriver>,
     tasks: RefCell<IdMap<Task>>,
     ready: RefCell<VecDeque<Runnable>>,
     pub(crate) reactor: Reactor,
@@ -154,6 +194,20 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Queues the task `co` to be entered, whatever wait it is in (a wake-up through the
+    /// resume contract; the wait re-checks its condition).
+    pub(crate) fn wake_task(&self, co: u64) {
+        let mut tasks = self.tasks.borrow_mut();
+        if let Some(t) = tasks.get_mut(&co) {
+            if !t.queued {
+                t.queued = true;
+                let key = TaskKey { co, epoch: t.epoch };
+                drop(tasks);
+                self.ready.borrow_mut().push_back(Runnable::Task(key));
+            }
+        }
+    }
+
     /// Wakes the task waiting with `key`, if it still is: queues it to be entered.
     pub(crate) fn wake(&self, key: TaskKey) {
         let mut tasks = self.tasks.borrow_mut();
@@ -201,6 +255,7 @@ impl Inner {
             b = b.name(n.clone());
         }
         let co = b.create(move || task_main(s2, f));
+        co.set_driver(Some(self.driver.clone() as Rc<dyn Driver>));
         let id = co.id().as_u64();
         self.tasks.borrow_mut().insert(
             id,
@@ -211,6 +266,7 @@ impl Inner {
                 queued: true,
                 shared: shared as Rc<dyn TaskShared>,
                 timeouts: Vec::new(),
+                waker: None,
             },
         );
         self.ready
@@ -238,12 +294,16 @@ impl Inner {
                 _ => return,
             }
         };
-        // Someone else may have entered it meanwhile (a deferred wake-up of the core): then it
-        // is running or scheduled, and re-checks its own condition when it next waits.
-        if co.is_entered() || co.is_finished() || co.is_scheduled() {
+        // Someone else may have it now (it was entered through a handle, or a coroutine that
+        // entered it waits with it): then they enter it, and it re-checks its condition.
+        if !co.can_enter() {
             return;
         }
         let _ = co.enter();
+        if !co.is_finished() && !co.is_parked() && co.can_enter() {
+            // A plain `costack::yield_now()`: let the others run, then continue it.
+            self.wake_task(key.co);
+        }
         // `co` may be the last handle (the task was cancelled while it ran): dropping it here,
         // on the loop's stack, unwinds the coroutine.
     }
@@ -355,6 +415,7 @@ impl Inner {
         for msg in buf.drain(..) {
             match msg {
                 Msg::Wake(key) => self.wake(key),
+                Msg::WakeTask(co) => self.wake_task(co),
                 Msg::Call(f) => self.call_soon(f),
             }
         }
@@ -456,21 +517,25 @@ where
     }
 }
 
-/// A wait in progress: the loop, the key that ends it, and the task's nearest timeout.
+/// A wait in progress: the loop, the key that ends it, the task's nearest timeout, and the
+/// contract's [`Park`] of the waiting coroutine (which may be nested inside the task).
 pub(crate) struct Wait {
     pub(crate) inner: Rc<Inner>,
     pub(crate) key: TaskKey,
     timeout: Option<(Instant, u64)>,
+    park: Park,
 }
 
-/// Starts a wait of the running task. `None` outside any coroutine (the caller then blocks
-/// the thread instead).
+/// Starts a wait of the running task: of the task at the root of the running chain, so that a
+/// coroutine nested in a task (a generator, say) waits on its behalf. `None` outside any
+/// coroutine (the caller then blocks the thread instead).
 ///
 /// # Panics
-/// Inside a coroutine that is not a task of this thread's event loop: there is nothing that
-/// could wake it.
+/// Inside a chain whose root is not a task of this thread's event loop: there is nothing that
+/// could wake it. In a task being dropped (its forced unwind was caught), the unwind continues.
 pub(crate) fn begin_wait() -> Option<Wait> {
-    let id = costack::current_id()?.as_u64();
+    let park = Park::try_new()?;
+    let id = park.root_id().as_u64();
     let Some(inner) = current_loop() else {
         not_a_task()
     };
@@ -491,6 +556,7 @@ pub(crate) fn begin_wait() -> Option<Wait> {
         inner,
         key,
         timeout,
+        park,
     })
 }
 
@@ -498,26 +564,28 @@ fn earliest(timeouts: &[(Instant, u64)]) -> Option<(Instant, u64)> {
     timeouts.iter().copied().min_by_key(|&(d, _)| d)
 }
 
-#[cold]
-#[inline(never)]
-/// Whether the running coroutine is a task of this thread's loop.
-pub(crate) fn current_is_task() -> bool {
-    let Some(id) = costack::current_id() else {
-        return false;
-    };
-    current_loop().is_some_and(|inner| inner.tasks.borrow().contains_key(&id.as_u64()))
+/// The id of the task at the root of the running chain, if that root is a task of this
+/// thread's loop (and the loop itself).
+fn current_task() -> Option<(Rc<Inner>, u64)> {
+    let root = costack::park::root_id()?.as_u64();
+    let inner = current_loop()?;
+    let is_task = inner.tasks.borrow().contains_key(&root);
+    is_task.then_some((inner, root))
 }
 
+#[cold]
+#[inline(never)]
 fn not_a_task() -> ! {
     panic!(
-        "costack-aio: this coroutine is not a task of this thread's event loop, so nothing \
-         could wake it; spawn it with `spawn` or run it with `EventLoop::block_on`"
+        "costack-aio: this coroutine is not a task of this thread's event loop (nor entered by \
+         one), so nothing could wake it; spawn it with `spawn` or run it with \
+         `EventLoop::block_on`"
     )
 }
 
 impl Wait {
-    /// Yields until the key is woken (or the task is entered by someone else), or until
-    /// `deadline`. If a `timeout` scope of the task expires, unwinds to it instead.
+    /// Parks until the key is woken (or the task is resumed otherwise), or until `deadline`. If
+    /// a `timeout` scope of the task expires, unwinds to it instead.
     pub(crate) fn park(&self, deadline: Option<Instant>) {
         if let Some((d, id)) = self.timeout {
             if Instant::now() >= d {
@@ -529,7 +597,7 @@ impl Wait {
             (a, t) => a.or(t.map(|t| t.0)),
         };
         let timer = at.map(|at| TimerGuard::new(&self.inner, at, self.key));
-        costack::yield_now();
+        self.park.suspend();
         drop(timer);
         if let Some((d, id)) = self.timeout {
             if Instant::now() >= d {
@@ -563,32 +631,29 @@ impl Drop for TimerGuard<'_> {
     }
 }
 
-/// Adds a `timeout` scope to the running task; `None` if the caller is not a task.
-pub(crate) fn push_timeout(deadline: Instant, id: u64) -> Option<Rc<Inner>> {
-    let co = costack::current()?;
-    let inner = current_loop()?;
+/// Adds a `timeout` scope to the running task; returns the loop and the task, or `None` if the
+/// caller is not a task.
+pub(crate) fn push_timeout(deadline: Instant, id: u64) -> Option<(Rc<Inner>, u64)> {
+    let (inner, task) = current_task()?;
     let mut tasks = inner.tasks.borrow_mut();
-    let t = tasks.get_mut(&co.id().as_u64())?;
+    let t = tasks.get_mut(&task)?;
     t.timeouts.push((deadline, id));
     drop(tasks);
-    Some(inner)
+    Some((inner, task))
 }
 
-/// Removes the `timeout` scope `id` from the running task.
-pub(crate) fn pop_timeout(inner: &Inner, id: u64) {
-    let Some(co) = costack::current() else { return };
+/// Removes the `timeout` scope `id` from the task `task`.
+pub(crate) fn pop_timeout(inner: &Inner, task: u64, id: u64) {
     let mut tasks = inner.tasks.borrow_mut();
-    if let Some(t) = tasks.get_mut(&co.id().as_u64()) {
+    if let Some(t) = tasks.get_mut(&task) {
         t.timeouts.retain(|&(_, i)| i != id);
     }
 }
 
-/// Whether the caller is a task of this thread's event loop.
+/// Whether the caller runs in a task of this thread's event loop: a task, or a coroutine that
+/// a task entered (whose waits are the task's).
 pub fn in_task() -> bool {
-    let Some(co) = costack::current() else {
-        return false;
-    };
-    current_loop().is_some_and(|l| l.tasks.borrow().contains_key(&co.id().as_u64()))
+    current_task().is_some()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -748,13 +813,14 @@ impl<T> JoinHandle<T> {
         let Some(inner) = current_loop().filter(|l| l.id == self.loop_id) else {
             return;
         };
+        // Whether the caller runs in that very task (or in a coroutine it entered).
+        let is_self = costack::park::root_id().is_some_and(|r| r.as_u64() == self.co);
         let task = inner.remove_task(self.co);
-        let is_self = costack::current().is_some_and(|c| c.id().as_u64() == self.co);
         drop(task);
         if is_self {
             // Our enterer holds the last handle: when we yield, it drops it and we unwind.
             loop {
-                costack::yield_now();
+                costack::park::Park::new().suspend();
             }
         }
     }
@@ -902,8 +968,11 @@ impl LoopBuilder {
         } else {
             (IoBackend::ThreadPool, None, None)
         };
-        let inner = Rc::new(Inner {
+        let inner = Rc::new_cyclic(|weak| Inner {
             id,
+            driver: Rc::new(LoopDriver {
+                inner: weak.clone(),
+            }),
             tasks: RefCell::new(IdMap::default()),
             ready: RefCell::new(VecDeque::new()),
             reactor,
@@ -921,8 +990,6 @@ impl LoopBuilder {
             uring,
         });
         CURRENT.with(|c| c.set(Rc::as_ptr(&inner)));
-        // Let `costack::bridge::await_future` wait in this loop's tasks.
-        costack::bridge::set_suspender(Some(crate::remote::bridge_suspender));
         Ok(EventLoop { inner })
     }
 }
@@ -1108,12 +1175,12 @@ pub fn current_handle() -> Option<LoopHandle> {
 /// Lets the other ready tasks run, then continues: the task goes to the back of the ready
 /// queue. Outside any coroutine, yields the thread.
 ///
-/// Unlike [`costack::yield_now`], which suspends the coroutine until someone enters it again
-/// (inside a task that means: until something it registered with wakes it), this one
-/// reschedules itself.
+/// In a task itself, [`costack::yield_now`] does the same. In a coroutine nested in a task
+/// (a generator), `costack::yield_now` returns to its enterer, while this one yields the whole
+/// task to the loop.
 ///
 /// # Panics
-/// Inside a coroutine that is not a task of this thread's loop.
+/// Inside a coroutine that no task of this thread's loop entered.
 pub fn yield_now() {
     match begin_wait() {
         Some(w) => {

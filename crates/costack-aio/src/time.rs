@@ -159,16 +159,19 @@ pub fn timeout<R>(d: Duration, f: impl FnOnce() -> R) -> Result<R, Elapsed> {
 pub fn timeout_at<R>(deadline: Instant, f: impl FnOnce() -> R) -> Result<R, Elapsed> {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    let Some(inner) = push_timeout(deadline, id) else {
+    let Some((inner, task)) = push_timeout(deadline, id) else {
+        // A cancelled task that caught its unwind is no longer in the loop's table: it goes on
+        // unwinding (starting a wait does that) rather than report this.
+        let _ = costack::Park::try_new();
         panic!("costack-aio: timeout() can only be used in a task of an event loop");
     };
-    struct Pop<'a>(&'a crate::runtime::Inner, u64);
+    struct Pop<'a>(&'a crate::runtime::Inner, u64, u64);
     impl Drop for Pop<'_> {
         fn drop(&mut self) {
-            pop_timeout(self.0, self.1);
+            pop_timeout(self.0, self.1, self.2);
         }
     }
-    let pop = Pop(&inner, id);
+    let pop = Pop(&inner, task, id);
     let r = catch_unwind(AssertUnwindSafe(f));
     drop(pop);
     match r {

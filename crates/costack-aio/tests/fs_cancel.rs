@@ -7,7 +7,7 @@
 //! that buffer is freed. Runs on both backends (`COSTACK_AIO_IO_URING=0` for the worker pool),
 //! and under AddressSanitizer with `scripts/asan-fs.sh`.
 
-use costack_aio::{sleep, spawn, timeout, EventLoop, File};
+use costack_aio::{run_blocking, sleep, spawn, timeout, EventLoop, File, IoBackend};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -81,6 +81,20 @@ fn wait_frees(n: usize) {
     }
 }
 
+/// Right after a cancel, `in_flight` requests' buffers are still alive: the kernel or a worker
+/// has each request and may still write into its buffer. Except, on the worker pool, a request
+/// that no worker has started yet (a worker slow to start: valgrind): the cancel takes it off the
+/// queue (see `run_blocking`), and its buffer, which nothing will ever touch, is freed at once.
+fn assert_buffers_kept(backend: IoBackend, in_flight: usize, what: &str) {
+    let (allocated, freed) = counts();
+    assert_eq!(allocated, in_flight, "{what}");
+    if backend == IoBackend::ThreadPool {
+        assert!(freed <= in_flight, "{what}: {freed} freed");
+    } else {
+        assert_eq!(freed, 0, "{what}");
+    }
+}
+
 fn pipe() -> (std::fs::File, std::fs::File) {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into the array.
@@ -107,7 +121,8 @@ fn a_cancelled_borrowed_read_keeps_its_bounce_buffer_until_the_completion() {
     const SIZE: usize = 1_234_567;
     let _g = watch(SIZE);
     let lp = EventLoop::new();
-    lp.block_on(|| {
+    let backend = lp.io_backend();
+    lp.block_on(move || {
         let (r, mut w) = pipe();
         let r = Rc::new(File::from_std(r));
         let reader = spawn({
@@ -121,7 +136,7 @@ fn a_cancelled_borrowed_read_keeps_its_bounce_buffer_until_the_completion() {
         sleep(Duration::from_millis(10)); // the read is in the kernel (or on a worker)
         assert_eq!(counts(), (1, 0), "one bounce buffer, in flight");
         reader.cancel(); // the task's stack unwinds; its `buf` is freed
-        assert_eq!(counts(), (1, 0), "the bounce buffer is still the request's");
+        assert_buffers_kept(backend, 1, "the bounce buffer is still the request's");
         // Data arrives after the task is gone: the request may complete with it now, writing
         // into the bounce buffer (if the cancel has not reached the kernel yet).
         w.write_all(b"after the cancel").unwrap();
@@ -139,7 +154,8 @@ fn a_cancelled_owned_read_keeps_its_vec_until_the_completion() {
     const SIZE: usize = 77_777;
     let _g = watch(SIZE);
     let lp = EventLoop::new();
-    lp.block_on(|| {
+    let backend = lp.io_backend();
+    lp.block_on(move || {
         let (r, w) = pipe();
         let r = Rc::new(File::from_std(r));
         let reader = spawn({
@@ -152,7 +168,7 @@ fn a_cancelled_owned_read_keeps_its_vec_until_the_completion() {
         sleep(Duration::from_millis(10));
         assert_eq!(counts(), (1, 0));
         reader.cancel();
-        assert_eq!(counts(), (1, 0), "the Vec belongs to the request in flight");
+        assert_buffers_kept(backend, 1, "the Vec belongs to the request in flight");
         // The last writer goes: the read (if still in the kernel) completes with end of file.
         drop(w);
         sleep(Duration::from_millis(10));
@@ -177,6 +193,7 @@ fn a_cancelled_owned_write_to_a_full_pipe_keeps_its_vec_until_the_completion() {
         libc::fcntl(w.as_raw_fd(), libc::F_SETFL, fl);
     }
     let lp = EventLoop::new();
+    let backend = lp.io_backend();
     lp.block_on(move || {
         let w = File::from_std(w);
         let writer = spawn(move || {
@@ -186,7 +203,7 @@ fn a_cancelled_owned_write_to_a_full_pipe_keeps_its_vec_until_the_completion() {
         sleep(Duration::from_millis(10));
         assert_eq!(counts(), (1, 0));
         writer.cancel(); // drops the `File` too: the descriptor stays open for the request
-        assert_eq!(counts(), (1, 0), "the Vec belongs to the request in flight");
+        assert_buffers_kept(backend, 1, "the Vec belongs to the request in flight");
         sleep(Duration::from_millis(10));
     });
     // Drain the pipe until every write end is closed: that happens only once the request has
@@ -259,6 +276,7 @@ fn many_cancelled_requests_in_flight_at_once() {
     const N: usize = 200;
     let _g = watch(SIZE);
     let lp = EventLoop::builder().blocking_threads(N).build().unwrap();
+    let backend = lp.io_backend();
     let (r, w) = pipe();
     lp.block_on(move || {
         let r = Rc::new(File::from_std(r));
@@ -273,11 +291,53 @@ fn many_cancelled_requests_in_flight_at_once() {
         for t in tasks {
             t.cancel();
         }
-        assert_eq!(counts(), (N, 0));
+        assert_buffers_kept(backend, N, "every buffer belongs to its request in flight");
         drop(w);
         sleep(Duration::from_millis(20));
     });
     wait_frees(N);
     drop(lp);
     assert_eq!(counts(), (N, N));
+}
+
+#[test]
+fn a_queued_request_of_a_cancelled_task_is_withdrawn_and_never_runs() {
+    // The worker pool with one worker, kept busy: a read queued behind it is taken off the queue
+    // when its task is cancelled — its buffer is freed at once, and it never reads the pipe.
+    const SIZE: usize = 33_333;
+    let _g = watch(SIZE);
+    let lp = EventLoop::builder()
+        .io_uring(false)
+        .blocking_threads(1)
+        .build()
+        .unwrap();
+    let (r, mut w) = pipe();
+    let mut r_peek = r.try_clone().unwrap();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    lp.block_on(move || {
+        let blocker = spawn(move || run_blocking(move || release_rx.recv().unwrap()));
+        let r = File::from_std(r);
+        let reader = spawn(move || {
+            let (res, _buf) = r.read_at_owned(vec![0u8; SIZE], 0);
+            unreachable!("cancelled while queued: {res:?}");
+        });
+        sleep(Duration::from_millis(10));
+        assert_eq!(
+            counts(),
+            (1, 0),
+            "the read waits in the queue with its buffer"
+        );
+        reader.cancel();
+        assert_eq!(counts(), (1, 1), "withdrawn: its buffer is freed at once");
+        w.write_all(b"for nobody").unwrap();
+        release_tx.send(()).unwrap();
+        blocker.join();
+        drop(w);
+    });
+    drop(lp);
+    // The read never ran: the bytes are still in the pipe.
+    let mut left = Vec::new();
+    r_peek.read_to_end(&mut left).unwrap();
+    assert_eq!(left, b"for nobody");
+    assert_eq!(counts(), (1, 1));
 }

@@ -1,6 +1,7 @@
 //! `File` errors carry the kernel's errno, on both backends: EBADF, EISDIR, ENOENT, short
 //! reads at the end of a file, and ENOSPC from a full file system (a 256 KiB tmpfs mounted for
-//! the test; skipped, and said so, where mounting is not allowed).
+//! the test; skipped, and said so, where mounting is not allowed, and a failure then with
+//! `COSTACK_REQUIRE_ALL_TESTS=1`).
 
 use costack_aio::{EventLoop, File};
 use std::ffi::CString;
@@ -8,6 +9,9 @@ use std::io::{self, IoSlice};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[path = "common/require.rs"]
+mod require;
 
 fn temp_name(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -131,7 +135,7 @@ fn enospc_from_a_full_file_system_is_surfaced() {
     let fs = match Tmpfs::mount("256k") {
         Ok(fs) => fs,
         Err(e) => {
-            eprintln!("SKIPPED enospc_from_a_full_file_system_is_surfaced: cannot mount a tmpfs ({e}); needs root");
+            require::skip_or_fail(&format!("cannot mount a tmpfs ({e}); needs root"));
             return;
         }
     };
@@ -180,7 +184,7 @@ fn zero_range_falls_back_to_writing_zeroes_where_unsupported() {
     let fs = match Tmpfs::mount("4m") {
         Ok(fs) => fs,
         Err(e) => {
-            eprintln!("SKIPPED zero_range_falls_back_to_writing_zeroes_where_unsupported: cannot mount a tmpfs ({e})");
+            require::skip_or_fail(&format!("cannot mount a tmpfs ({e}); needs root"));
             return;
         }
     };

@@ -31,7 +31,13 @@ fn handles_run_closures_on_the_loop_thread_from_many_threads() {
         .collect();
     let c = count.clone();
     lp.block_on(move || {
+        let mut steps = 0;
         while c.load(Ordering::Relaxed) < 4000 {
+            steps += 1;
+            assert!(
+                steps < 30_000,
+                "the closures did not all run within 30 000 sleeps of 1 ms"
+            );
             sleep(Duration::from_millis(1));
         }
     });
@@ -58,7 +64,10 @@ fn a_handle_spawns_tasks_whose_results_come_back_to_any_thread() {
     assert_ne!(on, thread::current().id());
     // A panic comes back as a panic.
     let r = h.spawn(|| -> u8 { panic!("remote boom") }).try_join();
-    assert!(matches!(r, Err(JoinError::Panicked(_))));
+    match r {
+        Err(JoinError::Panicked(p)) => assert_eq!(p.downcast_ref::<&str>(), Some(&"remote boom")),
+        other => panic!("expected the task's panic, got {other:?}"),
+    }
     // Tasks spawned remotely can wait on the loop like any other.
     let v = h
         .spawn(|| {
@@ -170,15 +179,40 @@ fn waking_a_cancelled_task_or_a_dropped_loop_is_harmless() {
     thread::spawn(move || w.wake()).join().unwrap();
 }
 
+/// Outside any coroutine, `suspend` parks the thread until the waker is woken from another
+/// thread: it returns only after the waking thread's wake, and sees what that thread did
+/// before it.
 #[test]
 fn suspend_outside_a_coroutine_parks_the_thread() {
+    const DELAY: Duration = Duration::from_millis(50);
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let before_wake = Arc::new(AtomicUsize::new(0));
     let mut t = None;
+    let t0 = std::time::Instant::now();
     suspend(|w| {
+        let (log, before_wake) = (log.clone(), before_wake.clone());
         t = Some(thread::spawn(move || {
-            thread::sleep(Duration::from_millis(2));
+            thread::sleep(DELAY);
+            before_wake.store(42, Ordering::Relaxed);
+            log.lock().unwrap().push("waker: waking");
             w.wake();
         }))
     });
+    let elapsed = t0.elapsed();
+    log.lock().unwrap().push("main: suspend returned");
+    assert!(
+        elapsed >= DELAY,
+        "returned after {elapsed:?}, before the wake"
+    );
+    assert_eq!(
+        before_wake.load(Ordering::Relaxed),
+        42,
+        "the wake publishes what the waking thread did before it"
+    );
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["waker: waking", "main: suspend returned"]
+    );
     t.unwrap().join().unwrap();
 }
 

@@ -100,7 +100,12 @@ fn guards_unlock_on_panic() {
             panic!("while holding the lock");
         })
         .try_join();
-        assert!(r.is_err());
+        match r {
+            Err(costack_aio::JoinError::Panicked(p)) => {
+                assert_eq!(p.downcast_ref::<&str>(), Some(&"while holding the lock"))
+            }
+            other => panic!("expected the task's panic, got {other:?}"),
+        }
         assert_eq!(*m.lock(), 1);
     });
 }

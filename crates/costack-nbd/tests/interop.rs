@@ -1,8 +1,9 @@
 //! Real clients that nobody on this team wrote, against the server running in this process:
 //! `qemu-img`, `qemu-io`, `nbdinfo`, `nbdcopy`.
 //!
-//! A missing tool makes its test print `SKIPPED: ...` and pass; CI installs them (`qemu-utils`
-//! and `libnbd-bin`), so there they run.
+//! A missing tool makes its test print `SKIPPED ...` and pass, or fail where
+//! `COSTACK_REQUIRE_ALL_TESTS=1` is set; CI installs them (`qemu-utils` and `libnbd-bin`) and
+//! sets it, so there they run.
 
 mod common;
 
@@ -22,12 +23,15 @@ fn have(tool: &str) -> bool {
         .is_ok()
 }
 
-/// Skips the test (returns from it) unless every tool is installed.
+/// Skips the test (returns from it) unless every tool is installed; fails it instead with
+/// `COSTACK_REQUIRE_ALL_TESTS=1`.
 macro_rules! require {
     ($($tool:expr),+) => {
         for t in [$($tool),+] {
             if !have(t) {
-                println!("SKIPPED: `{t}` is not installed (Debian: qemu-utils / libnbd-bin)");
+                skip_or_fail(&format!(
+                    "`{t}` is not installed (Debian: qemu-utils / libnbd-bin)"
+                ));
                 return;
             }
         }

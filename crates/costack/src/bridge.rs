@@ -33,17 +33,23 @@
 //!
 //! # Who re-enters the coroutine
 //!
-//! A waker must lead back to the coroutine that waits. `await_future` asks, in this order:
+//! A waker must lead back to the coroutine that waits. `await_future` follows the resume
+//! contract ([`park`](crate::park)): it hands the future the waker of the *driver* of the
+//! outermost coroutine of the running chain ([`Park::waker`]):
 //!
-//! 1. the future returned by [`as_future`] that is being polled on this thread, if any: its
-//!    task's waker is used, and the outer poll re-enters the hosted coroutine;
-//! 2. the *suspender* that the code entering coroutines on this thread registered with
-//!    [`set_suspender`]: an event loop (costack-aio registers one) hands out a waker that
-//!    re-enters the coroutine on its home loop, also when woken from another thread, and
-//!    suspends the coroutine until it is woken.
+//! * a coroutine hosted by [`as_future`]: the waker of the task that polls that future, so the
+//!   executor polls it again and the poll enters the coroutine;
+//! * a task of an event loop (costack-aio): a waker that resumes the task on its home loop,
+//!   also when woken from another thread.
 //!
-//! With neither, nothing would ever re-enter the coroutine, so `await_future` panics with a
-//! message that says so; outside any coroutine it panics too (there is nothing to yield).
+//! The waker belongs to `await_future`'s own frame, so it stays valid however the coroutine is
+//! suspended meanwhile — even by the future's own `poll` yielding or waiting for a lock. Nested
+//! coroutines are fine: a generator resumed inside a hosted coroutine can await a future, and
+//! the hosted coroutine waits with it.
+//!
+//! With no driver at the root, nothing would ever re-enter the coroutine from another thread,
+//! so `await_future` panics with a message that says so; outside any coroutine it panics too
+//! (there is nothing to yield).
 //!
 //! # Honest about `Send`
 //!
@@ -60,105 +66,71 @@
 //! # Wake-ups
 //!
 //! Spurious wake-ups are harmless: the coroutine is entered, `await_future` polls the future
-//! again, and yields again if it is still pending. A wake after the outer future completed
-//! wakes a finished task, which executors ignore. If the hosted code yields for another reason
-//! (a plain [`yield_now`](crate::yield_now)), the outer poll wakes its own task at once, so it
-//! is polled again soon, like `tokio::task::yield_now`.
+//! again, and waits again if it is still pending. A wake after the outer future completed
+//! wakes a finished task, which executors ignore. If the hosted code yields plainly (a
+//! [`yield_now`](crate::yield_now)), the outer poll wakes its own task at once, so it is polled
+//! again soon, like `tokio::task::yield_now`; if it waits (a future, a lock), the poll returns
+//! [`Poll::Pending`] and the wait's waker brings the task back.
 //!
 //! Dropping the outer future while the coroutine is suspended drops the coroutine: its stack
 //! unwinds, dropping the inner future it was awaiting. A panic in the hosted code continues from
 //! the outer future's `poll`.
 
-use crate::coroutine::{current_header, Coroutine, Status};
-use std::cell::Cell;
+use crate::coroutine::{Coroutine, Driver, Status};
+use crate::park::Park;
+use crate::CoHandle;
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::{pin, Pin};
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-/// The host frame of the `as_future` poll running on this thread: its task's waker, and
-/// whether the hosted code yielded because a future it awaits is pending.
-struct Host<'a> {
-    waker: &'a Waker,
-    awaiting: Cell<bool>,
-}
-
-/// How an event loop suspends one of its coroutines until a [`Waker`] is woken (see
-/// [`set_suspender`]).
-///
-/// Called inside a coroutine with a callback. If the loop runs this coroutine, it makes a waker
-/// for this one wait, calls the callback with it (the callback polls a future, which may keep the
-/// waker or wake it at once), suspends the coroutine until the waker is woken (or the coroutine
-/// is entered some other way), and returns `true`. If the loop does not run this coroutine it
-/// returns `false` without calling the callback.
-pub type Suspender = fn(&mut dyn FnMut(&Waker)) -> bool;
-
-thread_local! {
-    /// The innermost `CoFuture::poll` on this thread (null when none).
-    static HOST: Cell<*const Host<'static>> = const { Cell::new(std::ptr::null()) };
-    /// The suspender registered by whoever enters coroutines on this thread (an event loop).
-    static SUSPENDER: Cell<Option<Suspender>> = const { Cell::new(None) };
-}
-
-/// Registers (or, with `None`, removes) this thread's [`Suspender`], so that [`await_future`]
-/// works in coroutines that an event loop runs. Returns the previous one.
-pub fn set_suspender(suspender: Option<Suspender>) -> Option<Suspender> {
-    SUSPENDER.with(|s| s.replace(suspender))
-}
-
-/// Drives `fut` to completion from inside a coroutine, yielding the coroutine while it is
+/// Drives `fut` to completion from inside a coroutine, parking the coroutine while it is
 /// pending. See the [module documentation](self) for who re-enters the coroutine.
 ///
 /// # Panics
-/// Outside any coroutine; and inside one that nothing would re-enter (not hosted by
-/// [`as_future`], and no waker source registered on this thread).
+/// Outside any coroutine; and inside one whose chain has no driver that could be woken from a
+/// future (not hosted by [`as_future`], not an event loop's task).
 pub fn await_future<F: Future>(fut: F) -> F::Output {
-    if current_header().is_null() {
+    let Some(park) = Park::try_new() else {
         panic!(
             "costack::bridge::await_future called outside of any coroutine: there is nothing to \
              yield while the future is pending (use an executor's block_on there)"
         );
-    }
+    };
     let mut fut = pin!(fut);
     // A future that is ready at once needs no waker at all; polling it first with a no-op waker
     // is allowed, since a future must wake the waker of its latest poll.
     if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         return v;
     }
+    let mut waker: Option<Waker> = None;
     loop {
-        let host = HOST.with(|h| h.get());
-        if !host.is_null() {
-            // SAFETY: HOST points to a `Host` on the stack of a `CoFuture::poll` that is below
-            // us on this thread (it entered the chain we run on) and restores HOST before it
-            // returns or unwinds, so the frame is live.
-            let host = unsafe { &*host };
-            if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(host.waker)) {
-                return v;
-            }
-            host.awaiting.set(true);
-            crate::yield_now();
-            continue;
+        // The driver's waker for this wait, kept in this frame; asked for again after every
+        // resume, because the chain's root (and so its driver) or the executor's waker may have
+        // changed meanwhile.
+        match park.waker() {
+            Some(w) => match &mut waker {
+                Some(old) if old.will_wake(&w) => {}
+                slot => *slot = Some(w),
+            },
+            None => no_driver(),
         }
-        if let Some(suspend) = SUSPENDER.with(|s| s.get()) {
-            let mut out = None;
-            let handled = suspend(&mut |waker: &Waker| {
-                if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(waker)) {
-                    out = Some(v);
-                    waker.wake_by_ref(); // do not stay suspended
-                }
-            });
-            if let Some(v) = out {
-                return v;
-            }
-            if handled {
-                continue;
-            }
+        let w = waker.as_ref().expect("set above");
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(w)) {
+            return v;
         }
-        panic!(
-            "costack::bridge::await_future: this coroutine is neither hosted by \
-             bridge::as_future nor run by an event loop, so nothing would enter it again when \
-             the future is ready"
-        );
+        park.suspend();
     }
+}
+
+#[cold]
+#[inline(never)]
+fn no_driver() -> ! {
+    panic!(
+        "costack::bridge::await_future: this coroutine is neither hosted by bridge::as_future \
+         nor run by an event loop, so nothing would enter it again when the future is ready"
+    )
 }
 
 /// Runs the synchronous closure `f` as a coroutine inside a [`Future`] of its result. See the
@@ -168,9 +140,7 @@ where
     F: FnOnce() -> R + 'static,
     R: 'static,
 {
-    CoFuture {
-        co: Some(Coroutine::new(f)),
-    }
+    CoFuture::new(Coroutine::new(f))
 }
 
 /// The future returned by [`as_future`]: a coroutine polled by an async executor.
@@ -180,6 +150,26 @@ where
 #[must_use = "futures do nothing unless polled"]
 pub struct CoFuture<R> {
     co: Option<Coroutine<R>>,
+    host: Rc<Host>,
+}
+
+/// The driver of a hosted coroutine: the waker of the latest poll of its future.
+struct Host {
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Driver for Host {
+    fn wake(&self, _root: &CoHandle) {
+        // Cloned out first: waking may run executor code, which must not find the cell borrowed.
+        let w = self.waker.borrow().clone();
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    fn waker(&self, _root: &CoHandle) -> Option<Waker> {
+        self.waker.borrow().clone()
+    }
 }
 
 impl<R> std::fmt::Debug for CoFuture<R> {
@@ -189,9 +179,14 @@ impl<R> std::fmt::Debug for CoFuture<R> {
 }
 
 impl<R: 'static> CoFuture<R> {
-    /// Wraps an already created coroutine (for a custom stack size or name).
+    /// Wraps an already created coroutine (for a custom stack size or name). The future becomes
+    /// the coroutine's [`Driver`].
     pub fn new(co: Coroutine<R>) -> CoFuture<R> {
-        CoFuture { co: Some(co) }
+        let host = Rc::new(Host {
+            waker: RefCell::new(None),
+        });
+        co.set_driver(Some(host.clone() as Rc<dyn Driver>));
+        CoFuture { co: Some(co), host }
     }
 }
 
@@ -203,28 +198,20 @@ impl<R: 'static> Future for CoFuture<R> {
             .co
             .as_ref()
             .expect("costack::bridge::CoFuture polled after it completed");
-        let host = Host {
-            waker: cx.waker(),
-            awaiting: Cell::new(false),
-        };
-        /// Restores the previous host frame, also when the coroutine's panic unwinds through.
-        struct Restore(*const Host<'static>);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                HOST.with(|h| h.set(self.0));
+        {
+            let mut w = self.host.waker.borrow_mut();
+            match &mut *w {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
             }
         }
-        let ptr = (&host as *const Host<'_>).cast::<Host<'static>>();
-        let _restore = Restore(HOST.with(|h| h.replace(ptr)));
-        let status = co.enter();
-        drop(_restore);
-        match status {
+        match co.enter() {
             Status::Finished(r) => {
                 self.co = None;
                 Poll::Ready(r)
             }
             Status::Yielded => {
-                if !host.awaiting.get() {
+                if !co.is_parked() {
                     // A plain yield: nothing else will wake us, so ask to be polled again.
                     cx.waker().wake_by_ref();
                 }

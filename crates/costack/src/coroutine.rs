@@ -62,6 +62,7 @@ use std::marker::PhantomData;
 use std::mem::{align_of, size_of, ManuallyDrop};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 // States of a coroutine (the low two bits of `Header::state`).
@@ -80,8 +81,22 @@ const SCHEDULED: u8 = 4;
 const WAKEUPS: u8 = 8;
 /// Flag on FINISHED until its enterer settles it: the closure panicked (payload in `panic`).
 const PANICKED: u8 = 16;
+/// Flag on SUSPENDED (set on RUNNING by the coroutine itself just before it switches back): it
+/// is suspended in a wait of the resume contract ([`park`](crate::park)), not in a plain yield.
+/// Whatever ends the wait wakes it through [`route_wake`].
+const PARKED: u8 = 32;
+/// Flag on SUSPENDED|PARKED: the coroutine that entered it (`held_by`) waits with it, and is
+/// the only one that enters it again (see [`wait_with`]).
+const HELD: u8 = 64;
+/// Flag on SUSPENDED: the thread is exiting and its thread-locals are being destroyed; the
+/// coroutine will never run again, and is leaked rather than unwound (see [`ExitGuard`]).
+const ORPHANED: u8 = 128;
 /// The bits that say which state; the others are flags.
 const STATE_MASK: u8 = 3;
+/// A coroutine can be entered only if none of these is set: bit 1 of the state (RUNNING or
+/// FINISHED), or a flag saying that somebody else will enter it (scheduled, held) or nobody
+/// may (orphaned). PARKED does not stop an entry: a wait re-checks its condition when resumed.
+const NOT_ENTERABLE: u8 = 2 | SCHEDULED | HELD | ORPHANED;
 
 /// The control block of a coroutine. It lives at the top of the coroutine's own stack.
 ///
@@ -97,7 +112,8 @@ pub(crate) struct Header {
     has_result: Cell<bool>,
     /// Strong handles, deferred-wake queue entries and running drops.
     refs: Cell<usize>,
-    /// The header of the coroutine (or null for the thread) that entered this one.
+    /// The header of the coroutine (or null for the thread) that entered this one, set at every
+    /// entry. Meaningful while the coroutine runs (the chain) and while it is HELD.
     caller: Cell<*const Header>,
     /// Link in the wake-up queue this coroutine is in, if it is scheduled.
     wake_next: Cell<*const Header>,
@@ -118,6 +134,10 @@ pub(crate) struct Header {
     /// Links in this thread's list of live coroutines (for introspection and debuggers).
     pub(crate) live_prev: Cell<*const Header>,
     pub(crate) live_next: Cell<*const Header>,
+    /// Who resumes this coroutine when a wait of a chain it heads ends: an event loop, an
+    /// executor hosting it. `None`: the core's deferred wake-ups (see [`route_wake`]). Last, with
+    /// the other fields off the hot paths, so that those keep their cache lines.
+    driver: UnsafeCell<Option<Rc<dyn Driver>>>,
     /// AddressSanitizer's bookkeeping for this fiber (feature `asan`).
     #[cfg(feature = "asan")]
     asan: crate::asan::FiberState,
@@ -272,6 +292,39 @@ pub(crate) fn current_header() -> *const Header {
     current_ptr()
 }
 
+/// The outermost coroutine of the running chain — the one its enterer (the thread: `main`, an
+/// event loop, an executor's poll, a wake-up loop) entered — or null outside any coroutine.
+pub(crate) fn current_root() -> *const Header {
+    let mut h = current_ptr();
+    if h.is_null() {
+        return h;
+    }
+    loop {
+        // SAFETY: the running coroutine and its callers (the chain) are live: each enterer
+        // keeps what it entered alive while it runs.
+        let c = unsafe { (*h).caller.get() };
+        if c.is_null() {
+            return h;
+        }
+        h = c;
+    }
+}
+
+impl Header {
+    /// The coroutine's driver, cloned out of its slot.
+    pub(crate) fn driver(&self) -> Option<Rc<dyn Driver>> {
+        // SAFETY: single-threaded; the slot is only replaced by `CoHandle::set_driver`, and no
+        // reference into it outlives this clone.
+        unsafe { (*self.driver.get()).clone() }
+    }
+
+    /// Whether this is the running coroutine.
+    #[inline]
+    pub(crate) fn is_current(&self) -> bool {
+        ptr::eq(self, current_ptr())
+    }
+}
+
 #[inline(always)]
 fn set_current(h: *const Header) {
     CURRENT.with(|c| c.set(h))
@@ -300,6 +353,9 @@ impl CoId {
                 static THREADS: AtomicU64 = AtomicU64::new(0);
                 v = (THREADS.fetch_add(1, Ordering::Relaxed) + 1) << ID_SEQ_BITS;
                 crate::overflow::init_thread();
+                // Arm the thread-exit policy (see `ExitGuard`); a thread already tearing down
+                // its thread-locals has no guard left to arm.
+                let _ = EXIT_GUARD.try_with(|_| ());
             }
             v += 1;
             last.set(v);
@@ -527,6 +583,7 @@ where
         set!(has_result, Cell::new(false));
         set!(refs, Cell::new(1));
         set!(caller, Cell::new(ptr::null()));
+        set!(driver, UnsafeCell::new(None));
         set!(wake_next, Cell::new(ptr::null()));
         set!(wake_head, Cell::new(ptr::null()));
         set!(wake_tail, Cell::new(ptr::null()));
@@ -601,24 +658,27 @@ pub(crate) extern "C" fn coroutine_main(ctx: *mut Context) {
 }
 
 /// Switches into `h` and back once. Returns `true` when the enterer has more to do — the
-/// coroutine finished, or queued deferred wake-ups — and must call [`settle`]; after a plain
-/// yield (the fast path) the coroutine is already marked suspended.
+/// coroutine finished, queued deferred wake-ups, or parked — and must call [`settle`]; after a
+/// plain yield (the fast path) the coroutine is already marked suspended.
 ///
 /// The yield side writes no state: the enterer marks the coroutine RUNNING before the switch and
-/// SUSPENDED after it, unless the coroutine changed its state meanwhile (finished, or set the
-/// WAKEUPS flag), which one load and compare detects.
+/// SUSPENDED after it, unless the coroutine changed its state meanwhile (finished, parked, or set
+/// the WAKEUPS flag), which one load and compare detects.
 ///
 /// # Safety
 /// `h` must be a live header of this thread.
+///
+/// `NESTED`: `h` becomes part of the running chain (its `caller` is the enterer), so a wait in
+/// it is a wait of the enterer's chain. Without, it is entered as a chain of its own (the
+/// deferred wake-up loop).
 #[inline(always)]
-unsafe fn switch_into(h: &Header) -> bool {
+unsafe fn switch_into<const NESTED: bool>(h: &Header) -> bool {
     let state = h.state.get();
-    if state > SUSPENDED {
+    if state & NOT_ENTERABLE != 0 {
         cannot_enter(h, state);
     }
     let prev = current_ptr();
-    #[cfg(feature = "trace")]
-    h.caller.set(prev);
+    h.caller.set(if NESTED { prev } else { ptr::null() });
     h.state.set(RUNNING);
     set_current(h);
     trace_event!(enter, DisplayPtr(prev), h.id);
@@ -644,12 +704,17 @@ struct Settled {
     wakeups: bool,
 }
 
-/// Clears the flags `h` set while it ran and says whether it finished and queued wake-ups.
+/// Clears the flags `h` set while it ran (but PARKED, which stays while it waits) and says
+/// whether it finished and queued wake-ups.
 #[inline]
 fn settle(h: &Header) -> Settled {
     let s = h.state.get();
     let finished = s & STATE_MASK == FINISHED;
-    h.state.set(if finished { FINISHED } else { SUSPENDED });
+    h.state.set(if finished {
+        FINISHED
+    } else {
+        SUSPENDED | (s & PARKED)
+    });
     Settled {
         finished,
         wakeups: s & WAKEUPS != 0,
@@ -659,52 +724,229 @@ fn settle(h: &Header) -> Settled {
 #[cold]
 #[inline(never)]
 fn cannot_enter(h: &Header, state: u8) -> ! {
-    let what = match state & STATE_MASK {
-        RUNNING => {
-            "it is already entered (running, or on the chain of coroutines that entered \
-                    the running one)"
+    let what = if state & ORPHANED != 0 {
+        "the thread is exiting and its thread-locals are being destroyed, so coroutines \
+         suspended on it are never resumed (they are leaked)"
+    } else {
+        match state & STATE_MASK {
+            RUNNING => {
+                "it is already entered (running, or on the chain of coroutines that entered \
+                 the running one)"
+            }
+            FINISHED => "it has finished",
+            _ if state & HELD != 0 => {
+                "it is waiting, and the coroutine that entered it waits with it and enters it \
+                 again when the wait ends (wake it instead)"
+            }
+            _ => "it is scheduled by a deferred wake-up and will be entered by that",
         }
-        FINISHED => "it has finished",
-        _ => "it is scheduled by a deferred wake-up and will be entered by that",
     };
     panic!("costack: cannot enter coroutine {}: {what}", NameId(h));
 }
 
-/// Enters `h`, runs the deferred wake-ups it queued, and continues its panic, if it panicked.
+/// Enters `h`, runs the deferred wake-ups it queued, continues its panic if it panicked, and —
+/// inside a coroutine — waits with it if it parked.
 ///
 /// # Safety
 /// `h` must be a live header of this thread, kept alive by the caller during the call.
 #[inline]
 unsafe fn enter_header(h: &Header) {
     // SAFETY: forwarded contract.
-    if unsafe { switch_into(h) } && h.state.get() != FINISHED {
+    if unsafe { switch_into::<true>(h) } && h.state.get() != FINISHED {
         // Not a plain yield, nor a plain return (no panic, no wake-ups queued).
         // SAFETY: forwarded contract.
         unsafe { after_enter_slow(h) }
     }
 }
 
-/// The enterer's work after a coroutine finished or queued wake-ups: run the wake-ups, then
-/// continue the coroutine's panic (or else a woken one's), if any.
+/// The enterer's work after a coroutine finished, queued wake-ups or parked: run the wake-ups,
+/// continue the coroutine's panic (or else a woken one's), if any; and if it parked while the
+/// enterer is itself a coroutine, wait with it (the contract in [`park`](crate::park): a wait
+/// suspends the whole chain up to whoever resumes its outermost coroutine), entering it again
+/// each time the enterer is resumed, until it yields plainly or finishes.
 ///
 /// # Safety
-/// `h` must be a live header of this thread.
+/// `h` must be a live header of this thread, kept alive by the caller during the call.
 #[inline(never)]
 unsafe fn after_enter_slow(h: &Header) {
-    let settled = settle(h);
-    let mut pending_panic = None;
-    if settled.wakeups {
-        // SAFETY: `h` is live; its queue holds strong references.
-        pending_panic = unsafe { run_wakeups(h) };
-    }
-    if settled.finished {
-        if let Some(payload) = h.panic.take() {
-            drop(pending_panic);
+    loop {
+        let settled = settle(h);
+        let mut pending_panic = None;
+        if settled.wakeups {
+            // SAFETY: `h` is live; its queue holds strong references.
+            pending_panic = unsafe { run_wakeups(h) };
+        }
+        if settled.finished {
+            if let Some(payload) = h.panic.take() {
+                drop(pending_panic);
+                resume_unwind(payload);
+            }
+        }
+        if let Some(payload) = pending_panic {
             resume_unwind(payload);
         }
+        // Re-read: the wake-ups may have entered `h` again meanwhile.
+        let parked = h.state.get() & (STATE_MASK | PARKED | NOT_ENTERABLE) == SUSPENDED | PARKED;
+        if !parked || current_ptr().is_null() {
+            return; // our caller sees a yield (or the end)
+        }
+        // SAFETY: forwarded contract; we run inside a coroutine (checked above).
+        if !unsafe { wait_with(h) } {
+            return;
+        }
+        // SAFETY: forwarded contract.
+        if !unsafe { switch_into::<true>(h) } || h.state.get() == FINISHED {
+            return;
+        }
     }
-    if let Some(payload) = pending_panic {
-        resume_unwind(payload);
+}
+
+/// The running coroutine, which entered `h` and found it parked, waits with it: it marks `h`
+/// HELD (so that nobody else enters it, and so that a wake of `h` is routed to us through
+/// `caller`), parks itself, and when it is resumed says whether `h` is to be entered again.
+///
+/// # Safety
+/// `h` is a live, suspended and parked header of this thread that the running coroutine
+/// entered (its `caller`), and keeps alive during the call.
+#[cold]
+#[inline(never)]
+unsafe fn wait_with(h: &Header) -> bool {
+    debug_assert_eq!(h.caller.get(), current_ptr());
+    /// Lets go of `h` however the wait ends (also when our coroutine is unwound meanwhile).
+    struct Unhold<'a>(&'a Header);
+    impl Drop for Unhold<'_> {
+        fn drop(&mut self) {
+            self.0.state.set(self.0.state.get() & !HELD);
+        }
+    }
+    h.state.set(h.state.get() | HELD);
+    let unhold = Unhold(h);
+    park_current();
+    drop(unhold);
+    // HELD kept everyone else out, so `h` is still suspended where it parked, unless the thread
+    // began to exit meanwhile.
+    h.state.get() & (STATE_MASK | ORPHANED) == SUSPENDED
+}
+
+/// Parks the running coroutine: like [`yield_now`], but marked as a wait of the resume contract,
+/// so that its enterer waits with it (if the enterer is a coroutine) or learns that it waits
+/// for a wake-up rather than yielded to be entered again soon (a driver).
+///
+/// # Panics
+/// Outside any coroutine; and, continuing its forced unwind, in a coroutine being dropped.
+#[inline(always)]
+pub(crate) fn park_current() {
+    let cur = current_ptr();
+    if cur.is_null() {
+        park_outside();
+    }
+    // SAFETY: CURRENT only holds the header of the running coroutine, which its enterer keeps
+    // alive while it runs.
+    let h = unsafe { &*cur };
+    if h.cancel.get() {
+        forced_unwind();
+    }
+    // The enterer reads the flag after the switch (see `switch_into`).
+    h.state.set(h.state.get() | PARKED);
+    trace_event!(yield, h.id, DisplayPtr(h.caller.get()));
+    #[cfg(feature = "asan")]
+    h.asan.leaving();
+    // SAFETY: we run on `h`'s stack (it is CURRENT) and were entered by a resume on its ctx.
+    unsafe { backend::suspend(h.ctx.get()) };
+    #[cfg(feature = "asan")]
+    h.asan.arrived();
+    if h.cancel.get() {
+        forced_unwind();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn park_outside() -> ! {
+    panic!("costack: a wait was started outside of any coroutine: there is nothing to suspend")
+}
+
+/// Continues the forced unwind of `h`, the running coroutine, if it is being dropped (its code
+/// caught the unwind with `catch_unwind` and went on to wait again); does nothing otherwise.
+#[inline(always)]
+pub(crate) fn continue_cancel(h: &Header) {
+    if h.cancel.get() {
+        forced_unwind();
+    }
+}
+
+/// Where a wake-up of a coroutine goes (see [`route_wake`]).
+pub(crate) enum Route {
+    /// Nothing to do: the coroutine to resume is running or on the chain (it re-checks its
+    /// condition before it suspends), already scheduled, finished, or orphaned.
+    Nothing,
+    /// Ask this driver to enter this root.
+    Driver(Rc<dyn Driver>, CoHandle),
+    /// Queue it behind the running coroutine (the core's deferred wake-ups).
+    Defer(NonNull<Header>),
+    /// Enter it now: there is no coroutine running to queue it behind.
+    EnterNow(NonNull<Header>),
+}
+
+/// The contract's wake-up: finds who resumes the coroutine `h`. A HELD coroutine is entered
+/// again by its enterer, which waits with it, so the wake goes up the chain of waiting enterers
+/// to its outermost coroutine (the root); the root's driver, if it has one, enters it, and
+/// otherwise the core does (deferred behind the running coroutine, or at once outside any).
+///
+/// # Safety
+/// `h` must be a live coroutine of this thread.
+#[inline]
+pub(crate) unsafe fn route_wake(h: NonNull<Header>) -> Route {
+    let mut t = h;
+    // SAFETY: a HELD coroutine's `caller` waits in `wait_with`, which keeps it live and clears
+    // HELD before it stops waiting; the first one is live per the contract.
+    let mut s = unsafe { t.as_ref() }.state.get();
+    while s & HELD != 0 {
+        // SAFETY: as above.
+        t = unsafe { NonNull::new_unchecked(t.as_ref().caller.get() as *mut Header) };
+        // SAFETY: as above.
+        s = unsafe { t.as_ref() }.state.get();
+    }
+    if s & NOT_ENTERABLE != 0 {
+        return Route::Nothing;
+    }
+    // SAFETY: live (above); the driver slot is only replaced by `set_driver`, which runs no
+    // code while it holds the reference, and we clone out of it at once.
+    if let Some(d) = unsafe { &*t.as_ref().driver.get() } {
+        let d = d.clone();
+        // SAFETY: live; the handle takes its own reference.
+        return Route::Driver(d, unsafe { handle_from_header(t) });
+    }
+    if current_ptr().is_null() {
+        Route::EnterNow(t)
+    } else {
+        Route::Defer(t)
+    }
+}
+
+/// Carries out a [`Route`] that needs no error handling of its own: drivers are called, deferred
+/// wake-ups queued, and an entry now is returned to the caller (who decides about panics).
+///
+/// # Safety
+/// A `Defer` or `EnterNow` header must be live and idle (as `route_wake` returns them, with
+/// nothing run in between).
+#[inline]
+pub(crate) unsafe fn deliver_wake(route: Route) -> Option<CoHandle> {
+    match route {
+        Route::Nothing => None,
+        Route::Driver(d, root) => {
+            d.wake(&root);
+            None
+        }
+        Route::Defer(t) => {
+            let cur = current_ptr();
+            // SAFETY: `cur` is the running coroutine (non-null: `route_wake` chose Defer); `t`
+            // is live and idle per the contract.
+            unsafe { enqueue_wakeup(&*cur, t) };
+            None
+        }
+        // SAFETY: live per the contract; the handle takes its own reference.
+        Route::EnterNow(t) => Some(unsafe { handle_from_header(t) }),
     }
 }
 
@@ -773,12 +1015,13 @@ unsafe fn run_wakeups(first: &Header) -> Option<Box<dyn Any + Send>> {
     let mut first_panic = None;
     while let Some(co) = pending.pop() {
         let h = co.header();
-        if h.state.get() == FINISHED {
+        if h.state.get() & NOT_ENTERABLE != 0 {
             continue; // it woke itself and then finished
         }
         // SAFETY: `co` keeps `h` alive; it is not scheduled any more and, having been
-        // suspended when it was woken, is not on the chain.
-        if unsafe { switch_into(h) } {
+        // suspended when it was woken, is not on the chain. It is entered as a chain of its
+        // own (no `caller`): a wait in it is its own, not ours.
+        if unsafe { switch_into::<false>(h) } {
             let settled = settle(h);
             if settled.wakeups {
                 pending.prepend(WakeList::take(h));
@@ -897,6 +1140,28 @@ unsafe fn incref(h: NonNull<Header>) {
     r.set(r.get() + 1);
 }
 
+/// Who resumes a coroutine at the head of a chain when one of the chain's waits ends: an event
+/// loop for its tasks, an executor for the coroutine a future hosts. The contract it takes part
+/// in is described in [`park`](crate::park); set one with [`CoHandle::set_driver`].
+///
+/// A coroutine holds a strong reference to its driver. A driver that queues handles of the
+/// roots it is asked to wake (a run queue) should let go of each once it has entered it, or
+/// the two keep each other alive.
+pub trait Driver {
+    /// A wait of the chain headed by `root` has ended (or may have: spurious wake-ups are
+    /// allowed): arrange for `root` to be entered again soon, on this thread.
+    ///
+    /// Called on `root`'s thread, from wherever the wait was ended — often inside another
+    /// coroutine, in the middle of a lock's unlock. It should only queue `root`, not enter it.
+    fn wake(&self, root: &CoHandle);
+
+    /// A [`Waker`](std::task::Waker) that leads to [`wake`](Driver::wake)`(root)` on `root`'s
+    /// thread when woken from any thread, for futures awaited in the chain
+    /// ([`bridge::await_future`](crate::bridge::await_future)); `None` if this driver cannot
+    /// be reached from other threads.
+    fn waker(&self, root: &CoHandle) -> Option<std::task::Waker>;
+}
+
 /// An untyped, cloneable handle to a coroutine of this thread.
 ///
 /// Any handle can enter the coroutine; the coroutine lives until the last handle to it is
@@ -930,12 +1195,22 @@ impl CoHandle {
         }
     }
 
-    /// Wakes the coroutine, QEMU style. Inside a coroutine, the target is queued and entered
-    /// right after the current coroutine yields or terminates (FIFO, without deepening the
-    /// native stack). Outside any coroutine, the target is entered now.
+    /// Wakes the coroutine, QEMU style: makes sure it is entered again soon by whoever is
+    /// responsible for it (the resume contract, see [`park`](crate::park)).
+    ///
+    /// * A coroutine that has a [`Driver`] (an event loop's task, a coroutine hosted by an
+    ///   executor) is handed to that driver, which enters it when it next can.
+    /// * A coroutine that waits inside a coroutine that entered it (a generator reading a socket
+    ///   inside a task) is entered again by that enterer: the wake goes up to the outermost
+    ///   coroutine of that chain and is delivered there.
+    /// * Otherwise, inside a coroutine, the target is queued and entered right after the current
+    ///   coroutine yields or terminates (FIFO, without deepening the native stack); outside any
+    ///   coroutine, it is entered now.
+    ///
+    /// A wake of a coroutine whose chain is already running or queued does nothing more.
     ///
     /// # Panics
-    /// If the target is already scheduled, entered, or finished.
+    /// If the target is already scheduled, entered, or finished, or if its thread is exiting.
     ///
     /// ```
     /// use costack::{current, yield_now, Coroutine};
@@ -958,8 +1233,58 @@ impl CoHandle {
     /// assert_eq!(*log.borrow(), ["sleeper waits", "waker done", "sleeper woken"]);
     /// ```
     pub fn wake(&self) {
-        // SAFETY: `self` keeps the header alive.
-        unsafe { wake_header(self.h) }
+        let hr = self.header();
+        let state = hr.state.get();
+        if state & (2 | SCHEDULED | ORPHANED) != 0 {
+            cannot_wake(hr, state);
+        }
+        // SAFETY: `self` keeps the header alive; nothing runs between the routing and its
+        // delivery.
+        if let Some(co) = unsafe { deliver_wake(route_wake(self.h)) } {
+            let _ = co.enter();
+        }
+    }
+
+    /// Whether the coroutine is suspended in a wait of the resume contract ([`park`]) rather
+    /// than in a plain [`yield_now`]: something will wake it when what it waits for happens.
+    /// Drivers use it to tell "enter me again soon" (a plain yield) from "leave me until I am
+    /// woken" (a wait).
+    ///
+    /// [`park`]: crate::park
+    #[inline]
+    pub fn is_parked(&self) -> bool {
+        self.header().state.get() & (STATE_MASK | PARKED) == SUSPENDED | PARKED
+    }
+
+    /// Whether the coroutine waits inside the coroutine that entered it, which waits with it and
+    /// alone enters it again (see [`park`](crate::park)). Entering it from anywhere else panics;
+    /// waking it reaches the outermost coroutine of that chain.
+    #[inline]
+    pub fn is_held(&self) -> bool {
+        self.header().state.get() & HELD != 0
+    }
+
+    /// Whether [`enter`](Self::enter) would run the coroutine now rather than panic: it is
+    /// ready or suspended, and not scheduled, held, or orphaned by a thread exit.
+    #[inline]
+    pub fn can_enter(&self) -> bool {
+        self.header().state.get() & NOT_ENTERABLE == 0
+    }
+
+    /// Names the [`Driver`] that resumes this coroutine when a wait of a chain it heads ends
+    /// (`None`: the core's deferred wake-ups). Event loops and executors set it on the
+    /// coroutines they own; see [`park`](crate::park).
+    pub fn set_driver(&self, driver: Option<Rc<dyn Driver>>) {
+        // SAFETY: single-threaded; no reference into the slot is held across this (readers
+        // clone the `Rc` out at once), and the old value is dropped after the slot is written.
+        let old = unsafe { ptr::replace(self.header().driver.get(), driver) };
+        drop(old);
+    }
+
+    /// The coroutine's [`Driver`], if one was set.
+    pub fn driver(&self) -> Option<Rc<dyn Driver>> {
+        // SAFETY: as in `set_driver`: cloned out at once.
+        unsafe { (*self.header().driver.get()).clone() }
     }
 
     /// Whether the coroutine is entered now: running, or on the chain of coroutines that
@@ -1014,54 +1339,6 @@ impl CoHandle {
     }
 }
 
-/// Wakes the coroutine `h` (see [`CoHandle::wake`]): queued behind the running coroutine, or
-/// entered now outside any coroutine. For the layers in this crate that keep unowned pointers to
-/// waiting coroutines (a waiter node on the waiting coroutine's own stack, unlinked by its
-/// destructor if the coroutine is dropped).
-///
-/// # Safety
-/// `h` must be a live coroutine of this thread for the duration of the call.
-pub(crate) unsafe fn wake_header(h: NonNull<Header>) {
-    let cur = current_ptr();
-    if cur.is_null() {
-        // SAFETY: live per the contract; the temporary handle keeps it alive while it runs.
-        let co = unsafe {
-            incref(h);
-            CoHandle { h }
-        };
-        let _ = co.enter();
-        return;
-    }
-    // SAFETY: live per the contract.
-    let hr = unsafe { h.as_ref() };
-    let state = hr.state.get();
-    if state > SUSPENDED {
-        cannot_wake(hr, state);
-    }
-    // SAFETY: `cur` is the running coroutine; `h` is live and idle (checked above).
-    unsafe { enqueue_wakeup(&*cur, h) };
-}
-
-/// Queues `h` behind the running coroutine, like [`CoHandle::wake`] inside a coroutine, if it
-/// is idle (suspended or never entered, and not scheduled yet); returns whether it did. For the
-/// locks, whose waiters may already be entered or scheduled by someone else and then need no
-/// wake-up: no handle is made and no state is read twice.
-///
-/// # Safety
-/// `h` must be a live coroutine of this thread; the caller must run inside a coroutine.
-#[inline]
-pub(crate) unsafe fn schedule_if_idle(h: NonNull<Header>) -> bool {
-    let cur = current_ptr();
-    debug_assert!(!cur.is_null(), "schedule_if_idle outside any coroutine");
-    // SAFETY: live per the contract.
-    if unsafe { h.as_ref() }.state.get() > SUSPENDED {
-        return false;
-    }
-    // SAFETY: `cur` is the running coroutine (contract); `h` is live and idle.
-    unsafe { enqueue_wakeup(&*cur, h) };
-    true
-}
-
 /// Appends the idle coroutine `h` to `cur`'s deferred wake-up queue, which takes a strong
 /// reference to it.
 ///
@@ -1097,7 +1374,9 @@ pub(crate) unsafe fn handle_from_header(h: NonNull<Header>) -> CoHandle {
 #[cold]
 #[inline(never)]
 fn cannot_wake(h: &Header, state: u8) -> ! {
-    let what = if state & SCHEDULED != 0 {
+    let what = if state & ORPHANED != 0 {
+        "its thread is exiting (coroutines suspended on it are never resumed)"
+    } else if state & SCHEDULED != 0 {
         "it is already scheduled"
     } else if state & STATE_MASK == RUNNING {
         "it is entered (running, or on the chain)"
@@ -1170,10 +1449,16 @@ unsafe fn release(h: NonNull<Header>) {
     // SAFETY: per the contract, the header is live.
     let hr = unsafe { h.as_ref() };
     let mut panic = None;
-    match hr.state.get() {
-        FINISHED => {}
-        READY => {}
-        SUSPENDED => {
+    let state = hr.state.get();
+    match state {
+        // Settled: a finished or never-entered coroutine carries no flags.
+        FINISHED | READY => {}
+        _ if state & STATE_MASK == SUSPENDED && (state & ORPHANED != 0 || thread_exiting()) => {
+            // SAFETY: forwarded contract.
+            unsafe { leak_suspended(h) };
+            return;
+        }
+        _ if state & STATE_MASK == SUSPENDED => {
             // The unwinding coroutine may create handles to itself (`current()`); hold a
             // reference of our own so that they do not free it under us.
             hr.refs.set(1);
@@ -1195,6 +1480,14 @@ unsafe fn release(h: NonNull<Header>) {
     #[cfg(feature = "stack-usage")]
     crate::pool::note_stack_used(hr.stack.used());
     debug_assert!(hr.state.get() & PANICKED == 0, "an unclaimed panic payload");
+    // SAFETY: nothing refers to the header any more; the driver (rare: tasks, hosted
+    // coroutines) is taken out of the slot and dropped after the stack went back to the pool.
+    let driver = if unsafe { (*hr.driver.get()).is_some() } {
+        // SAFETY: as above.
+        unsafe { ptr::replace(hr.driver.get(), None) }
+    } else {
+        None
+    };
 
     /// Hands the stack to the pool when dropped, also if a destructor below panics.
     struct ToPool(NonNull<Header>);
@@ -1209,7 +1502,7 @@ unsafe fn release(h: NonNull<Header>) {
     // result in the slot, which lives on the stack (so before the stack goes to the pool).
     unsafe {
         let name = ptr::read(&hr.name);
-        if hr.state.get() == READY {
+        if hr.state.get() & STATE_MASK == READY {
             (hr.vtable.drop_closure)(hr.slot);
         } else if hr.has_result.get() {
             (hr.vtable.drop_result)(hr.slot);
@@ -1217,8 +1510,65 @@ unsafe fn release(h: NonNull<Header>) {
         drop(name);
     }
     drop(_to_pool);
+    drop(driver);
     if let Some(p) = panic {
         resume_unwind(p);
+    }
+}
+
+/// Gives up a suspended coroutine whose thread is exiting: it is neither resumed nor unwound,
+/// and its stack stays mapped (frames on it may still be linked into wait lists elsewhere).
+///
+/// # Safety
+/// `h` is live, suspended, and has no references left.
+#[cold]
+#[inline(never)]
+unsafe fn leak_suspended(h: NonNull<Header>) {
+    // SAFETY: live per the contract.
+    let hr = unsafe { h.as_ref() };
+    hr.state.set(SUSPENDED | ORPHANED);
+    unlink_live(hr);
+}
+
+thread_local! {
+    /// Set when the thread's thread-locals begin to be destroyed (see [`ExitGuard`]). A `const`
+    /// Cell with no destructor: readable until the thread is gone.
+    static EXITING: Cell<bool> = const { Cell::new(false) };
+    /// Sets `EXITING` when destroyed; registered with the thread's first coroutine.
+    static EXIT_GUARD: ExitGuard = const { ExitGuard };
+}
+
+/// Whether this thread's costack state is being torn down (it is exiting).
+#[inline]
+fn thread_exiting() -> bool {
+    EXITING.with(|e| e.get())
+}
+
+/// The thread-exit policy. Thread-locals are destroyed one by one when a thread exits, in the
+/// reverse order of their first use. A coroutine suspended inside `A.with(|a| ..)` holds a
+/// reference to `A`'s value; if a later destructor — of a thread-local `B` that owns the
+/// coroutine, say — unwound or resumed it after `A` was destroyed, the coroutine would read a
+/// freed value. So once this guard is destroyed, coroutines of the thread are never resumed or
+/// unwound again: every suspended one is marked ORPHANED (entering it panics, dropping its last
+/// handle leaks it, stack and all), and so is any that is dropped suspended afterwards.
+///
+/// The guard is registered when the thread creates its first coroutine, so it is destroyed
+/// before every thread-local first used before that moment, and after those first used later.
+struct ExitGuard;
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        EXITING.with(|e| e.set(true));
+        let mut p = Header::first_live();
+        while !p.is_null() {
+            // SAFETY: the live list holds live headers of this thread; nothing runs while we
+            // walk it.
+            let h = unsafe { &*p };
+            if h.state.get() & STATE_MASK == SUSPENDED {
+                h.state.set(h.state.get() | ORPHANED);
+            }
+            p = h.live_next.get();
+        }
     }
 }
 
@@ -1233,7 +1583,7 @@ unsafe fn release(h: NonNull<Header>) {
 unsafe fn unwind_suspended(h: &Header) -> Option<Box<dyn Any + Send>> {
     h.cancel.set(true);
     // SAFETY: forwarded contract; our reference keeps it alive.
-    let settled = if unsafe { switch_into(h) } {
+    let settled = if unsafe { switch_into::<true>(h) } {
         settle(h)
     } else {
         Settled {

@@ -7,7 +7,12 @@
 //! [`Iterator`] over what it yields.
 //!
 //! The values never touch the heap: `resume` keeps the exchange slot on its own stack and lends
-//! its address to the coroutine for the duration of the switch.
+//! its address to the coroutine for the duration of the call, however the call ends.
+//!
+//! A generator's body may wait — lock a [`CoMutex`](crate::sync::CoMutex), read a socket of an
+//! event loop, await a future — when `resume` is called in a coroutine (an event loop's task,
+//! say): the caller then waits with it (see [`park`](crate::park)). A lexer can pull its input
+//! from a socket.
 //!
 //! ```
 //! use costack::Generator;
@@ -43,8 +48,9 @@
 //! ```
 
 use crate::coroutine::{current_header, Builder, Coroutine, Header, Status};
+use crate::park::Park;
 use std::marker::PhantomData;
-use std::ptr;
+use std::ptr::{self, NonNull};
 
 /// What a generator did when resumed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +107,7 @@ impl<I: 'static, Y: 'static, R: 'static> Generator<I, Y, R> {
                 co: current_header(),
                 _types: PhantomData,
             };
-            let input = yielder.take_input();
+            let input = yielder.exchange(None);
             body(&yielder, input)
         });
         Generator {
@@ -112,23 +118,37 @@ impl<I: 'static, Y: 'static, R: 'static> Generator<I, Y, R> {
 
     /// Runs the body until it suspends with a value or returns.
     ///
+    /// Called in a coroutine, a body that waits — for a lock, a socket, a future — makes the
+    /// caller wait with it (see [`park`](crate::park)): `resume` returns once the body suspends
+    /// with a value or returns.
+    ///
     /// # Panics
-    /// If the generator has completed, is running, or its body panics (with its payload).
+    /// If the generator has completed, is running, or its body panics (with its payload); if
+    /// the body yields with [`yield_now`](crate::yield_now) instead of [`Yielder::suspend`];
+    /// and if the body waits while `resume` was called outside any coroutine (nothing can wait
+    /// for it there).
     #[inline]
     pub fn resume(&mut self, input: I) -> GeneratorState<Y, R> {
         let mut transfer = Transfer::<I, Y>::Input(input);
         let h = self.co.header();
-        h.transfer.set(ptr::addr_of_mut!(transfer).cast());
+        /// Lends the slot to the body for the duration of this call only, however it ends: an
+        /// entry that panics (a coroutine woken by the body panicked, or the generator could
+        /// not be entered) must not leave the body a pointer into this dead frame.
+        struct Lend<'a>(&'a Header, *mut ());
+        impl Drop for Lend<'_> {
+            #[inline]
+            fn drop(&mut self) {
+                self.0.transfer.set(self.1);
+            }
+        }
+        let lend = Lend(h, h.transfer.replace(ptr::addr_of_mut!(transfer).cast()));
         let status = self.co.enter();
-        h.transfer.set(ptr::null_mut());
+        drop(lend);
         match status {
             Status::Finished(r) => GeneratorState::Complete(r),
             Status::Yielded => match transfer {
                 Transfer::Output(y) => GeneratorState::Yielded(y),
-                _ => panic!(
-                    "costack: a generator's body yielded with yield_now() instead of \
-                     Yielder::suspend(value)"
-                ),
+                _ => no_value(self.co.is_parked()),
             },
         }
     }
@@ -139,44 +159,114 @@ impl<I: 'static, Y: 'static, R: 'static> Generator<I, Y, R> {
     }
 }
 
-impl<I, Y> Yielder<I, Y> {
-    /// The exchange slot lent by the `resume` that entered the generator. It is live and
-    /// unaliased until this coroutine switches back: `resume` waits on its stack meanwhile.
-    #[inline(always)]
-    fn transfer(&self) -> *mut Transfer<I, Y> {
-        assert!(
-            current_header() == self.co,
-            "costack: Yielder used outside its own generator's coroutine"
-        );
-        // SAFETY: we are the running coroutine `co` (checked above).
-        let t = unsafe { (*self.co).transfer.get() };
-        assert!(
-            !t.is_null(),
-            "costack: a generator was entered other than through Generator::resume"
-        );
-        // Non-null `transfer` was set by `Generator::resume` of this generator, so it points to
-        // a `Transfer<I, Y>` with our `I` and `Y`.
-        t.cast::<Transfer<I, Y>>()
+#[cold]
+#[inline(never)]
+fn no_value(parked: bool) -> ! {
+    if parked {
+        panic!(
+            "costack: a generator's body is waiting (for a lock, I/O or a future) and \
+             Generator::resume was called outside of any coroutine, where nothing can wait for \
+             it; resume it from a coroutine or an event loop's task"
+        )
     }
+    panic!(
+        "costack: a generator's body yielded with yield_now() instead of Yielder::suspend(value)"
+    )
+}
 
-    #[inline(always)]
-    fn take_input(&self) -> I {
-        // SAFETY: `transfer()` is live and unaliased until we switch back (see its docs).
-        match unsafe { ptr::replace(self.transfer(), Transfer::Empty) } {
-            Transfer::Input(i) => i,
-            _ => unreachable!("costack: generator resumed without an input"),
+impl<I, Y> Yielder<I, Y> {
+    /// The exchange with `resume`, through the slot it lends (see [`Generator::resume`]): hands
+    /// `value` (if any) to the `resume` in progress and waits for the input of the next one.
+    ///
+    /// The wait is the contract's yield-until ([`Park::yield_until`]): the body yields to its
+    /// enterer until an entry brings an input, so an entry other than `resume`'s (a handle
+    /// taken with `current()`, a deferred wake-up) finds no slot and just yields again. An input
+    /// that arrives while the body is not at a suspend point (an earlier `resume` was abandoned
+    /// by a panic while the body waited for I/O, and this one continued it) is dropped, and the
+    /// value of the next suspend point goes to this `resume`.
+    #[cold]
+    #[inline(never)]
+    fn exchange(&self, value: Option<Y>) -> I {
+        if current_header() != self.co {
+            foreign_yielder();
+        }
+        let mut value = value;
+        let mut input = None;
+        let ready = || {
+            // SAFETY: we are the running coroutine `co` (checked above; a coroutine only
+            // resumes into itself).
+            let t = unsafe { (*self.co).transfer.get() }.cast::<Transfer<I, Y>>();
+            if t.is_null() {
+                return false; // not entered by `resume`: wait on
+            }
+            // A non-null slot was lent by the `resume` that is entering us now (the only code
+            // that sets it), for this generator's `I` and `Y`; it is live and unaliased until
+            // we switch back, as that `resume` waits on its stack meanwhile.
+            if let Some(v) = value.take() {
+                // SAFETY: see above. Replaces (and drops) an input we were not waiting for.
+                unsafe { *t = Transfer::Output(v) };
+                return false; // yield, so that `resume` returns the value
+            }
+            // SAFETY: see above.
+            match unsafe { ptr::replace(t, Transfer::Empty) } {
+                Transfer::Input(i) => {
+                    input = Some(i);
+                    true
+                }
+                other => {
+                    // SAFETY: see above; puts back what was there.
+                    unsafe { ptr::write(t, other) };
+                    false
+                }
+            }
+        };
+        // SAFETY: `co` is the running coroutine (checked above), so non-null.
+        unsafe { Park::yield_until_running(NonNull::new_unchecked(self.co as *mut Header), ready) };
+        match input {
+            Some(i) => i,
+            None => unreachable!("costack: generator resumed without an input"),
         }
     }
 
     /// Hands `value` to the caller of [`Generator::resume`], suspends, and returns the input of
     /// the next `resume`.
+    ///
+    /// # Panics
+    /// If called outside the generator's own coroutine.
     #[inline(always)]
     pub fn suspend(&self, value: Y) -> I {
-        // SAFETY: `transfer()` is live and unaliased until we switch back (see its docs).
-        unsafe { *self.transfer() = Transfer::Output(value) };
+        if current_header() != self.co {
+            foreign_yielder();
+        }
+        // SAFETY: we are the running coroutine `co` (checked above).
+        let t = unsafe { (*self.co).transfer.get() }.cast::<Transfer<I, Y>>();
+        if t.is_null() {
+            return self.exchange(Some(value)); // no `resume` in progress: keep the value
+        }
+        // The common case, straight through: hand the value to the `resume` in progress (its
+        // slot, lent for this call, is live and unaliased until we switch back; an input we
+        // were not waiting for is dropped), yield, and take the next input.
+        // SAFETY: see above.
+        unsafe { *t = Transfer::Output(value) };
         crate::yield_now();
-        self.take_input()
+        // SAFETY: we are `co` again (a coroutine only resumes into itself).
+        let t = unsafe { (*self.co).transfer.get() }.cast::<Transfer<I, Y>>();
+        if !t.is_null() {
+            // SAFETY: lent by the `resume` entering us now (see above).
+            match unsafe { ptr::replace(t, Transfer::Empty) } {
+                Transfer::Input(i) => return i,
+                // SAFETY: as above; puts back what was there.
+                other => unsafe { ptr::write(t, other) },
+            }
+        }
+        self.exchange(None) // entered other than by `resume`: wait for it
     }
+}
+
+#[cold]
+#[inline(never)]
+fn foreign_yielder() -> ! {
+    panic!("costack: Yielder used outside its own generator's coroutine")
 }
 
 impl<Y: 'static> Iterator for Generator<(), Y, ()> {

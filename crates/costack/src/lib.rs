@@ -30,15 +30,21 @@
 //! * `enter` runs it until it yields or returns, and says which ([`Status`]).
 //! * [`yield_now`] suspends the running coroutine and returns to its enterer. Outside a
 //!   coroutine it panics.
+//! * A coroutine that *waits* — for a lock, a future, I/O — parks instead ([`park`]): whoever
+//!   ends the wait wakes it, and a coroutine that entered it waits with it. [`park`] is the one
+//!   contract every layer uses to suspend and resume coroutines.
 //! * [`current`] is a handle ([`CoHandle`]) to the running coroutine that can be stored and
 //!   used later, on the same thread, to enter it again; [`in_coroutine`] and
 //!   [`CoHandle::is_entered`] tell where you are.
 //! * Coroutines nest: a coroutine may enter another, whose yields come back to it.
-//! * Entering a coroutine that is already entered, or that has finished, panics.
+//! * Entering a coroutine that is already entered, or that has finished, panics; so does
+//!   entering one whose enterer waits with it ([`CoHandle::is_held`]).
 //! * A panic in a coroutine ends it and continues in its enterer with the same payload.
 //! * Dropping the last handle to a suspended coroutine unwinds its stack (destructors run).
 //! * [`CoHandle::wake`] inside a coroutine queues another to be entered right after the current
-//!   one yields or terminates (QEMU's `co_queue_wakeup`); the [`sync`] locks build on it.
+//!   one yields or terminates (QEMU's `co_queue_wakeup`) — or hands it to its [`Driver`] (an
+//!   event loop, an executor) if it has one; the [`sync`] locks build on it.
+//! * When a thread exits, its suspended coroutines are leaked, not unwound (see [`park`]).
 //! * Coroutines are bound to their thread (`!Send`): a suspended stack may hold references to
 //!   thread-locals, so no safe API moves one to another thread.
 //!
@@ -55,6 +61,8 @@
 //! ## Layers
 //!
 //! * [`coroutine`]: the core, with [`Builder`] for stack size and name.
+//! * [`park`]: the resume contract — how every layer waits, and who resumes a waiting coroutine
+//!   (its enterer, an event loop, an executor), on which thread; cancel, panics, thread exit.
 //! * [`generator`]: values out on yield and in on resume; an `Iterator`.
 //! * [`pool`]: the per-thread pool that makes creating a coroutine allocation-free.
 //! * [`stack`]: mmap'd stacks with a guard page, and the errors when they cannot be had.
@@ -78,6 +86,7 @@ pub mod coroutine;
 pub mod generator;
 pub mod introspect;
 mod overflow;
+pub mod park;
 pub mod pool;
 pub mod stack;
 pub mod sync;
@@ -85,9 +94,11 @@ pub mod trace;
 mod valgrind;
 
 pub use coroutine::{
-    current, current_id, in_coroutine, yield_now, Builder, CoHandle, CoId, Coroutine, Status,
+    current, current_id, in_coroutine, yield_now, Builder, CoHandle, CoId, Coroutine, Driver,
+    Status,
 };
 pub use generator::{Generator, GeneratorState, Yielder};
+pub use park::Park;
 pub use stack::{StackError, StackErrorKind, DEFAULT_STACK_SIZE};
 
 /// The README's examples, compiled and run as doctests.

@@ -1,8 +1,8 @@
 //! The async bridge: `await_future` inside coroutines, `as_future` under tokio and
 //! futures::executor.
 
-use costack::bridge::{as_future, await_future, set_suspender};
-use costack::{yield_now, Coroutine};
+use costack::bridge::{as_future, await_future};
+use costack::{yield_now, CoHandle, Coroutine, Driver};
 use std::cell::Cell;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -245,18 +245,19 @@ fn spurious_polls_and_wakes_after_completion_are_harmless() {
 }
 
 #[test]
-fn a_registered_suspender_is_used_when_not_hosted() {
-    // A toy "event loop": its suspender hands out a waker that records a wake and yields; the
-    // loop re-enters the coroutine when it sees one.
-    thread_local! {
-        static WOKEN: Arc<CountWake> = Arc::new(CountWake(AtomicUsize::new(0)));
+fn a_custom_driver_gets_the_futures_wakes() {
+    // A toy driver: its waker records a wake; the "loop" below enters the coroutine again when
+    // it sees one.
+    struct Toy(Arc<CountWake>);
+    impl Driver for Toy {
+        fn wake(&self, _root: &CoHandle) {
+            self.0 .0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn waker(&self, _root: &CoHandle) -> Option<Waker> {
+            Some(Waker::from(self.0.clone()))
+        }
     }
-    fn suspender(poll: &mut dyn FnMut(&Waker)) -> bool {
-        poll(&Waker::from(WOKEN.with(|w| w.clone())));
-        yield_now();
-        true
-    }
-    let prev = set_suspender(Some(suspender));
+    let woken = Arc::new(CountWake(AtomicUsize::new(0)));
     let polls = Rc::new(Cell::new(0));
     let p = polls.clone();
     let co = Coroutine::new(move || {
@@ -266,18 +267,28 @@ fn a_registered_suspender_is_used_when_not_hosted() {
             polls: p,
         })
     });
+    co.set_driver(Some(Rc::new(Toy(woken.clone()))));
     let mut result = None;
     let mut enters = 0;
+    let mut seen = 0;
     while result.is_none() {
         enters += 1;
+        assert!(enters < 10, "did not finish within 10 entries");
         result = co.enter().finished();
-        assert!(enters < 10);
+        if result.is_none() {
+            assert!(
+                co.is_parked(),
+                "waiting for a future is a wait, not a plain yield"
+            );
+            let now = woken.0.load(Ordering::SeqCst);
+            assert!(now > seen, "parked without a wake pending");
+            seen = now;
+        }
     }
-    set_suspender(prev);
     assert_eq!(result, Some("done"));
-    // A first poll with no waker, then one per suspension until ready.
+    assert_eq!(enters, 2);
+    // A first poll with a no-op waker, a second with the driver's (which the future woke at
+    // once), and a third that is ready.
     assert_eq!(polls.get(), 3);
-    // The first (wakerless) poll woke a no-op waker; the second woke the loop's; the third was
-    // ready inside the suspender, which wakes its own waker so as not to stay suspended.
-    assert_eq!(WOKEN.with(|w| w.0.load(Ordering::SeqCst)), 2);
+    assert_eq!(woken.0.load(Ordering::SeqCst), 1);
 }

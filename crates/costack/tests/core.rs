@@ -6,6 +6,13 @@ use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
+#[path = "common/panics.rs"]
+mod panics;
+
+/// Enough `enter`s for any coroutine here to finish: a loop that drives one to the end fails
+/// instead of hanging if it never does.
+const STEP_LIMIT: u32 = 10_000;
+
 /// Extracts the message of a panic payload.
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<String>() {
@@ -87,6 +94,10 @@ fn five_yields_take_six_enters() {
     let mut enters = 0;
     loop {
         enters += 1;
+        assert!(
+            enters < STEP_LIMIT,
+            "the coroutine did not finish within {STEP_LIMIT} steps"
+        );
         if co.enter().is_finished() {
             break;
         }
@@ -371,7 +382,11 @@ fn dropping_a_suspended_coroutine_while_panicking() {
         let _ = co.enter();
         panic!("enterer fails while the coroutine is suspended");
     }));
-    assert!(r.is_err());
+    let err = r.expect_err("the enterer's panic");
+    assert_eq!(
+        panic_message(err),
+        "enterer fails while the coroutine is suspended"
+    );
     assert_eq!(
         drops.get(),
         1,
@@ -381,15 +396,23 @@ fn dropping_a_suspended_coroutine_while_panicking() {
 
 #[test]
 fn a_coroutine_that_catches_the_forced_unwind_still_ends() {
-    let co = Coroutine::new(|| {
+    panics::forced_unwind_type(); // measured before, not during, the unwind under test
+    let caught = Rc::new(Cell::new(None));
+    let c = caught.clone();
+    let co = Coroutine::new(move || {
         let r = catch_unwind(yield_now);
         // Being dropped: the unwind was caught. Yielding again just unwinds again.
-        assert!(r.is_err());
+        c.set(Some(r.map_err(|p| panics::is_forced_unwind(&*p))));
         yield_now();
         unreachable!();
     });
     let _ = co.enter();
     drop(co); // must return, not hang or crash
+    assert_eq!(
+        caught.get(),
+        Some(Err(true)),
+        "yield_now unwound with costack's forced unwind"
+    );
 }
 
 #[test]

@@ -1,16 +1,23 @@
 //! The typed layer: generators.
 
-use costack::{current, yield_now, Builder, Generator, GeneratorState};
+use costack::{current, yield_now, Builder, CoId, Generator, GeneratorState};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 #[test]
 fn iterator_over_yielded_values() {
-    let gen = Generator::new(|y, ()| {
+    let mut gen = Generator::new(|y, ()| {
         for i in 0..100u64 {
             y.suspend(i);
         }
     });
-    assert_eq!(gen.sum::<u64>(), 4950);
+    assert!(!gen.is_complete());
+    // Bounded: one more than the body yields, so that a generator that never ends fails here.
+    let got: Vec<u64> = gen.by_ref().take(101).collect();
+    assert_eq!(got, (0..100).collect::<Vec<_>>());
+    assert!(gen.is_complete());
+    // Exhausted for good: no resume of the finished body.
+    assert_eq!(gen.next(), None);
+    assert_eq!(gen.next(), None);
 }
 
 #[test]
@@ -45,12 +52,13 @@ fn suspend_from_depth_and_nested_generators() {
     }
     let outer = Generator::new(|y, ()| {
         let inner = Generator::new(|yi, ()| walk(yi, 3));
-        for v in inner {
+        // Bounded, as below: a generator that never ends yields too many values and fails.
+        for v in inner.take(4) {
             y.suspend(v * 10);
         }
         walk(y, 2);
     });
-    assert_eq!(outer.collect::<Vec<_>>(), [30, 20, 10, 2, 1]);
+    assert_eq!(outer.take(6).collect::<Vec<_>>(), [30, 20, 10, 2, 1]);
 }
 
 #[test]
@@ -64,22 +72,23 @@ fn plain_yield_inside_a_generator_is_reported() {
 }
 
 #[test]
-fn entering_a_generator_behind_its_back_is_caught() {
+fn entering_a_generator_behind_its_back_is_a_harmless_spurious_resume() {
     let slot = std::rc::Rc::new(std::cell::RefCell::new(None));
     let s = slot.clone();
-    let mut g = Generator::<(), u8, ()>::new(move |y, ()| {
+    let mut g = Generator::<u8, u8, u8>::new(move |y, first| {
         *s.borrow_mut() = current();
-        y.suspend(1);
-        y.suspend(2);
+        let second = y.suspend(first + 1);
+        let third = y.suspend(second + 1);
+        third * 2
     });
-    assert_eq!(g.resume(()), GeneratorState::Yielded(1));
+    assert_eq!(g.resume(10), GeneratorState::Yielded(11));
     let h = slot.borrow_mut().take().unwrap();
-    let err = catch_unwind(AssertUnwindSafe(|| h.enter())).unwrap_err();
-    let msg = err.downcast_ref::<&str>().copied().unwrap_or("");
-    assert!(
-        msg.contains("other than through Generator::resume"),
-        "{msg}"
-    );
+    // Entered through a handle, not `resume`: there is no input, so the body yields again.
+    assert_eq!(h.enter(), costack::Status::Yielded);
+    assert_eq!(h.enter(), costack::Status::Yielded);
+    assert!(h.is_suspended() && !h.is_finished());
+    assert_eq!(g.resume(20), GeneratorState::Yielded(21));
+    assert_eq!(g.resume(30), GeneratorState::Complete(60));
 }
 
 #[test]
@@ -110,4 +119,26 @@ fn dropping_an_unfinished_generator_unwinds_it() {
     assert_eq!(g.resume(()), GeneratorState::Yielded(0));
     drop(g);
     assert!(dropped.get());
+}
+
+/// `Debug` shows the generator's coroutine: its id, name and state, as it goes.
+#[test]
+fn debug_shows_the_coroutine_and_its_state() {
+    let mut g = Generator::<(), CoId, ()>::with_builder(Builder::new().name("gen"), |y, ()| {
+        y.suspend(current().unwrap().id());
+    });
+    let shows = |id: &str, state: &str| {
+        format!(
+            r#"Generator {{ co: CoHandle {{ id: {id}, name: Some("gen"), state: "{state}" }} }}"#
+        )
+    };
+    let before = format!("{g:?}");
+    let id = match g.resume(()) {
+        GeneratorState::Yielded(id) => id,
+        GeneratorState::Complete(()) => panic!("the body suspends first"),
+    };
+    assert_eq!(before, shows(&id.to_string(), "ready"));
+    assert_eq!(format!("{g:?}"), shows(&id.to_string(), "suspended"));
+    assert_eq!(g.resume(()), GeneratorState::Complete(()));
+    assert_eq!(format!("{g:?}"), shows(&id.to_string(), "finished"));
 }

@@ -4,11 +4,15 @@ use costack::sync::{CoMutex, CoQueue, CoRwLock, CoSemaphore};
 use costack::{yield_now, Coroutine};
 use std::rc::Rc;
 
+#[path = "common/deadline.rs"]
+mod deadline;
+
 fn assert_send<T: Send>() {}
 
 /// A lock nobody uses can move to another thread with its data, and serve coroutines there.
 #[test]
 fn unused_locks_are_send() {
+    let _deadline = deadline::arm();
     assert_send::<CoMutex<Vec<u8>>>();
     assert_send::<CoRwLock<String>>();
     assert_send::<CoSemaphore>();
@@ -36,6 +40,7 @@ fn unused_locks_are_send() {
 /// consumers while it is empty.
 #[test]
 fn bounded_buffer() {
+    let _deadline = deadline::arm();
     struct Chan {
         buf: CoMutex<std::collections::VecDeque<u32>>,
         not_full: CoQueue,
@@ -52,9 +57,13 @@ fn bounded_buffer() {
     for p in 0..3u32 {
         let ch = ch.clone();
         cos.push(Coroutine::new(move || {
+            let mut waits = 0;
             for i in 0..5 {
                 let mut b = ch.buf.lock();
                 while b.len() == CAP {
+                    // Bounded: every wait yields, and the driving loop below is bounded too.
+                    waits += 1;
+                    assert!(waits < 1000, "producer {p}: the wait did not wait");
                     b = ch.not_full.wait_with(b);
                 }
                 b.push_back(p * 100 + i);
@@ -67,9 +76,12 @@ fn bounded_buffer() {
     for _ in 0..2 {
         let (ch, got) = (ch.clone(), got.clone());
         cos.push(Coroutine::new(move || {
+            let mut waits = 0;
             for _ in 0..7 {
                 let mut b = ch.buf.lock();
                 while b.is_empty() {
+                    waits += 1;
+                    assert!(waits < 1000, "consumer: the wait did not wait");
                     b = ch.not_empty.wait_with(b);
                 }
                 got.borrow_mut().push(b.pop_front().unwrap());
@@ -83,7 +95,7 @@ fn bounded_buffer() {
             let _ = c.enter();
         }
         rounds += 1;
-        assert!(rounds < 1000, "stuck");
+        assert!(rounds < 1000, "did not finish within 1000 rounds");
     }
     let mut v = got.borrow().clone();
     // Each producer's items arrive in its order (15 made, 14 taken: one is left over).

@@ -27,8 +27,14 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::rc::Rc;
 
+#[path = "common/deadline.rs"]
+mod deadline;
+
 /// Permits in the semaphore; requests are for 1 to `SEM_PERMITS`.
 const SEM_PERMITS: usize = 3;
+
+/// Rounds of running every coroutine to the end before a case counts as stuck.
+const ROUND_LIMIT: u32 = 10_000;
 
 type Id = usize;
 
@@ -447,6 +453,8 @@ impl Model {
 
 /// Runs one program under one schedule and checks it against the model.
 fn run_case(programs: &[Vec<Op>], schedule: &[Step]) -> Result<(), TestCaseError> {
+    // A case takes about a millisecond; one that hangs (in a lock's loop, say) aborts the run.
+    let _deadline = deadline::arm();
     let shared = Rc::new(Shared {
         mutex: CoMutex::new(()),
         rw: CoRwLock::new(()),
@@ -509,7 +517,15 @@ fn run_case(programs: &[Vec<Op>], schedule: &[Step]) -> Result<(), TestCaseError
     // Run everything to the end. A pass in which no coroutine completes an op means everyone
     // left waits. Only the queue may hold them (the programs cannot deadlock on the locks), so
     // wake it: each woken coroutine completes its wait, so the next round makes progress.
+    let mut rounds = 0;
     while cos.iter().flatten().any(|c| !c.is_finished()) {
+        // Every round completes an op or wakes the queue; far fewer rounds are needed.
+        rounds += 1;
+        prop_assert!(
+            rounds < ROUND_LIMIT,
+            "the coroutines did not finish within {} rounds",
+            ROUND_LIMIT
+        );
         let before = shared.progress.get();
         for co in cos.iter().flatten().filter(|c| !c.is_finished()) {
             let _ = co.enter();

@@ -7,6 +7,11 @@ use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
+#[path = "common/deadline.rs"]
+mod deadline;
+#[path = "common/panics.rs"]
+mod panics;
+
 type Log = Rc<RefCell<Vec<String>>>;
 
 fn log() -> Log {
@@ -21,6 +26,7 @@ fn push(l: &Log, s: impl Into<String>) {
 /// after the holder yields (here: after it unlocks and then yields).
 #[test]
 fn second_locker_runs_right_after_holder_yields() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(0));
     let l = log();
 
@@ -68,6 +74,7 @@ fn second_locker_runs_right_after_holder_yields() {
 /// The second locker runs right after the holder terminates while holding the lock.
 #[test]
 fn second_locker_runs_right_after_holder_terminates() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(()));
     let l = log();
     let (m1, l1) = (m.clone(), l.clone());
@@ -93,6 +100,7 @@ fn second_locker_runs_right_after_holder_terminates() {
 /// those already waiting.
 #[test]
 fn fifo_hand_off_and_no_barging() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(()));
     let order = Rc::new(RefCell::new(Vec::new()));
     let cos: Vec<Coroutine> = (0..4)
@@ -112,7 +120,10 @@ fn fifo_hand_off_and_no_barging() {
         let _ = c.enter();
     }
     // Round-robin until all finish; entering a waiting coroutine is harmless.
+    let mut rounds = 0;
     while cos.iter().any(|c| !c.is_finished()) {
+        rounds += 1;
+        assert!(rounds < 1000, "did not finish within 1000 rounds");
         for c in cos.iter().filter(|c| !c.is_finished()) {
             let _ = c.enter();
         }
@@ -122,6 +133,7 @@ fn fifo_hand_off_and_no_barging() {
 
 #[test]
 fn unlock_then_lock_again_queues_behind_the_waiter() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(()));
     let l = log();
     let (m1, l1) = (m.clone(), l.clone());
@@ -149,6 +161,7 @@ fn unlock_then_lock_again_queues_behind_the_waiter() {
 
 #[test]
 fn try_lock_and_is_locked() {
+    let _deadline = deadline::arm();
     let m = CoMutex::new(5);
     assert!(!m.is_locked());
     let g = m.try_lock().expect("free");
@@ -165,6 +178,7 @@ fn try_lock_and_is_locked() {
 
 #[test]
 fn lock_outside_a_coroutine_succeeds_when_free() {
+    let _deadline = deadline::arm();
     let m = CoMutex::new(vec![1]);
     m.lock().push(2);
     assert_eq!(m.into_inner(), [1, 2]);
@@ -172,6 +186,7 @@ fn lock_outside_a_coroutine_succeeds_when_free() {
 
 #[test]
 fn lock_outside_a_coroutine_panics_when_taken() {
+    let _deadline = deadline::arm();
     let m = CoMutex::new(());
     let _g = m.lock();
     let err = catch_unwind(AssertUnwindSafe(|| {
@@ -189,6 +204,7 @@ fn lock_outside_a_coroutine_panics_when_taken() {
 /// Unlocking from outside a coroutine enters the waiter at once.
 #[test]
 fn unlock_outside_a_coroutine_enters_the_waiter_directly() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(0));
     let g = m.lock();
     let m2 = m.clone();
@@ -205,6 +221,7 @@ fn unlock_outside_a_coroutine_enters_the_waiter_directly() {
 /// and the lock is consistent afterwards (the panicking waiter's guard was released).
 #[test]
 fn panic_of_a_waiter_entered_by_an_outside_unlock() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(0));
     let g = m.lock();
     let m2 = m.clone();
@@ -224,6 +241,7 @@ fn panic_of_a_waiter_entered_by_an_outside_unlock() {
 /// abort) and the first panic goes on.
 #[test]
 fn waiter_panics_while_an_outside_panic_unwinds() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(0));
     let m2 = m.clone();
     let waiter = Coroutine::new(move || {
@@ -247,6 +265,7 @@ fn waiter_panics_while_an_outside_panic_unwinds() {
 /// queue is unaffected.
 #[test]
 fn drop_while_waiting_leaves_the_queue() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(Vec::new()));
     let mk = |i: u32| {
         let m = m.clone();
@@ -276,6 +295,7 @@ fn drop_while_waiting_leaves_the_queue() {
 /// unwind, and the lock goes to the next waiter.
 #[test]
 fn guard_dropped_by_forced_unwind_hands_the_lock_on() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(0));
     let m1 = m.clone();
     let holder = Coroutine::new(move || {
@@ -300,6 +320,7 @@ fn guard_dropped_by_forced_unwind_hands_the_lock_on() {
 /// yields again and keeps its place.
 #[test]
 fn spurious_resume_keeps_waiting() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(()));
     let me: Rc<RefCell<Option<CoHandle>>> = Rc::default();
     let got = Rc::new(Cell::new(false));
@@ -329,6 +350,7 @@ fn spurious_resume_keeps_waiting() {
 /// it runs once, with the lock.
 #[test]
 fn hand_off_to_a_waiter_already_scheduled() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(0));
     let me: Rc<RefCell<Option<CoHandle>>> = Rc::default();
     let (m1, me1) = (m.clone(), me.clone());
@@ -356,6 +378,7 @@ fn hand_off_to_a_waiter_already_scheduled() {
 /// last handle to the waiter.
 #[test]
 fn waiter_dropped_after_hand_off_passes_the_lock_on() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(Vec::new()));
     let slot: Rc<RefCell<Option<(CoHandle, CoHandle)>>> = Rc::default();
 
@@ -370,8 +393,10 @@ fn waiter_dropped_after_hand_off_passes_the_lock_on() {
     });
     // Yields again when woken, and panics with its own payload when unwound for being dropped:
     // that panic escapes the wake-up loop, which drops the rest of its queue.
+    panics::forced_unwind_type();
     let bomb = Coroutine::new(|| loop {
-        if catch_unwind(yield_now).is_err() {
+        if let Err(p) = catch_unwind(yield_now) {
+            assert!(panics::is_forced_unwind(&*p), "not the forced unwind");
             panic!("bomb");
         }
     });
@@ -400,4 +425,44 @@ fn waiter_dropped_after_hand_off_passes_the_lock_on() {
     assert_eq!(next.enter(), Status::Finished(()));
     assert_eq!(*m.lock(), [2]);
     assert!(!m.has_waiters());
+}
+
+/// `Debug` while coroutines are queued: the count of waiters, and a lock handed to a waiter that
+/// has not run yet shows as locked.
+#[test]
+fn debug_shows_the_waiters_and_a_hand_off() {
+    let _deadline = deadline::arm();
+    let m = Rc::new(CoMutex::new(7));
+    let l = log();
+    let mk = |name: &'static str| {
+        let (m, l) = (m.clone(), l.clone());
+        Coroutine::new(move || {
+            let mut g = m.lock();
+            *g += 1;
+            yield_now();
+            drop(g);
+            push(&l, format!("{name} unlocked: {m:?}"));
+        })
+    };
+    let (a, b) = (mk("a"), mk("b"));
+    let g = m.lock();
+    assert_eq!(format!("{m:?}"), "CoMutex { data: <locked>, waiters: 0 }");
+    assert_eq!(a.enter(), Status::Yielded);
+    assert_eq!(format!("{m:?}"), "CoMutex { data: <locked>, waiters: 1 }");
+    assert_eq!(b.enter(), Status::Yielded);
+    assert_eq!(format!("{m:?}"), "CoMutex { data: <locked>, waiters: 2 }");
+    drop(g); // outside a coroutine: `a` is entered at once, and yields holding the lock
+    assert_eq!(format!("{m:?}"), "CoMutex { data: <locked>, waiters: 1 }");
+    assert_eq!(a.enter(), Status::Finished(())); // hands the lock to `b`, which runs next
+    assert_eq!(format!("{m:?}"), "CoMutex { data: <locked>, waiters: 0 }");
+    assert_eq!(b.enter(), Status::Finished(()));
+    assert_eq!(format!("{m:?}"), "CoMutex { data: 9, waiters: 0 }");
+    assert_eq!(
+        *l.borrow(),
+        [
+            // Handed to `b`, which had not run yet: still locked.
+            "a unlocked: CoMutex { data: <locked>, waiters: 0 }",
+            "b unlocked: CoMutex { data: 9, waiters: 0 }",
+        ]
+    );
 }

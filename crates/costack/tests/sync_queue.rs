@@ -7,6 +7,9 @@ use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
+#[path = "common/deadline.rs"]
+mod deadline;
+
 type Log = Rc<RefCell<Vec<u32>>>;
 
 fn waiter(q: &Rc<CoQueue>, log: &Log, i: u32) -> Coroutine {
@@ -24,6 +27,7 @@ fn run(f: impl FnOnce() + 'static) {
 
 #[test]
 fn wake_next_in_fifo_order_after_the_waker_yields() {
+    let _deadline = deadline::arm();
     let q = Rc::new(CoQueue::new());
     let log: Log = Rc::default();
     let ws: Vec<Coroutine> = (1..=3).map(|i| waiter(&q, &log, i)).collect();
@@ -47,6 +51,7 @@ fn wake_next_in_fifo_order_after_the_waker_yields() {
 
 #[test]
 fn wait_front_goes_first() {
+    let _deadline = deadline::arm();
     let q = Rc::new(CoQueue::new());
     let log: Log = Rc::default();
     let a = waiter(&q, &log, 1);
@@ -65,6 +70,7 @@ fn wait_front_goes_first() {
 /// woken a second time by the same call.
 #[test]
 fn wake_all_outside_wakes_only_those_waiting_at_the_call() {
+    let _deadline = deadline::arm();
     let q = Rc::new(CoQueue::new());
     let rounds = Rc::new(Cell::new(0));
     let cos: Vec<Coroutine> = (0..3)
@@ -73,6 +79,11 @@ fn wake_all_outside_wakes_only_those_waiting_at_the_call() {
             Coroutine::new(move || loop {
                 q.wait();
                 r.set(r.get() + 1);
+                // Bounded: the test wakes the queue twice, three waiters each time.
+                assert!(
+                    r.get() <= 6,
+                    "woken without a wake-up: the wait did not wait"
+                );
             })
         })
         .collect();
@@ -91,6 +102,7 @@ fn wake_all_outside_wakes_only_those_waiting_at_the_call() {
 /// `wake_all` from inside a coroutine: all run after the waker, in order.
 #[test]
 fn wake_all_inside_a_coroutine() {
+    let _deadline = deadline::arm();
     let q = Rc::new(CoQueue::new());
     let log: Log = Rc::default();
     let ws: Vec<Coroutine> = (1..=4).map(|i| waiter(&q, &log, i)).collect();
@@ -110,6 +122,7 @@ fn wake_all_inside_a_coroutine() {
 /// the same call: it is skipped, safely.
 #[test]
 fn wake_all_outside_when_a_woken_one_drops_a_later_one() {
+    let _deadline = deadline::arm();
     let q = Rc::new(CoQueue::new());
     let log: Log = Rc::default();
     let victim_slot: Rc<RefCell<Option<Coroutine>>> = Rc::default();
@@ -134,15 +147,20 @@ fn wake_all_outside_when_a_woken_one_drops_a_later_one() {
 /// producer can take it, and taken back before `wait_with` returns.
 #[test]
 fn wait_with_mutex_releases_and_retakes() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(0));
     let q = Rc::new(CoQueue::new());
     let (m1, q1) = (m.clone(), q.clone());
     let consumer = Coroutine::new(move || {
         let mut g = m1.lock();
+        let mut waits = 0;
         while *g < 3 {
+            // Bounded: one wait per increment by the producer.
+            waits += 1;
+            assert!(waits <= 3, "woken without a wake-up: the wait did not wait");
             g = q1.wait_with(g);
         }
-        *g
+        (*g, waits)
     });
     assert_eq!(consumer.enter(), Status::Yielded);
     assert!(!m.is_locked(), "released while waiting");
@@ -158,17 +176,24 @@ fn wait_with_mutex_releases_and_retakes() {
             drop(g); // hands the lock to the consumer
         }
     });
+    let mut steps = 0;
     while !producer.enter().is_finished() {
+        steps += 1;
+        assert!(
+            steps < 1000,
+            "the producer did not finish within 1000 steps"
+        );
         assert!(!consumer.is_finished());
     }
     assert!(consumer.is_finished());
-    assert_eq!(consumer.take_result(), Some(3));
+    assert_eq!(consumer.take_result(), Some((3, 3)));
     assert!(!m.is_locked() && q.is_empty());
 }
 
 /// The same with the locks of the other kinds.
 #[test]
 fn wait_with_rwlock_and_semaphore_guards() {
+    let _deadline = deadline::arm();
     let lock = Rc::new(CoRwLock::new(0));
     let sem = Rc::new(CoSemaphore::new(2));
     let q = Rc::new(CoQueue::new());
@@ -196,8 +221,12 @@ fn wait_with_rwlock_and_semaphore_guards() {
 
 #[test]
 fn wait_outside_a_coroutine_panics() {
+    let _deadline = deadline::arm();
     let q = CoQueue::new();
-    assert!(catch_unwind(AssertUnwindSafe(|| q.wait())).is_err());
+    let err = catch_unwind(AssertUnwindSafe(|| q.wait())).unwrap_err();
+    let msg = err.downcast_ref::<String>().unwrap();
+    assert!(msg.contains("CoQueue::wait would have to wait"), "{msg}");
+    assert!(msg.contains("outside of any coroutine"), "{msg}");
     let m = CoMutex::new(());
     let err = catch_unwind(AssertUnwindSafe(|| drop(q.wait_with(m.lock())))).unwrap_err();
     assert!(err
@@ -210,6 +239,7 @@ fn wait_outside_a_coroutine_panics() {
 
 #[test]
 fn drop_while_waiting_leaves_the_queue() {
+    let _deadline = deadline::arm();
     let q = Rc::new(CoQueue::new());
     let log: Log = Rc::default();
     let (a, b, c) = (
@@ -231,6 +261,7 @@ fn drop_while_waiting_leaves_the_queue() {
 /// A coroutine dropped while waiting in `wait_with` does not take the lock back.
 #[test]
 fn drop_while_waiting_with_a_lock() {
+    let _deadline = deadline::arm();
     let m = Rc::new(CoMutex::new(()));
     let q = Rc::new(CoQueue::new());
     let (m1, q1) = (m.clone(), q.clone());
@@ -248,6 +279,7 @@ fn drop_while_waiting_with_a_lock() {
 /// Entering a waiting coroutine through its handle does not end the wait.
 #[test]
 fn spurious_resume_keeps_waiting() {
+    let _deadline = deadline::arm();
     let q = Rc::new(CoQueue::new());
     let me: Rc<RefCell<Option<CoHandle>>> = Rc::default();
     let done = Rc::new(Cell::new(false));
@@ -264,4 +296,23 @@ fn spurious_resume_keeps_waiting() {
     assert!(!q.is_empty());
     q.wake_next();
     assert!(done.get());
+}
+
+/// `Debug` while coroutines are queued: the count of waiters.
+#[test]
+fn debug_shows_the_waiters() {
+    let _deadline = deadline::arm();
+    let q = Rc::new(CoQueue::new());
+    let log: Log = Rc::default();
+    let ws: Vec<Coroutine> = (1..=3).map(|i| waiter(&q, &log, i)).collect();
+    assert_eq!(format!("{q:?}"), "CoQueue { waiters: 0 }");
+    for w in &ws {
+        assert_eq!(w.enter(), Status::Yielded);
+    }
+    assert_eq!(format!("{q:?}"), "CoQueue { waiters: 3 }");
+    assert!(q.wake_next());
+    assert_eq!(format!("{q:?}"), "CoQueue { waiters: 2 }");
+    assert_eq!(q.wake_all(), 2);
+    assert_eq!(format!("{q:?}"), "CoQueue { waiters: 0 }");
+    assert_eq!(*log.borrow(), [1, 2, 3]);
 }

@@ -6,6 +6,9 @@ use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
+#[path = "common/deadline.rs"]
+mod deadline;
+
 type Log = Rc<RefCell<Vec<String>>>;
 
 fn push(l: &Log, s: impl Into<String>) {
@@ -16,6 +19,7 @@ fn push(l: &Log, s: impl Into<String>) {
 /// meanwhile; the writer goes first, then the upgrader, and both finish.
 #[test]
 fn upgrade_waits_behind_a_queued_writer_and_both_finish() {
+    let _deadline = deadline::arm();
     let lock = Rc::new(CoRwLock::new(0));
     let l: Log = Rc::default();
 
@@ -87,6 +91,7 @@ fn upgrade_waits_behind_a_queued_writer_and_both_finish() {
 /// |        |            |            | unlock     |
 #[test]
 fn downgrade_with_readers_and_writers_queued_finishes() {
+    let _deadline = deadline::arm();
     let lock = Rc::new(CoRwLock::new(()));
     let l: Log = Rc::default();
 
@@ -151,6 +156,7 @@ fn downgrade_with_readers_and_writers_queued_finishes() {
 /// writer is done, the readers queued behind it get the lock together.
 #[test]
 fn readers_do_not_overtake_a_queued_writer() {
+    let _deadline = deadline::arm();
     let lock = Rc::new(CoRwLock::new(()));
     let l: Log = Rc::default();
     let reader = |name: &'static str| {
@@ -193,6 +199,7 @@ fn readers_do_not_overtake_a_queued_writer() {
 
 #[test]
 fn upgrade_is_immediate_for_the_sole_reader() {
+    let _deadline = deadline::arm();
     let lock = CoRwLock::new(1);
     let r = lock.read();
     let mut w = CoRwLockReadGuard::upgrade(r); // works outside a coroutine: no wait
@@ -212,6 +219,7 @@ fn upgrade_is_immediate_for_the_sole_reader() {
 /// Two readers upgrading at once do not deadlock: each releases its read share first.
 #[test]
 fn two_concurrent_upgrades_both_finish() {
+    let _deadline = deadline::arm();
     let lock = Rc::new(CoRwLock::new(Vec::new()));
     let mk = |i: u32| {
         let lk = lock.clone();
@@ -238,6 +246,7 @@ fn two_concurrent_upgrades_both_finish() {
 
 #[test]
 fn upgrade_outside_a_coroutine_panics_when_it_would_wait_and_releases_the_read_lock() {
+    let _deadline = deadline::arm();
     let lock = CoRwLock::new(());
     let r1 = lock.read();
     let r2 = lock.read();
@@ -254,6 +263,7 @@ fn upgrade_outside_a_coroutine_panics_when_it_would_wait_and_releases_the_read_l
 
 #[test]
 fn outside_a_coroutine() {
+    let _deadline = deadline::arm();
     let lock = CoRwLock::new(5);
     {
         let a = lock.read();
@@ -269,7 +279,10 @@ fn outside_a_coroutine() {
     *lock.write() += 1;
     assert_eq!(format!("{lock:?}"), "CoRwLock { data: 6, waiters: 0 }");
     let w = lock.write();
-    assert!(catch_unwind(AssertUnwindSafe(|| drop(lock.read()))).is_err());
+    let err = catch_unwind(AssertUnwindSafe(|| drop(lock.read()))).unwrap_err();
+    let msg = err.downcast_ref::<String>().unwrap();
+    assert!(msg.contains("CoRwLock::read would have to wait"), "{msg}");
+    assert!(msg.contains("outside of any coroutine"), "{msg}");
     drop(w);
     assert_eq!(lock.into_inner(), 6);
 }
@@ -277,6 +290,7 @@ fn outside_a_coroutine() {
 /// A write unlock outside any coroutine enters every reader it lets in, each at once.
 #[test]
 fn release_outside_a_coroutine_enters_the_readers() {
+    let _deadline = deadline::arm();
     let lock = Rc::new(CoRwLock::new(()));
     let count = Rc::new(Cell::new(0));
     let w = lock.write();
@@ -306,6 +320,7 @@ fn release_outside_a_coroutine_enters_the_readers() {
 /// queued behind it are let in.
 #[test]
 fn dropping_a_queued_writer_lets_the_readers_behind_it_in() {
+    let _deadline = deadline::arm();
     let lock = Rc::new(CoRwLock::new(()));
     let r = lock.read();
     let lk = lock.clone();
@@ -331,6 +346,7 @@ fn dropping_a_queued_writer_lets_the_readers_behind_it_in() {
 /// Guards on the stack of a coroutine that is dropped release their lock.
 #[test]
 fn guards_dropped_by_forced_unwind_release() {
+    let _deadline = deadline::arm();
     let lock = Rc::new(CoRwLock::new(0));
     let lk = lock.clone();
     let w = Coroutine::new(move || {
@@ -357,6 +373,7 @@ fn guards_dropped_by_forced_unwind_release() {
 /// lock is free again (its read share was given up when it queued).
 #[test]
 fn dropped_while_waiting_to_upgrade() {
+    let _deadline = deadline::arm();
     let lock = Rc::new(CoRwLock::new(()));
     let other = lock.read();
     let lk = lock.clone();
@@ -371,5 +388,53 @@ fn dropped_while_waiting_to_upgrade() {
     drop(up);
     assert!(!lock.has_waiters());
     drop(other);
+    assert!(!lock.is_locked());
+}
+
+/// `Debug` while coroutines are queued: the count of waiters; the data only when a read lock
+/// could be had now (so not while readers hold it with a writer queued).
+#[test]
+fn debug_shows_the_waiters() {
+    let _deadline = deadline::arm();
+    let lock = Rc::new(CoRwLock::new(1));
+    let reader = || {
+        let lk = lock.clone();
+        Coroutine::new(move || {
+            let _r = lk.read();
+            yield_now();
+        })
+    };
+    let (r1, r3) = (reader(), reader());
+    let lk = lock.clone();
+    let w2 = Coroutine::new(move || {
+        let mut w = lk.write();
+        *w += 1;
+        yield_now();
+    });
+    let w = lock.write();
+    for co in [&r1, &w2, &r3] {
+        assert_eq!(co.enter(), Status::Yielded);
+    }
+    assert_eq!(
+        format!("{lock:?}"),
+        "CoRwLock { data: <locked>, waiters: 3 }"
+    );
+    drop(w); // outside a coroutine: r1 is entered at once and reads; w2 must wait for it
+    assert_eq!(lock.reader_count(), 1);
+    assert_eq!(
+        format!("{lock:?}"),
+        "CoRwLock { data: <locked>, waiters: 2 }"
+    );
+    assert_eq!(r1.enter(), Status::Finished(())); // w2 is handed the lock and runs
+    assert!(lock.is_write_locked());
+    assert_eq!(
+        format!("{lock:?}"),
+        "CoRwLock { data: <locked>, waiters: 1 }"
+    );
+    assert_eq!(w2.enter(), Status::Finished(())); // r3 is handed a read share and runs
+    assert_eq!(lock.reader_count(), 1);
+    assert_eq!(format!("{lock:?}"), "CoRwLock { data: 2, waiters: 0 }");
+    assert_eq!(r3.enter(), Status::Finished(()));
+    assert_eq!(format!("{lock:?}"), "CoRwLock { data: 2, waiters: 0 }");
     assert!(!lock.is_locked());
 }

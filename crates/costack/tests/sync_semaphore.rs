@@ -6,6 +6,9 @@ use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
+#[path = "common/deadline.rs"]
+mod deadline;
+
 type Log = Rc<RefCell<Vec<String>>>;
 
 /// A coroutine that takes `n` permits, logs, yields once holding them, and gives them back.
@@ -23,6 +26,7 @@ fn taker(sem: &Rc<CoSemaphore>, log: &Log, name: &'static str, n: usize) -> Coro
 /// Small requests arriving after a large one wait behind it, even when they would fit.
 #[test]
 fn large_request_is_not_starved_by_small_ones() {
+    let _deadline = deadline::arm();
     let sem = Rc::new(CoSemaphore::new(4));
     let log: Log = Rc::default();
     let a = taker(&sem, &log, "a", 2);
@@ -51,6 +55,7 @@ fn large_request_is_not_starved_by_small_ones() {
 
 #[test]
 fn try_acquire_forget_and_release() {
+    let _deadline = deadline::arm();
     let sem = CoSemaphore::new(3);
     let p = sem.try_acquire(2).unwrap();
     assert!(sem.try_acquire(2).is_none());
@@ -69,13 +74,19 @@ fn try_acquire_forget_and_release() {
 
 #[test]
 fn release_overflow_panics() {
+    let _deadline = deadline::arm();
     let sem = CoSemaphore::new(usize::MAX);
-    assert!(catch_unwind(AssertUnwindSafe(|| sem.release(1))).is_err());
+    let err = catch_unwind(AssertUnwindSafe(|| sem.release(1))).unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<&str>(),
+        Some(&"costack: CoSemaphore permit count overflow")
+    );
     assert_eq!(sem.available_permits(), usize::MAX);
 }
 
 #[test]
 fn acquire_outside_a_coroutine() {
+    let _deadline = deadline::arm();
     let sem = CoSemaphore::new(1);
     let p = sem.acquire(1);
     let err = catch_unwind(AssertUnwindSafe(|| drop(sem.acquire(1)))).unwrap_err();
@@ -90,6 +101,7 @@ fn acquire_outside_a_coroutine() {
 /// Releasing outside a coroutine enters each waiter it serves at once.
 #[test]
 fn release_outside_a_coroutine_enters_the_waiters() {
+    let _deadline = deadline::arm();
     let sem = Rc::new(CoSemaphore::new(0));
     let log: Log = Rc::default();
     let a = taker(&sem, &log, "a", 1);
@@ -110,6 +122,7 @@ fn release_outside_a_coroutine_enters_the_waiters() {
 /// The large request at the head of the queue is dropped: the small ones behind it fit now.
 #[test]
 fn dropping_the_head_waiter_lets_smaller_ones_through() {
+    let _deadline = deadline::arm();
     let sem = Rc::new(CoSemaphore::new(2));
     let log: Log = Rc::default();
     let big = taker(&sem, &log, "big", 3);
@@ -127,6 +140,7 @@ fn dropping_the_head_waiter_lets_smaller_ones_through() {
 /// Permits held by a coroutine that is dropped come back, and go to the waiters.
 #[test]
 fn permits_come_back_from_a_dropped_holder() {
+    let _deadline = deadline::arm();
     let sem = Rc::new(CoSemaphore::new(2));
     let log: Log = Rc::default();
     let holder = taker(&sem, &log, "holder", 2);
@@ -137,4 +151,27 @@ fn permits_come_back_from_a_dropped_holder() {
     assert_eq!(*log.borrow(), ["holder got 2", "waiter got 1"]);
     drop(waiter);
     assert_eq!(sem.available_permits(), 2);
+}
+
+/// `Debug` while coroutines are queued: the permits left and the count of waiters.
+#[test]
+fn debug_shows_the_permits_and_the_waiters() {
+    let _deadline = deadline::arm();
+    let sem = Rc::new(CoSemaphore::new(2));
+    let log: Log = Rc::default();
+    let a = taker(&sem, &log, "a", 1);
+    let b = taker(&sem, &log, "b", 2);
+    let p = sem.acquire(2);
+    assert_eq!(format!("{sem:?}"), "CoSemaphore { permits: 0, waiters: 0 }");
+    assert_eq!(a.enter(), Status::Yielded);
+    assert_eq!(b.enter(), Status::Yielded);
+    assert_eq!(format!("{sem:?}"), "CoSemaphore { permits: 0, waiters: 2 }");
+    assert_eq!(format!("{p:?}"), "CoSemaphorePermit { permits: 2 }");
+    drop(p); // outside a coroutine: `a` is entered at once with 1; `b` needs 2
+    assert_eq!(format!("{sem:?}"), "CoSemaphore { permits: 1, waiters: 1 }");
+    assert_eq!(a.enter(), Status::Finished(())); // `b` is handed 2 and runs
+    assert_eq!(format!("{sem:?}"), "CoSemaphore { permits: 0, waiters: 0 }");
+    assert_eq!(b.enter(), Status::Finished(()));
+    assert_eq!(format!("{sem:?}"), "CoSemaphore { permits: 2, waiters: 0 }");
+    assert_eq!(*log.borrow(), ["a got 1", "b got 2"]);
 }

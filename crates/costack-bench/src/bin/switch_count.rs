@@ -6,6 +6,11 @@
 //! totals divided by N is the cost of one round trip, free of start-up and
 //! set-up. `costack` runs on whichever backend this build compiled in; the
 //! program prints the label it measured (`costack` or `costack-ucontext`).
+//!
+//! Other shapes, counted the same way (costack only): `costack-create` (create a
+//! coroutine on a pooled stack, enter it until it finishes, drop it),
+//! `costack-handoff` (a `CoMutex` handed back and forth between two coroutines; N
+//! hand-offs) and `costack-generator` (N values out of a generator).
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -51,6 +56,56 @@ fn corosensei_round_trips(n: u64) {
     ));
 }
 
+/// Create (pooled), enter to the end, drop — the `create_pooled` benchmark's shape.
+fn costack_creates(n: u64) {
+    for i in 0..n {
+        let co = costack::Coroutine::new(move || black_box(i));
+        let _ = black_box(co.enter());
+    }
+}
+
+/// Two coroutines hand a `CoMutex` to each other `n` times in all (the `comutex` shape).
+fn costack_handoffs(n: u64) {
+    let lock = Rc::new(costack::sync::CoMutex::new(0u64));
+    let rounds = n / 2;
+    let mk = |lock: Rc<costack::sync::CoMutex<u64>>| {
+        costack::Coroutine::new(move || {
+            for _ in 0..rounds {
+                let mut g = lock.lock();
+                *g += 1;
+                costack::yield_now(); // hold it across a yield: the other one queues
+            }
+        })
+    };
+    let a = mk(lock.clone());
+    let b = mk(lock.clone());
+    let mut steps = 0u64;
+    while !(a.is_finished() && b.is_finished()) {
+        for co in [&a, &b] {
+            if !co.is_finished() && !co.is_scheduled() && !co.is_entered() {
+                let _ = co.enter();
+            }
+        }
+        steps += 1;
+        assert!(steps <= 4 * n + 8, "hand-offs did not finish");
+    }
+    assert_eq!(*lock.try_lock().unwrap(), 2 * rounds);
+}
+
+/// `n` values out of a generator.
+fn costack_generator(n: u64) {
+    let g = costack::Generator::new(move |y, ()| {
+        for i in 0..n {
+            y.suspend(i);
+        }
+    });
+    let mut sum = 0u64;
+    for v in g {
+        sum = sum.wrapping_add(black_box(v));
+    }
+    assert_eq!(sum, n.saturating_sub(1) * n / 2);
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (which, n) = match args.as_slice() {
@@ -75,8 +130,23 @@ fn main() -> ExitCode {
             corosensei_round_trips(n);
             COROSENSEI
         }
+        "costack-create" => {
+            costack_creates(n);
+            "costack-create"
+        }
+        "costack-handoff" => {
+            costack_handoffs(n);
+            "costack-handoff"
+        }
+        "costack-generator" => {
+            costack_generator(n);
+            "costack-generator"
+        }
         other => {
-            eprintln!("switch_count: unknown implementation {other:?} (costack or corosensei)");
+            eprintln!(
+                "switch_count: unknown implementation {other:?} (costack, corosensei, \
+                 costack-create, costack-handoff or costack-generator)"
+            );
             return ExitCode::from(2);
         }
     };

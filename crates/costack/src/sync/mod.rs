@@ -32,6 +32,12 @@
 //! in `main`, say) is entered at once, and runs until it yields or finishes before the call that
 //! woke it returns.
 //!
+//! A waiter that something else resumes is woken through that instead, by the resume contract
+//! ([`park`](crate::park)): a task of an event loop is queued on its loop, a coroutine hosted by
+//! an executor ([`bridge::as_future`](crate::bridge::as_future)) has its future woken, and a
+//! coroutine nested in another (a generator resumed by a task) is resumed by its enterer, which
+//! waits with it. The locks therefore work unchanged in all of these.
+//!
 //! ```
 //! use costack::sync::CoMutex;
 //! use costack::{yield_now, Coroutine};

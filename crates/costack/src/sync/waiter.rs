@@ -18,21 +18,33 @@
 //! runs. The destructor then tells the lock what it lost — a queued request that vanished, or a
 //! hand-off that its recipient never took — so the lock can pass it on.
 //!
+//! # Waiting and waking: the resume contract
+//!
+//! The wait is a [`Park`] of the waiting coroutine, [`until`](Park::until) its node's `granted`
+//! flag is set; a waker wakes it through the contract's routing ([`route_wake`]). So the locks
+//! work wherever a coroutine runs: in a plain coroutine entered from `main` (the core's
+//! deferred wake-ups resume it), in an event loop's task (the loop resumes it), in a coroutine
+//! hosted by an executor (the executor polls it again), or nested inside any of these (the
+//! chain waits with it). See [`park`](crate::park).
+//!
 //! # Spurious resumes
 //!
-//! Anyone holding a [`CoHandle`](crate::CoHandle) to a waiting coroutine can enter it. The wait loop therefore
-//! trusts only its node's `granted` flag: it yields again until that is set.
+//! Anyone holding a [`CoHandle`](crate::CoHandle) to a waiting coroutine can enter it (unless
+//! its enterer holds it). [`Park::until`] therefore trusts only the node's `granted` flag: it
+//! parks again until that is set.
 //!
 //! # Waking
 //!
-//! Inside a coroutine a wake only queues the target behind the running coroutine (the core's
-//! deferred wake-ups), so no user code runs while a lock updates its state. Outside any
-//! coroutine the target is entered at once and may do anything before the wake returns —
-//! including dropping other waiters of the same list. The locks therefore re-read their state
-//! after every wake, never keep a node pointer across one, and collect a panic of a coroutine
-//! entered this way in [`Wakeups`] to continue it after the remaining waiters have been served.
+//! Inside a coroutine a wake only queues the target — behind the running coroutine (the core's
+//! deferred wake-ups) or with its driver — so no other coroutine runs while a lock updates its
+//! state. Outside any coroutine a target without a driver is entered at once and may do
+//! anything before the wake returns — including dropping other waiters of the same list. The
+//! locks therefore re-read their state after every wake, never keep a node pointer across one,
+//! and collect a panic of a coroutine entered this way in [`Wakeups`] to continue it after the
+//! remaining waiters have been served.
 
-use crate::coroutine::{current_header, handle_from_header, schedule_if_idle, Header};
+use crate::coroutine::{deliver_wake, route_wake, Header};
+use crate::park::Park;
 use std::any::Any;
 use std::cell::Cell;
 use std::marker::PhantomData;
@@ -42,8 +54,8 @@ use std::ptr::{self, NonNull};
 
 /// A waiting coroutine's entry in a [`WaitList`]. It lives on that coroutine's stack.
 pub(crate) struct Waiter {
-    /// The waiting coroutine (unowned: see the module docs).
-    co: NonNull<Header>,
+    /// The waiting coroutine's wait (its header is unowned: see the module docs).
+    park: Park,
     prev: Cell<*const Waiter>,
     next: Cell<*const Waiter>,
     /// The list the node is linked into, or null.
@@ -61,12 +73,12 @@ impl Waiter {
     /// Outside any coroutine, with a message naming `op`: there is nothing to suspend.
     #[inline]
     pub(crate) fn new(want: usize, op: &'static str) -> Waiter {
-        let co = match NonNull::new(current_header() as *mut Header) {
-            Some(co) => co,
+        let park = match Park::try_new() {
+            Some(p) => p,
             None => must_wait_outside(op),
         };
         Waiter {
-            co,
+            park,
             prev: Cell::new(ptr::null()),
             next: Cell::new(ptr::null()),
             list: Cell::new(ptr::null()),
@@ -224,7 +236,7 @@ impl WaitList {
         // SAFETY: the node was linked until a moment ago and nothing has run since, so its
         // coroutine, on whose stack it lives, is live. The node must not be touched any more:
         // once its coroutine runs, it may be gone.
-        unsafe { wakeups.wake(node.co) };
+        unsafe { wakeups.wake(node.park.header()) };
         true
     }
 
@@ -272,27 +284,21 @@ impl Wakeups {
         Wakeups { panic: None }
     }
 
-    /// Wakes `co`, which was just granted what it waited for.
+    /// Wakes `co`, which was just granted what it waited for, through the resume contract.
     ///
-    /// A coroutine that is entered (it is checking its flag before it suspends) or already
-    /// scheduled (someone else woke it; it will check its flag when it runs) needs no wake.
+    /// A coroutine whose chain is running (it is checking its flag before it suspends) or
+    /// already queued needs no wake.
     ///
     /// # Safety
     /// `co` is a live coroutine of this thread.
+    #[inline]
     unsafe fn wake(&mut self, co: NonNull<Header>) {
-        if crate::coroutine::in_coroutine() {
-            // Queued behind the running coroutine with a reference of its own; runs no code.
-            // SAFETY: live per the contract; we run inside a coroutine.
-            unsafe { schedule_if_idle(co) };
+        // SAFETY: live per the contract; nothing runs between routing and delivery.
+        let Some(co) = (unsafe { deliver_wake(route_wake(co)) }) else {
             return;
-        }
-        // SAFETY: live per the contract; the handle keeps it so while it runs.
-        let co = unsafe { handle_from_header(co) };
-        if !co.is_suspended() || co.is_scheduled() {
-            return;
-        }
-        // Entered now. Dropping `co` inside may free the coroutine (unwinding it), which can
-        // panic too.
+        };
+        // Outside any coroutine, with no driver: entered now. Dropping `co` inside may free
+        // the coroutine (unwinding it), which can panic too.
         let r = catch_unwind(AssertUnwindSafe(move || {
             let _ = co.enter();
             drop(co);
@@ -353,9 +359,11 @@ impl<'a, F: FnOnce(bool)> Parked<'a, F> {
     /// cleans up.
     #[inline(always)]
     pub(crate) fn wait(self) {
-        while !self.node.granted.get() {
-            crate::coroutine::yield_now();
-        }
+        // The node (and its park) was made by the waiting coroutine in the lock call that is
+        // waiting here (see `Waiter::new`).
+        self.node
+            .park
+            .until_started_here(|| self.node.granted.get());
         let mut this = ManuallyDrop::new(self);
         // SAFETY: `this` is never dropped, so `abandon` is dropped exactly once, here. The
         // node was unlinked by the waker that granted it.

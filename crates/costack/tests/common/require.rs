@@ -1,0 +1,26 @@
+//! Tests whose prerequisite is missing: skipped (with a `SKIPPED` line) on a developer's
+//! machine, a failure where `COSTACK_REQUIRE_ALL_TESTS=1` is set (CI). Included with `#[path]`.
+
+#![allow(dead_code)]
+
+/// The switch that turns a skip into a failure.
+pub const REQUIRE_ALL_TESTS: &str = "COSTACK_REQUIRE_ALL_TESTS";
+
+/// Whether every test must run: `COSTACK_REQUIRE_ALL_TESTS` is set, and not to `0`.
+pub fn require_all_tests() -> bool {
+    std::env::var_os(REQUIRE_ALL_TESTS).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Reports a missing prerequisite: panics naming it when every test must run, otherwise prints
+/// `SKIPPED` with the reason, and the caller returns.
+#[track_caller]
+pub fn skip_or_fail(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    if require_all_tests() {
+        panic!("{test} cannot run: {reason} ({REQUIRE_ALL_TESTS} is set, so this is a failure)");
+    }
+    eprintln!("SKIPPED {test}: {reason} (set {REQUIRE_ALL_TESTS}=1 to fail instead)");
+}
