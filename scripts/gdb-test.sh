@@ -10,8 +10,8 @@ out=$(gdb -batch -nx -x scripts/costack-gdb.py \
   target/debug/examples/gdb_target 2>&1)
 echo "$out" | grep -E '^(co[0-9]|---|#[0-9]+ .*(suspended_in|waiting_for|trampoline))' || true
 fail=0
-echo "$out" | grep -q 'suspended  *$\|suspended$' || { echo "FAIL: costack list shows no suspended coroutine"; fail=1; }
-echo "$out" | grep -q 'in gdb_target::suspended_in_this_function' || { echo "FAIL: no frame in suspended_in_this_function"; fail=1; }
-echo "$out" | grep -q 'in gdb_target::waiting_for_more_input' || { echo "FAIL: no frame in waiting_for_more_input"; fail=1; }
+grep -q 'suspended  *$\|suspended$' <<<"$out" || { echo "FAIL: costack list shows no suspended coroutine"; fail=1; }
+grep -q 'in gdb_target::suspended_in_this_function' <<<"$out" || { echo "FAIL: no frame in suspended_in_this_function"; fail=1; }
+grep -q 'in gdb_target::waiting_for_more_input' <<<"$out" || { echo "FAIL: no frame in waiting_for_more_input"; fail=1; }
 if [ "$fail" -ne 0 ]; then echo "$out"; exit 1; fi
 echo "gdb script: ok"
