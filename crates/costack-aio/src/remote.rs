@@ -137,13 +137,7 @@ impl Waker {
     /// Ends the wait this waker was made for, if it is still going on (see the type docs).
     pub fn wake(&self) {
         match &self.kind {
-            WakerKind::Task { remote, key } => {
-                if let Some(inner) = current_loop().filter(|l| l.id == remote.loop_id) {
-                    inner.wake(*key);
-                } else {
-                    let _ = remote.send(Msg::Wake(*key));
-                }
-            }
+            WakerKind::Task { remote, key } => deliver(remote, Msg::Wake(*key)),
             WakerKind::Thread(p) => {
                 p.woken.store(true, Ordering::Release);
                 p.thread.unpark();
@@ -233,16 +227,28 @@ impl Park {
 /// thread, or even wake it at once (then `suspend` returns as soon as the loop gets back to the
 /// task). In a task the task yields to its loop; outside any coroutine the thread parks.
 ///
-/// `suspend` can also return when the task is entered by other means (a `costack::sync` lock's
-/// deferred wake-up), or unwind when a [`timeout`](crate::timeout) expires: like a condition
-/// variable, check your condition in a loop and make a new waker for each wait.
+/// `suspend` can also return when the task is resumed for another reason (a spurious resume
+/// of costack's resume contract: a wake-up meant for an earlier wait, say), or unwind when a
+/// [`timeout`](crate::timeout) expires: like a condition variable, check your condition in a
+/// loop and make a new waker for each wait.
 ///
 /// # Panics
-/// Inside a coroutine that is not a task of this thread's loop.
+/// Inside a coroutine that no task of this thread's loop entered.
 pub fn suspend(f: impl FnOnce(Waker)) {
     let (waker, park) = prepare_park();
     f(waker);
     park.park(None);
+}
+
+/// Hands `msg` to the loop of `remote`: at once on that loop's own thread, as a message from
+/// any other (a wake of a loop that is gone is lost, as nothing waits on it any more).
+pub(crate) fn deliver(remote: &Remote, msg: Msg) {
+    match current_loop().filter(|l| l.id == remote.loop_id) {
+        Some(inner) => inner.handle(msg),
+        None => {
+            let _ = remote.send(msg);
+        }
+    }
 }
 
 /// The `Send` waker of the task `co` for futures it awaits (the loop's
@@ -259,12 +265,7 @@ pub(crate) fn task_waker(remote: Arc<Remote>, co: u64) -> std::task::Waker {
             self.wake_by_ref();
         }
         fn wake_by_ref(self: &Arc<Self>) {
-            match current_loop().filter(|l| l.id == self.remote.loop_id) {
-                Some(inner) => inner.wake_task(self.co),
-                None => {
-                    let _ = self.remote.send(Msg::WakeTask(self.co));
-                }
-            }
+            deliver(&self.remote, Msg::WakeTask(self.co));
         }
     }
     std::task::Waker::from(Arc::new(TaskWake { remote, co }))

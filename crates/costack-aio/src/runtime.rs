@@ -21,11 +21,11 @@
 //!
 //! # The loop in the resume contract
 //!
-//! The loop is the [`Driver`](costack::Driver) of its tasks (`costack::park`): each task's
+//! The loop is the [`Driver`] of its tasks (`costack::park`): each task's
 //! coroutine names it, so a wake-up of anything that waits in a task — a `costack::sync` lock
 //! handed over, a future awaited with `costack::bridge::await_future`, a coroutine nested in the
 //! task (a generator pulling from a socket) — comes to the loop, which queues the task. A wait
-//! is a [`Park`](costack::Park): it finds the task as the root of the running chain (so a
+//! is a [`Park`]: it finds the task as the root of the running chain (so a
 //! nested coroutine waits on its task's behalf), and parks, which suspends the chain up to the
 //! task. When the task comes back to the loop, the loop looks at how it left: parked (it waits
 //! for a wake-up) or a plain yield (`costack::yield_now`), which puts it back on the ready
@@ -197,26 +197,36 @@ impl Inner {
     /// Queues the task `co` to be entered, whatever wait it is in (a wake-up through the
     /// resume contract; the wait re-checks its condition).
     pub(crate) fn wake_task(&self, co: u64) {
-        let mut tasks = self.tasks.borrow_mut();
-        if let Some(t) = tasks.get_mut(&co) {
-            if !t.queued {
-                t.queued = true;
-                let key = TaskKey { co, epoch: t.epoch };
-                drop(tasks);
-                self.ready.borrow_mut().push_back(Runnable::Task(key));
-            }
-        }
+        self.queue_task(co, None);
     }
 
     /// Wakes the task waiting with `key`, if it still is: queues it to be entered.
     pub(crate) fn wake(&self, key: TaskKey) {
+        self.queue_task(key.co, Some(key.epoch));
+    }
+
+    /// Queues the task `co` to be entered unless it is gone, already queued, or (with `epoch`)
+    /// no longer in the wait that `epoch` names.
+    fn queue_task(&self, co: u64, epoch: Option<u32>) {
         let mut tasks = self.tasks.borrow_mut();
-        if let Some(t) = tasks.get_mut(&key.co) {
-            if t.epoch == key.epoch && !t.queued {
-                t.queued = true;
-                drop(tasks);
-                self.ready.borrow_mut().push_back(Runnable::Task(key));
-            }
+        let Some(t) = tasks.get_mut(&co) else { return };
+        if t.queued || epoch.is_some_and(|e| e != t.epoch) {
+            return;
+        }
+        t.queued = true;
+        let key = TaskKey { co, epoch: t.epoch };
+        drop(tasks);
+        self.ready.borrow_mut().push_back(Runnable::Task(key));
+    }
+
+    /// Carries out a message from another thread (or, from [`remote::deliver`], from this one).
+    ///
+    /// [`remote::deliver`]: crate::remote::deliver
+    pub(crate) fn handle(&self, msg: Msg) {
+        match msg {
+            Msg::Wake(key) => self.wake(key),
+            Msg::WakeTask(co) => self.wake_task(co),
+            Msg::Call(f) => self.call_soon(f),
         }
     }
 
@@ -413,11 +423,7 @@ impl Inner {
         let mut buf = std::mem::take(&mut *self.remote_buf.borrow_mut());
         self.remote.take_all(&mut buf);
         for msg in buf.drain(..) {
-            match msg {
-                Msg::Wake(key) => self.wake(key),
-                Msg::WakeTask(co) => self.wake_task(co),
-                Msg::Call(f) => self.call_soon(f),
-            }
+            self.handle(msg);
         }
         *self.remote_buf.borrow_mut() = buf;
     }
@@ -633,8 +639,12 @@ impl Drop for TimerGuard<'_> {
 
 /// Adds a `timeout` scope to the running task; returns the loop and the task, or `None` if the
 /// caller is not a task.
+///
+/// Starts with the contract's [`Park`], as every wait of a task does: in a task that was
+/// cancelled and caught its unwind (and so is no longer in the table), the unwind continues.
 pub(crate) fn push_timeout(deadline: Instant, id: u64) -> Option<(Rc<Inner>, u64)> {
-    let (inner, task) = current_task()?;
+    let task = Park::try_new()?.root_id().as_u64();
+    let inner = current_loop()?;
     let mut tasks = inner.tasks.borrow_mut();
     let t = tasks.get_mut(&task)?;
     t.timeouts.push((deadline, id));

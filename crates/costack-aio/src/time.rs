@@ -160,9 +160,6 @@ pub fn timeout_at<R>(deadline: Instant, f: impl FnOnce() -> R) -> Result<R, Elap
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
     let Some((inner, task)) = push_timeout(deadline, id) else {
-        // A cancelled task that caught its unwind is no longer in the loop's table: it goes on
-        // unwinding (starting a wait does that) rather than report this.
-        let _ = costack::Park::try_new();
         panic!("costack-aio: timeout() can only be used in a task of an event loop");
     };
     struct Pop<'a>(&'a crate::runtime::Inner, u64, u64);

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-#[path = "common/require.rs"]
+#[path = "../../costack/tests/common/require.rs"]
 mod require;
 
 fn temp_name(tag: &str) -> PathBuf {

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-#[path = "common/require.rs"]
+#[path = "../../costack/tests/common/require.rs"]
 mod require;
 
 const CONNECTIONS: usize = 10_000;

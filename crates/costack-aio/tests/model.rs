@@ -17,14 +17,15 @@ use costack_aio::net::UnixStream;
 use costack_aio::{sleep, EventLoop, JoinError, JoinHandle};
 use proptest::prelude::*;
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::io::{Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::mpsc;
 use std::time::Duration;
+
+#[path = "common/threads.rs"]
+mod threads;
+use threads::FromThread;
 
 /// What one task does, step by step.
 #[derive(Debug, Clone)]
@@ -87,44 +88,6 @@ fn spec() -> impl Strategy<Value = Spec> {
             panic_at_end,
             cancel_after,
         })
-}
-
-/// A future completed by another thread after `ms` ms.
-struct FromThread {
-    state: Arc<Mutex<(Option<u32>, Option<Waker>)>>,
-}
-
-impl FromThread {
-    fn new(ms: u8, value: u32) -> FromThread {
-        let state: Arc<Mutex<(Option<u32>, Option<Waker>)>> = Arc::default();
-        let s = state.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(u64::from(ms)));
-            let w = {
-                let mut g = s.lock().unwrap();
-                g.0 = Some(value);
-                g.1.take()
-            };
-            if let Some(w) = w {
-                w.wake();
-            }
-        });
-        FromThread { state }
-    }
-}
-
-impl Future for FromThread {
-    type Output = u32;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
-        let mut g = self.state.lock().unwrap();
-        match g.0 {
-            Some(v) => Poll::Ready(v),
-            None => {
-                g.1 = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
 }
 
 /// A request to the tokio world: a value, and where the answer goes.
@@ -243,7 +206,7 @@ fn run_task(
                     Hold::Yield => costack_aio::yield_now(),
                     Hold::Sleep(ms) => sleep(Duration::from_millis(u64::from(ms))),
                     Hold::Await(ms) => {
-                        await_future(FromThread::new(ms, 0));
+                        await_future(FromThread::new(Duration::from_millis(u64::from(ms)), 0));
                     }
                 }
                 *g = seen + 1;
@@ -268,7 +231,12 @@ fn run_task(
                     }
                 }
             }
-            Op::Await { ms, value } => sum += await_future(FromThread::new(ms, u32::from(value))),
+            Op::Await { ms, value } => {
+                sum += await_future(FromThread::new(
+                    Duration::from_millis(u64::from(ms)),
+                    u32::from(value),
+                ))
+            }
             Op::Tokio { value } => {
                 let rx = tokio.ask(u32::from(value));
                 sum += await_future(rx).expect("the tokio world answers");

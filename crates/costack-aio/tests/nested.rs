@@ -6,66 +6,13 @@ use costack::{Coroutine, Generator, GeneratorState, Status};
 use costack_aio::net::UnixStream;
 use costack_aio::{in_task, sleep, spawn, timeout, EventLoop};
 use std::cell::RefCell;
-use std::future::Future;
 use std::io::{Read, Write};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// Runs `f` on a thread of its own; panics if it takes longer than `secs` seconds.
-fn bounded<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let r = catch_unwind(AssertUnwindSafe(f));
-        let _ = tx.send(r);
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(p)) => std::panic::resume_unwind(p),
-        Err(_) => panic!("did not finish within {secs} s (hung)"),
-    }
-}
-
-/// A future completed by another thread after `after`.
-struct FromThread {
-    state: Arc<Mutex<(Option<u32>, Option<Waker>)>>,
-}
-
-impl FromThread {
-    fn new(after: Duration, value: u32) -> FromThread {
-        let state: Arc<Mutex<(Option<u32>, Option<Waker>)>> = Arc::default();
-        let s = state.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(after);
-            let w = {
-                let mut g = s.lock().unwrap();
-                g.0 = Some(value);
-                g.1.take()
-            };
-            if let Some(w) = w {
-                w.wake();
-            }
-        });
-        FromThread { state }
-    }
-}
-
-impl Future for FromThread {
-    type Output = u32;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
-        let mut g = self.state.lock().unwrap();
-        match g.0 {
-            Some(v) => Poll::Ready(v),
-            None => {
-                g.1 = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-}
+#[path = "common/threads.rs"]
+mod threads;
+use threads::{bounded, FromThread};
 
 #[test]
 fn a_generator_in_a_task_awaits_futures_woken_from_other_threads() {
@@ -150,6 +97,15 @@ fn a_timeout_around_a_nested_wait_abandons_the_nested_coroutine() {
     assert!(finished, "the nested coroutine was unwound by the timeout");
 }
 
+/// Logs its name when it is dropped (by an unwind, in these tests).
+struct Note(Rc<RefCell<Vec<&'static str>>>, &'static str);
+
+impl Drop for Note {
+    fn drop(&mut self) {
+        self.0.borrow_mut().push(self.1);
+    }
+}
+
 #[test]
 fn cancelling_a_task_unwinds_a_nested_coroutine_waiting_on_a_socket() {
     let (drops, count, ok_after) = bounded(10, || {
@@ -158,12 +114,6 @@ fn cancelling_a_task_unwinds_a_nested_coroutine_waiting_on_a_socket() {
         let (a, mut b) = UnixStream::pair().unwrap();
         let d = drops.clone();
         let h = lp.spawn(move || {
-            struct Note(Rc<RefCell<Vec<&'static str>>>, &'static str);
-            impl Drop for Note {
-                fn drop(&mut self) {
-                    self.0.borrow_mut().push(self.1);
-                }
-            }
             let _task = Note(d.clone(), "task");
             let d2 = d.clone();
             let nested = Coroutine::new(move || {
@@ -204,4 +154,38 @@ fn costack_yield_now_in_a_nested_coroutine_returns_to_its_enterer() {
         })
     });
     assert_eq!(got, (Status::Yielded, Status::Finished(1)));
+}
+
+#[test]
+fn a_task_cancelled_from_a_coroutine_it_entered_unwinds_at_once() {
+    // The task's own JoinHandle is cancelled inside a coroutine nested in the task: the caller
+    // is that task (the root of its chain), so `cancel` must not return there; both stacks
+    // unwind, innermost first.
+    let log = bounded(10, || {
+        let lp = EventLoop::new();
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let slot: Rc<RefCell<Option<costack_aio::JoinHandle<()>>>> = Rc::default();
+        let (l, s) = (log.clone(), slot.clone());
+        let h = lp.spawn(move || {
+            let _task = Note(l.clone(), "task unwound");
+            let l2 = l.clone();
+            let nested = Coroutine::new(move || {
+                let _n = Note(l2.clone(), "nested unwound");
+                let me = s
+                    .borrow_mut()
+                    .take()
+                    .expect("handle stored before the task ran");
+                me.cancel();
+                l2.borrow_mut().push("cancel returned");
+            });
+            let _ = nested.enter();
+            l.borrow_mut().push("task went on");
+        });
+        *slot.borrow_mut() = Some(h);
+        lp.block_on(|| costack_aio::sleep(Duration::from_millis(20)));
+        assert_eq!(lp.task_count(), 0);
+        let v = log.borrow().clone();
+        v
+    });
+    assert_eq!(log, ["nested unwound", "task unwound"]);
 }

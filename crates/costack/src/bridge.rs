@@ -104,20 +104,12 @@ pub fn await_future<F: Future>(fut: F) -> F::Output {
     if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         return v;
     }
-    let mut waker: Option<Waker> = None;
     loop {
-        // The driver's waker for this wait, kept in this frame; asked for again after every
+        // The driver's waker for this wait, owned by this frame; asked for again after every
         // resume, because the chain's root (and so its driver) or the executor's waker may have
         // changed meanwhile.
-        match park.waker() {
-            Some(w) => match &mut waker {
-                Some(old) if old.will_wake(&w) => {}
-                slot => *slot = Some(w),
-            },
-            None => no_driver(),
-        }
-        let w = waker.as_ref().expect("set above");
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(w)) {
+        let waker = park.waker().unwrap_or_else(|| no_driver());
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(&waker)) {
             return v;
         }
         park.suspend();

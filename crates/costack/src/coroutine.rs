@@ -83,7 +83,7 @@ const WAKEUPS: u8 = 8;
 const PANICKED: u8 = 16;
 /// Flag on SUSPENDED (set on RUNNING by the coroutine itself just before it switches back): it
 /// is suspended in a wait of the resume contract ([`park`](crate::park)), not in a plain yield.
-/// Whatever ends the wait wakes it through [`route_wake`].
+/// Whatever ends the wait wakes it through [`wake_routed`].
 const PARKED: u8 = 32;
 /// Flag on SUSPENDED|PARKED: the coroutine that entered it (`held_by`) waits with it, and is
 /// the only one that enters it again (see [`wait_with`]).
@@ -135,7 +135,7 @@ pub(crate) struct Header {
     pub(crate) live_prev: Cell<*const Header>,
     pub(crate) live_next: Cell<*const Header>,
     /// Who resumes this coroutine when a wait of a chain it heads ends: an event loop, an
-    /// executor hosting it. `None`: the core's deferred wake-ups (see [`route_wake`]). Last, with
+    /// executor hosting it. `None`: the core's deferred wake-ups (see [`wake_routed`]). Last, with
     /// the other fields off the hot paths, so that those keep their cache lines.
     driver: UnsafeCell<Option<Rc<dyn Driver>>>,
     /// AddressSanitizer's bookkeeping for this fiber (feature `asan`).
@@ -316,12 +316,6 @@ impl Header {
         // SAFETY: single-threaded; the slot is only replaced by `CoHandle::set_driver`, and no
         // reference into it outlives this clone.
         unsafe { (*self.driver.get()).clone() }
-    }
-
-    /// Whether this is the running coroutine.
-    #[inline]
-    pub(crate) fn is_current(&self) -> bool {
-        ptr::eq(self, current_ptr())
     }
 }
 
@@ -836,9 +830,21 @@ unsafe fn wait_with(h: &Header) -> bool {
 /// Outside any coroutine; and, continuing its forced unwind, in a coroutine being dropped.
 #[inline(always)]
 pub(crate) fn park_current() {
+    suspend_running::<true>();
+}
+
+/// The one way the running coroutine switches back to its enterer: a plain yield
+/// ([`yield_now`]) or, with `PARK`, a park ([`park_current`]), which differ only in the flag
+/// the enterer finds (see [`switch_into`]). Continues a forced unwind before and after the
+/// switch: a coroutine being dropped cannot suspend.
+#[inline(always)]
+fn suspend_running<const PARK: bool>() {
     let cur = current_ptr();
     if cur.is_null() {
-        park_outside();
+        if PARK {
+            park_outside();
+        }
+        yield_outside();
     }
     // SAFETY: CURRENT only holds the header of the running coroutine, which its enterer keeps
     // alive while it runs.
@@ -846,8 +852,11 @@ pub(crate) fn park_current() {
     if h.cancel.get() {
         forced_unwind();
     }
-    // The enterer reads the flag after the switch (see `switch_into`).
-    h.state.set(h.state.get() | PARKED);
+    if PARK {
+        // The enterer reads the flag after the switch (see `switch_into`).
+        h.state.set(h.state.get() | PARKED);
+    }
+    // A plain yield changes no state: the enterer marks us suspended when the switch returns.
     trace_event!(yield, h.id, DisplayPtr(h.caller.get()));
     #[cfg(feature = "asan")]
     h.asan.leaving();
@@ -862,7 +871,7 @@ pub(crate) fn park_current() {
 
 #[cold]
 #[inline(never)]
-fn park_outside() -> ! {
+pub(crate) fn park_outside() -> ! {
     panic!("costack: a wait was started outside of any coroutine: there is nothing to suspend")
 }
 
@@ -875,28 +884,18 @@ pub(crate) fn continue_cancel(h: &Header) {
     }
 }
 
-/// Where a wake-up of a coroutine goes (see [`route_wake`]).
-pub(crate) enum Route {
-    /// Nothing to do: the coroutine to resume is running or on the chain (it re-checks its
-    /// condition before it suspends), already scheduled, finished, or orphaned.
-    Nothing,
-    /// Ask this driver to enter this root.
-    Driver(Rc<dyn Driver>, CoHandle),
-    /// Queue it behind the running coroutine (the core's deferred wake-ups).
-    Defer(NonNull<Header>),
-    /// Enter it now: there is no coroutine running to queue it behind.
-    EnterNow(NonNull<Header>),
-}
-
-/// The contract's wake-up: finds who resumes the coroutine `h`. A HELD coroutine is entered
-/// again by its enterer, which waits with it, so the wake goes up the chain of waiting enterers
-/// to its outermost coroutine (the root); the root's driver, if it has one, enters it, and
-/// otherwise the core does (deferred behind the running coroutine, or at once outside any).
+/// The contract's wake-up of the coroutine `h`: delivers it to whoever resumes `h`. A HELD
+/// coroutine is entered again by its enterer, which waits with it, so the wake goes up the chain
+/// of waiting enterers to its outermost coroutine (the root). Nothing is done if the root is
+/// running or on the chain (it re-checks its condition before it suspends), already scheduled,
+/// finished or orphaned. Otherwise the root's driver, if it has one, is asked to enter it; without
+/// one the core does: queued behind the running coroutine (a deferred wake-up), or — outside any
+/// coroutine — returned, for the caller to enter now (and to decide what to do with a panic).
 ///
 /// # Safety
 /// `h` must be a live coroutine of this thread.
 #[inline]
-pub(crate) unsafe fn route_wake(h: NonNull<Header>) -> Route {
+pub(crate) unsafe fn wake_routed(h: NonNull<Header>) -> Option<CoHandle> {
     let mut t = h;
     // SAFETY: a HELD coroutine's `caller` waits in `wait_with`, which keeps it live and clears
     // HELD before it stops waiting; the first one is live per the contract.
@@ -908,46 +907,24 @@ pub(crate) unsafe fn route_wake(h: NonNull<Header>) -> Route {
         s = unsafe { t.as_ref() }.state.get();
     }
     if s & NOT_ENTERABLE != 0 {
-        return Route::Nothing;
+        return None;
     }
-    // SAFETY: live (above); the driver slot is only replaced by `set_driver`, which runs no
-    // code while it holds the reference, and we clone out of it at once.
-    if let Some(d) = unsafe { &*t.as_ref().driver.get() } {
-        let d = d.clone();
+    // SAFETY: live (above). The driver is cloned out of its slot at once, so that its `wake`
+    // may replace it (`set_driver`) without invalidating a reference of ours.
+    if let Some(d) = unsafe { t.as_ref() }.driver() {
         // SAFETY: live; the handle takes its own reference.
-        return Route::Driver(d, unsafe { handle_from_header(t) });
+        d.wake(&unsafe { handle_from_header(t) });
+        return None;
     }
-    if current_ptr().is_null() {
-        Route::EnterNow(t)
-    } else {
-        Route::Defer(t)
+    let cur = current_ptr();
+    if cur.is_null() {
+        // SAFETY: live; the handle takes its own reference.
+        return Some(unsafe { handle_from_header(t) });
     }
-}
-
-/// Carries out a [`Route`] that needs no error handling of its own: drivers are called, deferred
-/// wake-ups queued, and an entry now is returned to the caller (who decides about panics).
-///
-/// # Safety
-/// A `Defer` or `EnterNow` header must be live and idle (as `route_wake` returns them, with
-/// nothing run in between).
-#[inline]
-pub(crate) unsafe fn deliver_wake(route: Route) -> Option<CoHandle> {
-    match route {
-        Route::Nothing => None,
-        Route::Driver(d, root) => {
-            d.wake(&root);
-            None
-        }
-        Route::Defer(t) => {
-            let cur = current_ptr();
-            // SAFETY: `cur` is the running coroutine (non-null: `route_wake` chose Defer); `t`
-            // is live and idle per the contract.
-            unsafe { enqueue_wakeup(&*cur, t) };
-            None
-        }
-        // SAFETY: live per the contract; the handle takes its own reference.
-        Route::EnterNow(t) => Some(unsafe { handle_from_header(t) }),
-    }
+    // SAFETY: `cur` is the running coroutine; `t` is live and idle (checked above), and nothing
+    // ran since.
+    unsafe { enqueue_wakeup(&*cur, t) };
+    None
 }
 
 /// A FIFO of scheduled coroutines, linked through `wake_next`; each entry owns a strong ref.
@@ -1060,27 +1037,7 @@ unsafe fn run_wakeups(first: &Header) -> Option<Box<dyn Any + Send>> {
 /// ```
 #[inline]
 pub fn yield_now() {
-    let cur = current_ptr();
-    if cur.is_null() {
-        yield_outside();
-    }
-    // SAFETY: CURRENT only holds the header of the running coroutine, which its enterer keeps
-    // alive while it runs.
-    let h = unsafe { &*cur };
-    if h.cancel.get() {
-        forced_unwind();
-    }
-    // No state change here: the enterer marks us suspended when the switch returns to it.
-    trace_event!(yield, h.id, DisplayPtr(h.caller.get()));
-    #[cfg(feature = "asan")]
-    h.asan.leaving();
-    // SAFETY: we run on `h`'s stack (it is CURRENT) and were entered by a resume on its ctx.
-    unsafe { backend::suspend(h.ctx.get()) };
-    #[cfg(feature = "asan")]
-    h.asan.arrived();
-    if h.cancel.get() {
-        forced_unwind();
-    }
+    suspend_running::<false>();
 }
 
 #[cold]
@@ -1238,9 +1195,8 @@ impl CoHandle {
         if state & (2 | SCHEDULED | ORPHANED) != 0 {
             cannot_wake(hr, state);
         }
-        // SAFETY: `self` keeps the header alive; nothing runs between the routing and its
-        // delivery.
-        if let Some(co) = unsafe { deliver_wake(route_wake(self.h)) } {
+        // SAFETY: `self` keeps the header alive.
+        if let Some(co) = unsafe { wake_routed(self.h) } {
             let _ = co.enter();
         }
     }
@@ -1283,8 +1239,7 @@ impl CoHandle {
 
     /// The coroutine's [`Driver`], if one was set.
     pub fn driver(&self) -> Option<Rc<dyn Driver>> {
-        // SAFETY: as in `set_driver`: cloned out at once.
-        unsafe { (*self.header().driver.get()).clone() }
+        self.header().driver()
     }
 
     /// Whether the coroutine is entered now: running, or on the chain of coroutines that
@@ -1480,14 +1435,11 @@ unsafe fn release(h: NonNull<Header>) {
     #[cfg(feature = "stack-usage")]
     crate::pool::note_stack_used(hr.stack.used());
     debug_assert!(hr.state.get() & PANICKED == 0, "an unclaimed panic payload");
-    // SAFETY: nothing refers to the header any more; the driver (rare: tasks, hosted
-    // coroutines) is taken out of the slot and dropped after the stack went back to the pool.
-    let driver = if unsafe { (*hr.driver.get()).is_some() } {
-        // SAFETY: as above.
-        unsafe { ptr::replace(hr.driver.get(), None) }
-    } else {
-        None
-    };
+    // SAFETY: nothing refers to the header any more; the driver (tasks, hosted coroutines) is
+    // taken out of the slot and dropped after the stack went back to the pool. The slot is
+    // usually empty: looked at first, it costs a load, not a 16-byte store, per coroutine.
+    let slot = unsafe { &mut *hr.driver.get() };
+    let driver = if slot.is_some() { slot.take() } else { None };
 
     /// Hands the stack to the pool when dropped, also if a destructor below panics.
     struct ToPool(NonNull<Header>);

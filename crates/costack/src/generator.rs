@@ -208,17 +208,8 @@ impl<I, Y> Yielder<I, Y> {
                 return false; // yield, so that `resume` returns the value
             }
             // SAFETY: see above.
-            match unsafe { ptr::replace(t, Transfer::Empty) } {
-                Transfer::Input(i) => {
-                    input = Some(i);
-                    true
-                }
-                other => {
-                    // SAFETY: see above; puts back what was there.
-                    unsafe { ptr::write(t, other) };
-                    false
-                }
-            }
+            input = unsafe { take_input(t) };
+            input.is_some()
         };
         // SAFETY: `co` is the running coroutine (checked above), so non-null.
         unsafe { Park::yield_until_running(NonNull::new_unchecked(self.co as *mut Header), ready) };
@@ -253,13 +244,30 @@ impl<I, Y> Yielder<I, Y> {
         let t = unsafe { (*self.co).transfer.get() }.cast::<Transfer<I, Y>>();
         if !t.is_null() {
             // SAFETY: lent by the `resume` entering us now (see above).
-            match unsafe { ptr::replace(t, Transfer::Empty) } {
-                Transfer::Input(i) => return i,
-                // SAFETY: as above; puts back what was there.
-                other => unsafe { ptr::write(t, other) },
+            if let Some(i) = unsafe { take_input(t) } {
+                return i;
             }
         }
         self.exchange(None) // entered other than by `resume`: wait for it
+    }
+}
+
+/// Takes the input out of the slot `t`, if that is what it holds, and leaves it empty; leaves
+/// anything else where it is.
+///
+/// # Safety
+/// `t` is the slot lent by the `resume` that is entering the generator now: live, and not
+/// accessed by anything else until the generator switches back.
+#[inline(always)]
+unsafe fn take_input<I, Y>(t: *mut Transfer<I, Y>) -> Option<I> {
+    // SAFETY: per the contract.
+    match unsafe { ptr::replace(t, Transfer::Empty) } {
+        Transfer::Input(i) => Some(i),
+        other => {
+            // SAFETY: per the contract; puts back what was there.
+            unsafe { ptr::write(t, other) };
+            None
+        }
     }
 }
 

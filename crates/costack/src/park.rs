@@ -110,7 +110,9 @@
 //! assert!(waiter.is_finished());
 //! ```
 
-use crate::coroutine::{continue_cancel, current_header, current_root, park_current, Header};
+use crate::coroutine::{
+    continue_cancel, current_header, current_root, park_current, park_outside, Header,
+};
 use crate::{CoHandle, CoId};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -139,7 +141,7 @@ impl Park {
     pub fn new() -> Park {
         match Park::try_new() {
             Some(p) => p,
-            None => outside(),
+            None => park_outside(),
         }
     }
 
@@ -160,8 +162,7 @@ impl Park {
     /// very call that waits, so it is the running coroutine's: no second check.
     #[inline(always)]
     pub(crate) fn until_started_here(&self, mut ready: impl FnMut() -> bool) {
-        // SAFETY: only compared with the running coroutine's address.
-        debug_assert!(unsafe { self.co.as_ref() }.is_current());
+        debug_assert!(self.is_running());
         while !ready() {
             park_current();
         }
@@ -175,18 +176,24 @@ impl Park {
     /// `co` is the running coroutine.
     #[inline(always)]
     pub(crate) unsafe fn yield_until_running(co: NonNull<Header>, mut ready: impl FnMut() -> bool) {
-        // SAFETY: per the contract, `co` is the live running coroutine.
-        debug_assert!(unsafe { co.as_ref() }.is_current());
+        debug_assert!(std::ptr::eq(co.as_ptr(), current_header()));
         while !ready() {
             crate::yield_now();
         }
     }
 
+    /// Whether the waiting coroutine is the running one. Compares addresses only: a `Park`
+    /// can outlive its coroutine (it is an ordinary value that can be returned or stored), so
+    /// its header is dereferenced only once it is known to be the running coroutine's, which
+    /// its enterer keeps alive.
+    #[inline(always)]
+    fn is_running(&self) -> bool {
+        std::ptr::eq(self.co.as_ptr(), current_header())
+    }
+
     #[inline(always)]
     fn check(&self) {
-        // SAFETY: only compared, not dereferenced, until it is known to be the running
-        // coroutine (which its enterer keeps alive).
-        if !unsafe { self.co.as_ref() }.is_current() {
+        if !self.is_running() {
             not_current();
         }
     }
@@ -240,11 +247,8 @@ impl Park {
     /// # Panics
     /// If called from another coroutine than the one that started the wait.
     pub fn waker(&self) -> Option<std::task::Waker> {
-        self.check();
-        // SAFETY: as in `root`.
-        let root = unsafe { &*current_root() };
-        let driver = root.driver()?;
-        driver.waker(&self.root())
+        let root = self.root();
+        root.driver()?.waker(&root)
     }
 
     /// Parks the coroutine once: it (and the chain that entered it) is suspended until it is
@@ -266,12 +270,10 @@ impl Park {
     /// # Panics
     /// As [`suspend`](Park::suspend).
     #[inline(always)]
-    pub fn until(&self, mut ready: impl FnMut() -> bool) {
+    pub fn until(&self, ready: impl FnMut() -> bool) {
         self.check();
         // Checked once: a coroutine only ever resumes into itself.
-        while !ready() {
-            park_current();
-        }
+        self.until_started_here(ready);
     }
 
     /// Yields plainly (back to the enterer, which decides when to continue) until `ready()` is
@@ -281,12 +283,10 @@ impl Park {
     /// # Panics
     /// As [`suspend`](Park::suspend).
     #[inline(always)]
-    pub fn yield_until(&self, mut ready: impl FnMut() -> bool) {
+    pub fn yield_until(&self, ready: impl FnMut() -> bool) {
         self.check();
-        // Checked once: a coroutine only ever resumes into itself.
-        while !ready() {
-            crate::yield_now();
-        }
+        // SAFETY: checked just above (once: a coroutine only ever resumes into itself).
+        unsafe { Park::yield_until_running(self.co, ready) };
     }
 }
 
@@ -308,20 +308,13 @@ pub fn root_id() -> Option<CoId> {
 
 impl std::fmt::Debug for Park {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // SAFETY: the id is read only while the coroutine is known to be the running one.
-        let co = unsafe { self.co.as_ref() };
         let mut d = f.debug_struct("Park");
-        if co.is_current() {
-            d.field("co", &co.id);
+        if self.is_running() {
+            // SAFETY: the running coroutine is live (its enterer keeps it so).
+            d.field("co", &unsafe { self.co.as_ref() }.id);
         }
         d.finish_non_exhaustive()
     }
-}
-
-#[cold]
-#[inline(never)]
-fn outside() -> ! {
-    panic!("costack: a wait was started outside of any coroutine: there is nothing to suspend")
 }
 
 #[cold]

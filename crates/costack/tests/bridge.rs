@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-/// The message of a panic payload.
-fn message(p: Box<dyn std::any::Any + Send>) -> String {
-    match p.downcast::<String>() {
-        Ok(s) => *s,
-        Err(p) => p.downcast_ref::<&str>().copied().unwrap_or("?").to_string(),
-    }
-}
+#[path = "common/panics.rs"]
+mod panics;
+use panics::message_string;
+
+#[path = "common/tokio_local.rs"]
+mod tokio_local;
+use tokio_local::block_on_local;
 
 /// A future that is pending `n` times (waking its waker each time), then ready with `v`.
 struct PendingTimes<T> {
@@ -43,14 +43,14 @@ impl<T: Unpin> Future for PendingTimes<T> {
 
 #[test]
 fn await_future_outside_a_coroutine_panics() {
-    let msg = message(catch_unwind(|| await_future(async { 1 })).unwrap_err());
+    let msg = message_string(&*catch_unwind(|| await_future(async { 1 })).unwrap_err());
     assert!(msg.contains("outside of any coroutine"), "{msg}");
 }
 
 #[test]
 fn await_future_with_nobody_to_reenter_panics() {
     let co = Coroutine::new(|| {
-        message(catch_unwind(|| await_future(std::future::pending::<()>())).unwrap_err())
+        message_string(&*catch_unwind(|| await_future(std::future::pending::<()>())).unwrap_err())
     });
     let msg = co.enter().finished().unwrap();
     assert!(msg.contains("nothing would enter it again"), "{msg}");
@@ -96,12 +96,7 @@ fn plain_yields_inside_a_hosted_coroutine_keep_it_going() {
 
 #[test]
 fn tokio_current_thread_and_local_set() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    let out = local.block_on(&rt, async {
+    let out = block_on_local(async {
         let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
         // Synchronous code waiting on a tokio channel and a tokio timer.
         let waiter = tokio::task::spawn_local(as_future(move || {
@@ -122,12 +117,7 @@ fn tokio_current_thread_and_local_set() {
 fn a_pending_inner_future_does_not_block_the_executor_thread() {
     // Two hosted coroutines on one current-thread runtime: while the first waits for a value
     // that only the second produces, the executor must keep running the second.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    let got = local.block_on(&rt, async {
+    let got = block_on_local(async {
         let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
         let a = tokio::task::spawn_local(as_future(move || await_future(rx).unwrap()));
         let b = tokio::task::spawn_local(as_future(move || {

@@ -8,13 +8,9 @@ use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
-/// The message of a panic payload.
-fn message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "<not a string>".into())
-}
+#[path = "common/panics.rs"]
+mod panics;
+use panics::message_string;
 
 type Log = Rc<RefCell<Vec<String>>>;
 
@@ -97,9 +93,9 @@ fn a_wait_in_a_nested_coroutine_suspends_the_chain_up_to_its_root() {
     // Only the outer coroutine may enter the inner one again.
     let err = catch_unwind(AssertUnwindSafe(|| inner.enter())).unwrap_err();
     assert!(
-        message(&*err).contains("waits with it"),
+        message_string(&*err).contains("waits with it"),
         "{}",
-        message(&*err)
+        message_string(&*err)
     );
     // A spurious resume of the root: the chain looks, and waits again.
     assert_eq!(outer.enter(), Status::Yielded);
@@ -219,17 +215,40 @@ fn a_park_cannot_be_used_from_another_coroutine() {
     let b = Coroutine::new(move || {
         let p = s.borrow_mut().take().unwrap();
         let err = catch_unwind(AssertUnwindSafe(|| p.suspend())).unwrap_err();
-        message(&*err)
+        message_string(&*err)
     });
     let msg = b.enter().finished().unwrap();
     assert!(msg.contains("another coroutine"), "{msg}");
 }
 
 #[test]
+fn a_park_that_outlives_its_coroutine_is_refused_without_touching_it() {
+    // The coroutine is gone (its stack back in the pool) when its `Park` is used: the `Park`
+    // must not read the freed control block, only compare its address with the running one.
+    let co = Coroutine::new(Park::new);
+    let p = co.enter().finished().unwrap();
+    drop(co);
+    assert_eq!(format!("{p:?}"), "Park { .. }");
+    let uses: [fn(&Park); 4] = [
+        |p| p.suspend(),
+        |p| {
+            let _ = p.root_id();
+        },
+        |p| drop(p.waker()),
+        |p| p.until(|| false),
+    ];
+    for use_it in uses {
+        let err = catch_unwind(AssertUnwindSafe(|| use_it(&p))).unwrap_err();
+        let msg = message_string(&*err);
+        assert!(msg.contains("another coroutine"), "{msg}");
+    }
+}
+
+#[test]
 fn park_outside_a_coroutine_panics_clearly() {
     assert!(Park::try_new().is_none());
     let err = catch_unwind(Park::new).unwrap_err();
-    assert!(message(&*err).contains("outside of any coroutine"));
+    assert!(message_string(&*err).contains("outside of any coroutine"));
 }
 
 #[test]
@@ -304,7 +323,7 @@ fn a_generator_body_waiting_when_resumed_outside_a_coroutine_is_reported_and_rec
         next.1 * 10
     });
     let err = catch_unwind(AssertUnwindSafe(|| g.resume(In(drops.clone(), 1)))).unwrap_err();
-    let msg = message(&*err);
+    let msg = message_string(&*err);
     assert!(msg.contains("outside of any coroutine"), "{msg}");
     // Handing the lock over enters the body (no driver, outside any coroutine): it reaches its
     // suspend point with nobody to take the value, and keeps it for the next `resume`.

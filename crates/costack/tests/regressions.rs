@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-/// The message of a panic payload.
-fn message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "<not a string>".into())
-}
+#[path = "common/panics.rs"]
+mod panics;
+use panics::message_string;
+
+#[path = "common/tokio_local.rs"]
+mod tokio_local;
+use tokio_local::block_on_local;
 
 /// Counts the drops of its values.
 #[derive(Debug)]
@@ -65,7 +65,7 @@ fn generator_slot_survives_a_resume_unwound_by_a_woken_coroutines_panic() {
         last + 1
     });
     let err = catch_unwind(AssertUnwindSafe(|| g.resume(1))).unwrap_err();
-    assert_eq!(message(&*err), "bomb went off");
+    assert_eq!(message_string(&*err), "bomb went off");
     // The value the body handed over was dropped with the unwound `resume`, exactly once.
     assert_eq!(drops.get(), 1);
     let h = handle.borrow_mut().take().unwrap();
@@ -111,7 +111,7 @@ fn resuming_a_generator_that_a_wake_up_already_queued_leaves_no_dangling_slot() 
             g.borrow_mut().resume(Counted(d.clone(), 2))
         }))
         .unwrap_err();
-        message(&*err)
+        message_string(&*err)
     });
     let msg = waker.enter().finished().unwrap();
     assert!(msg.contains("scheduled"), "{msg}");
@@ -252,12 +252,7 @@ impl Future for LocksInsidePoll {
 
 #[test]
 fn a_future_that_waits_for_a_lock_inside_poll_completes_under_tokio() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    let out = local.block_on(&rt, async {
+    let out = block_on_local(async {
         let m = Rc::new(CoMutex::new(0));
         let m2 = m.clone();
         let holder = tokio::task::spawn_local(as_future(move || {
@@ -298,7 +293,7 @@ fn a_coroutine_woken_during_a_hosts_poll_does_not_take_the_hosts_wake_ups() {
         let r = catch_unwind(|| await_future(std::future::pending::<()>()));
         l.borrow_mut().push(match r {
             Ok(()) => "w awaited".to_string(),
-            Err(p) => message(&*p),
+            Err(p) => message_string(&*p),
         });
     });
     assert!(matches!(w.enter(), Status::Yielded));
@@ -328,13 +323,8 @@ fn a_coroutine_woken_during_a_hosts_poll_does_not_take_the_hosts_wake_ups() {
 
 #[test]
 fn hosted_coroutines_sharing_a_lock_across_an_await_do_not_livelock() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
     let polls = Rc::new(Cell::new(0u32));
-    let (a, b) = local.block_on(&rt, async {
+    let (a, b) = block_on_local(async {
         let m = Rc::new(CoMutex::new(Vec::new()));
         let spawn = |name: &'static str, m: Rc<CoMutex<Vec<&'static str>>>| {
             let inner = as_future(move || {
@@ -415,7 +405,7 @@ impl Drop for HolderB {
             let r = catch_unwind(AssertUnwindSafe(|| co.enter()));
             *ENTER_FROM_DTOR.lock().unwrap() = match r {
                 Ok(_) => "entered".into(),
-                Err(p) => message(&*p),
+                Err(p) => message_string(&*p),
             };
             drop(co);
         }

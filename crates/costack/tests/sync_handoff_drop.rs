@@ -82,6 +82,35 @@ fn reader(lock: &Rc<CoRwLock<()>>, log: &Log, name: &'static str) -> Coroutine {
     })
 }
 
+/// A holder of `lock` (write-locked, or read-locked with `write == false`) that lets go after
+/// the fuse is lit, handing the lock to the waiter queued first.
+fn rw_holder(lock: &Rc<CoRwLock<()>>, slot: &Slot, write: bool) -> Coroutine {
+    let (lk, s) = (lock.clone(), slot.clone());
+    Coroutine::new(move || {
+        let guard = if write {
+            Ok(lk.write())
+        } else {
+            Err(lk.read())
+        };
+        yield_now();
+        let handles = light_the_fuse(&s);
+        drop(guard); // hands the lock on
+        drop(handles);
+    })
+}
+
+/// A bomb that logs the readers and waiters it sees when it runs, before `granted` would.
+fn bomb_counting_readers(lock: &Rc<CoRwLock<()>>, log: &Log) -> Coroutine {
+    let (lk, l) = (lock.clone(), log.clone());
+    bomb(move || {
+        l.borrow_mut().push(format!(
+            "bomb sees readers {} waiting {}",
+            lk.reader_count(),
+            lk.has_waiters()
+        ));
+    })
+}
+
 /// A writer handed the write lock but dropped before it ran passes the lock to the next writer.
 #[test]
 fn rwlock_writer_dropped_after_hand_off_passes_the_lock_on() {
@@ -90,14 +119,7 @@ fn rwlock_writer_dropped_after_hand_off_passes_the_lock_on() {
     let log: Log = Rc::default();
     let slot: Slot = Rc::default();
 
-    let (lk, s) = (lock.clone(), slot.clone());
-    let holder = Coroutine::new(move || {
-        let w = lk.write();
-        yield_now();
-        let handles = light_the_fuse(&s);
-        drop(w); // hands the lock to `granted`
-        drop(handles);
-    });
+    let holder = rw_holder(&lock, &slot, true); // hands the lock to `granted`
     let (lk, l) = (lock.clone(), log.clone());
     let bomb = bomb(move || {
         // Runs before `granted` would: the lock is already its, the next writer still waits.
@@ -136,14 +158,8 @@ fn rwlock_writer_dropped_after_hand_off_lets_the_readers_behind_it_in() {
     let log: Log = Rc::default();
     let slot: Slot = Rc::default();
 
-    let (lk, s) = (lock.clone(), slot.clone());
-    let holder = Coroutine::new(move || {
-        let r = lk.read();
-        yield_now();
-        let handles = light_the_fuse(&s);
-        drop(r); // the last reader: hands the lock to the writer `granted`
-        drop(handles);
-    });
+    // The last reader: hands the lock to the writer `granted`.
+    let holder = rw_holder(&lock, &slot, false);
     let bomb = bomb(|| ());
     let granted = writer(&lock, &log, "granted");
     let (r1, r2) = (reader(&lock, &log, "r1"), reader(&lock, &log, "r2"));
@@ -173,22 +189,9 @@ fn rwlock_reader_dropped_after_hand_off_releases_its_share() {
     let log: Log = Rc::default();
     let slot: Slot = Rc::default();
 
-    let (lk, s) = (lock.clone(), slot.clone());
-    let holder = Coroutine::new(move || {
-        let w = lk.write();
-        yield_now();
-        let handles = light_the_fuse(&s);
-        drop(w); // hands a read share to `granted`; the writer behind it must wait
-        drop(handles);
-    });
-    let (lk, l) = (lock.clone(), log.clone());
-    let bomb = bomb(move || {
-        l.borrow_mut().push(format!(
-            "bomb sees readers {} waiting {}",
-            lk.reader_count(),
-            lk.has_waiters()
-        ));
-    });
+    // Hands a read share to `granted`; the writer behind it must wait.
+    let holder = rw_holder(&lock, &slot, true);
+    let bomb = bomb_counting_readers(&lock, &log);
     let granted = reader(&lock, &log, "granted");
     let next = writer(&lock, &log, "next");
 
@@ -218,22 +221,9 @@ fn rwlock_reader_dropped_after_hand_off_leaves_the_other_readers_share() {
     let log: Log = Rc::default();
     let slot: Slot = Rc::default();
 
-    let (lk, s) = (lock.clone(), slot.clone());
-    let holder = Coroutine::new(move || {
-        let w = lk.write();
-        yield_now();
-        let handles = light_the_fuse(&s);
-        drop(w); // hands read shares to `granted` and `other`; the writer behind must wait
-        drop(handles);
-    });
-    let (lk, l) = (lock.clone(), log.clone());
-    let bomb = bomb(move || {
-        l.borrow_mut().push(format!(
-            "bomb sees readers {} waiting {}",
-            lk.reader_count(),
-            lk.has_waiters()
-        ));
-    });
+    // Hands read shares to `granted` and `other`; the writer behind must wait.
+    let holder = rw_holder(&lock, &slot, true);
+    let bomb = bomb_counting_readers(&lock, &log);
     let granted = reader(&lock, &log, "granted");
     let other = reader(&lock, &log, "other");
     let next = writer(&lock, &log, "next");

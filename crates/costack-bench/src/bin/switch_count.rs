@@ -82,7 +82,7 @@ fn costack_handoffs(n: u64) {
     let mut steps = 0u64;
     while !(a.is_finished() && b.is_finished()) {
         for co in [&a, &b] {
-            if !co.is_finished() && !co.is_scheduled() && !co.is_entered() {
+            if co.can_enter() {
                 let _ = co.enter();
             }
         }

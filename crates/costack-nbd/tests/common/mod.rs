@@ -543,24 +543,8 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// The switch that turns a skipped test (a missing prerequisite) into a failure; CI sets it.
-pub const REQUIRE_ALL_TESTS: &str = "COSTACK_REQUIRE_ALL_TESTS";
-
-/// Whether every test must run: `COSTACK_REQUIRE_ALL_TESTS` is set, and not to `0`.
-pub fn require_all_tests() -> bool {
-    std::env::var_os(REQUIRE_ALL_TESTS).is_some_and(|v| !v.is_empty() && v != "0")
-}
-
-/// Reports a missing prerequisite: panics naming it when every test must run, otherwise prints
-/// `SKIPPED` with the reason, and the caller returns.
-#[track_caller]
-pub fn skip_or_fail(reason: &str) {
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("this test")
-        .to_owned();
-    if require_all_tests() {
-        panic!("{test} cannot run: {reason} ({REQUIRE_ALL_TESTS} is set, so this is a failure)");
-    }
-    eprintln!("SKIPPED {test}: {reason} (set {REQUIRE_ALL_TESTS}=1 to fail instead)");
-}
+/// Skipping a test whose prerequisite is missing, or failing it in CI: costack's own helper.
+#[path = "../../../costack/tests/common/require.rs"]
+mod require;
+#[allow(unused_imports)] // not every test binary skips
+pub use require::skip_or_fail;

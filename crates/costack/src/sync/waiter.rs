@@ -21,7 +21,7 @@
 //! # Waiting and waking: the resume contract
 //!
 //! The wait is a [`Park`] of the waiting coroutine, [`until`](Park::until) its node's `granted`
-//! flag is set; a waker wakes it through the contract's routing ([`route_wake`]). So the locks
+//! flag is set; a waker wakes it through the contract's routing ([`wake_routed`]). So the locks
 //! work wherever a coroutine runs: in a plain coroutine entered from `main` (the core's
 //! deferred wake-ups resume it), in an event loop's task (the loop resumes it), in a coroutine
 //! hosted by an executor (the executor polls it again), or nested inside any of these (the
@@ -43,7 +43,7 @@
 //! and collect a panic of a coroutine entered this way in [`Wakeups`] to continue it after the
 //! remaining waiters have been served.
 
-use crate::coroutine::{deliver_wake, route_wake, Header};
+use crate::coroutine::{wake_routed, Header};
 use crate::park::Park;
 use std::any::Any;
 use std::cell::Cell;
@@ -293,8 +293,8 @@ impl Wakeups {
     /// `co` is a live coroutine of this thread.
     #[inline]
     unsafe fn wake(&mut self, co: NonNull<Header>) {
-        // SAFETY: live per the contract; nothing runs between routing and delivery.
-        let Some(co) = (unsafe { deliver_wake(route_wake(co)) }) else {
+        // SAFETY: live per the contract.
+        let Some(co) = (unsafe { wake_routed(co) }) else {
             return;
         };
         // Outside any coroutine, with no driver: entered now. Dropping `co` inside may free

@@ -17,6 +17,12 @@ pub fn message(p: &(dyn Any + Send)) -> Option<&str> {
         .or_else(|| p.downcast_ref::<String>().map(String::as_str))
 }
 
+/// The message of a panic payload as an owned string (`<not a message>` for any other
+/// payload), for tests that keep it or hand it out of a coroutine.
+pub fn message_string(p: &(dyn Any + Send)) -> String {
+    message(p).unwrap_or("<not a message>").to_owned()
+}
+
 /// Asserts that `p` is a panic with a message containing `phrase`.
 #[track_caller]
 pub fn assert_message_contains(p: &(dyn Any + Send), phrase: &str) {
