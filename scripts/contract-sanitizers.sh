@@ -9,30 +9,16 @@
 # Usage: bash scripts/contract-sanitizers.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 
 core_tests=(--test regressions --test park --test bridge)
 aio_tests=(--test regressions --test nested --test bridge --test model)
 
 echo "== ASan: costack"
-RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=target/asan \
-  cargo +nightly test -p costack --features asan --target x86_64-unknown-linux-gnu \
-  "${core_tests[@]}"
+asan_test -p costack "${core_tests[@]}"
 echo "== ASan: costack-aio"
-RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=target/asan \
-  cargo +nightly test -p costack-aio --features asan --target x86_64-unknown-linux-gnu \
-  "${aio_tests[@]}"
+asan_test -p costack-aio "${aio_tests[@]}"
 
-binaries() {
-  cargo test "$@" --no-run --message-format=json 2>/dev/null | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["executable"])'
-}
-mapfile -t bins < <(binaries -p costack "${core_tests[@]}"; binaries -p costack-aio "${aio_tests[@]}")
+mapfile -t bins < <(test_binaries -p costack "${core_tests[@]}"; test_binaries -p costack-aio "${aio_tests[@]}")
 [ "${#bins[@]}" -eq 7 ] || { echo "expected 7 test binaries, found ${#bins[@]}" >&2; exit 1; }
-for b in "${bins[@]}"; do
-  echo "== valgrind $(basename "$b")"
-  COSTACK_UNDER_VALGRIND=1 valgrind --error-exitcode=1 --quiet --leak-check=no \
-    --track-origins=no "$b" --test-threads=2 -q
-done
+for b in "${bins[@]}"; do valgrind_run "$b"; done

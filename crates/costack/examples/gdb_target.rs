@@ -20,6 +20,7 @@ fn waiting_for_more_input() {
     yield_now();
 }
 
+/// Where scripts/gdb-test.sh sets its breakpoint: called once both coroutines are suspended.
 #[inline(never)]
 #[no_mangle]
 pub extern "C" fn costack_example_breakpoint() {

@@ -101,9 +101,9 @@ pub use generator::{Generator, GeneratorState, Yielder};
 pub use park::Park;
 pub use stack::{StackError, StackErrorKind, DEFAULT_STACK_SIZE};
 
-/// The README's examples, compiled and run as doctests.
+/// The crate README's examples, compiled and run as doctests.
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
 /// The context-switch backend compiled in: `"asm"` (default on x86_64) or `"ucontext"`.

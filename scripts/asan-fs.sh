@@ -11,33 +11,22 @@
 # see the kernel write into a buffer through the ring; the counting allocator is what pins
 # down *when* a buffer is freed.)
 #
-# Usage: bash crates/costack-aio/scripts/asan-fs.sh [extra cargo test args]
+# Usage: bash scripts/asan-fs.sh [extra cargo test args]
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/.."
+source scripts/common.sh
 asan_tests=(--test fs_cancel --test fs_api --test fs_errors --test fs_model)
-asan() {
-  RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=target/asan \
-    cargo +nightly test -p costack-aio --features asan --target x86_64-unknown-linux-gnu \
-    "${asan_tests[@]}" "$@"
-}
 echo "== ASan, default backend (io_uring where available)"
-asan "$@"
+asan_test -p costack-aio "${asan_tests[@]}" "$@"
 echo "== ASan, worker-pool backend"
-COSTACK_AIO_IO_URING=0 asan "$@"
+COSTACK_AIO_IO_URING=0 asan_test -p costack-aio "${asan_tests[@]}" "$@"
 
-# valgrind: the quick files (fs_model is too slow under it).
-mapfile -t bins < <(cargo test -p costack-aio --test fs_cancel --test fs_api --test fs_errors \
-  --no-run --message-format=json 2>/dev/null | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["executable"])')
+# valgrind: the quick files (fs_model is too slow under it), on both backends.
+mapfile -t bins < <(test_binaries -p costack-aio --test fs_cancel --test fs_api --test fs_errors)
 [ "${#bins[@]}" -gt 0 ] || { echo "no test binaries found" >&2; exit 1; }
 for b in "${bins[@]}"; do
   for uring in 1 0; do
-    echo "== valgrind $(basename "$b"), COSTACK_AIO_IO_URING=$uring"
-    COSTACK_AIO_IO_URING=$uring valgrind --error-exitcode=1 --quiet --leak-check=no \
-      "$b" --test-threads=2 -q
+    COSTACK_AIO_IO_URING=$uring VALGRIND_LABEL="COSTACK_AIO_IO_URING=$uring" valgrind_run "$b"
   done
 done
 echo "== sanitizers passed"
