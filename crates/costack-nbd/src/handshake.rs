@@ -8,10 +8,10 @@
 //!
 //! This file holds the negotiation (which option gets which answer, what is remembered for
 //! transmission) and the socket reads and writes; every byte it sends is encoded by
-//! [`proto`](crate::proto), so the two can be read, and tested, apart. Its public items are the
+//! [`proto`], so the two can be read, and tested, apart. Its public items are the
 //! limits and ids a client meets; the negotiation itself is run by the server, not by users.
 //!
-//! May import: [`proto`](crate::proto) and [`export`](crate::export) (the [`Export`] it
+//! May import: [`proto`] and [`export`](crate::export) (the [`Export`] it
 //! describes). The server imports it; it imports nothing of the server.
 //!
 //! # What is answered how

@@ -59,7 +59,7 @@
 //! ```
 //!
 //! Each file imports only the ones below it (and [`proto`](crate::proto),
-//! [`export`](crate::export), [`handshake`](crate::handshake) of the crate). This file owns
+//! [`export`](crate::export), [`handshake`] of the crate). This file owns
 //! the per-loop state ([`Config`], the connection table, the stop); a connection gets from it
 //! only what it needs (the backend, the export's read-only flag, the in-flight limit and the
 //! stop flag) as arguments.
