@@ -6,6 +6,14 @@
 //! the coroutine while the socket is not ready, so a slow or silent client costs nothing but
 //! its stack.
 //!
+//! This file holds the negotiation (which option gets which answer, what is remembered for
+//! transmission) and the socket reads and writes; every byte it sends is encoded by
+//! [`proto`], so the two can be read, and tested, apart. Its public items are the
+//! limits and ids a client meets; the negotiation itself is run by the server, not by users.
+//!
+//! May import: [`proto`] and [`export`](crate::export) (the [`Export`] it
+//! describes). The server imports it; it imports nothing of the server.
+//!
 //! # What is answered how
 //!
 //! | option | answer |
@@ -25,7 +33,7 @@
 //! [`MAX_OPTION_SKIP`] the server hangs up, as the spec allows against denial of service.
 
 use crate::export::Export;
-use crate::proto::{self, info, opt, rep, tflag, MetaMatch};
+use crate::proto::{self, info, opt, rep, tflag, MetaMatch, OptionHeader};
 use std::io::{self, Read, Write};
 
 /// The metadata context id given to `base:allocation` by `SET_META_CONTEXT`.
@@ -37,17 +45,17 @@ pub const MAX_OPTION_SKIP: u32 = 32 * 1024 * 1024;
 
 /// What the handshake agreed on, for the transmission phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Negotiated {
+pub(crate) struct Negotiated {
     /// Structured replies are on.
-    pub structured: bool,
+    pub(crate) structured: bool,
     /// The id of `base:allocation` if it was selected for this export.
-    pub meta: Option<u32>,
+    pub(crate) meta: Option<u32>,
     /// The transmission flags sent to the client.
-    pub flags: u16,
+    pub(crate) flags: u16,
 }
 
 /// The transmission flags for `export`, given whether structured replies are on.
-pub fn transmission_flags(export: &Export, structured: bool) -> u16 {
+pub(crate) fn transmission_flags(export: &Export, structured: bool) -> u16 {
     let mut f = tflag::HAS_FLAGS
         | tflag::SEND_FLUSH
         | tflag::SEND_FUA
@@ -93,10 +101,7 @@ where
     for<'x> &'x S: Read + Write,
 {
     fn reply(&self, option: u32, typ: u32, data: &[u8]) -> io::Result<()> {
-        let mut b = Vec::with_capacity(20 + data.len());
-        b.extend_from_slice(&proto::opt_reply_header(option, typ, data.len() as u32));
-        b.extend_from_slice(data);
-        write_all(self.io, &b)
+        write_all(self.io, &proto::opt_reply(option, typ, data))
     }
 
     fn ack(&self, option: u32) -> io::Result<()> {
@@ -110,34 +115,24 @@ where
     /// Sends the `INFO` replies for our export, then `ACK`.
     fn info_replies(&self, option: u32, requests: &[u16]) -> io::Result<()> {
         let e = self.export;
-        let mut b = Vec::with_capacity(12);
-        b.extend_from_slice(&info::EXPORT.to_be_bytes());
-        b.extend_from_slice(&e.size().to_be_bytes());
-        b.extend_from_slice(&transmission_flags(e, self.structured).to_be_bytes());
-        self.reply(option, rep::INFO, &b)?;
-        let mut b = Vec::with_capacity(14);
-        b.extend_from_slice(&info::BLOCK_SIZE.to_be_bytes());
-        b.extend_from_slice(&proto::MIN_BLOCK.to_be_bytes());
-        b.extend_from_slice(&proto::PREFERRED_BLOCK.to_be_bytes());
-        b.extend_from_slice(&proto::MAX_PAYLOAD.to_be_bytes());
-        self.reply(option, rep::INFO, &b)?;
+        let flags = transmission_flags(e, self.structured);
+        self.reply(option, rep::INFO, &proto::info_export(e.size(), flags))?;
+        let sizes =
+            proto::info_block_size(proto::MIN_BLOCK, proto::PREFERRED_BLOCK, proto::MAX_PAYLOAD);
+        self.reply(option, rep::INFO, &sizes)?;
         if requests.contains(&info::NAME) {
-            let mut b = info::NAME.to_be_bytes().to_vec();
-            b.extend_from_slice(e.name.as_bytes());
-            self.reply(option, rep::INFO, &b)?;
+            self.reply(option, rep::INFO, &proto::info_text(info::NAME, &e.name))?;
         }
         if requests.contains(&info::DESCRIPTION) {
-            let mut b = info::DESCRIPTION.to_be_bytes().to_vec();
-            b.extend_from_slice(e.description.as_bytes());
-            self.reply(option, rep::INFO, &b)?;
+            let text = proto::info_text(info::DESCRIPTION, &e.description);
+            self.reply(option, rep::INFO, &text)?;
         }
         self.ack(option)
     }
 
     fn meta_context_reply(&self, option: u32, id: u32) -> io::Result<()> {
-        let mut b = id.to_be_bytes().to_vec();
-        b.extend_from_slice(proto::META_BASE_ALLOCATION.as_bytes());
-        self.reply(option, rep::META_CONTEXT, &b)
+        let data = proto::meta_context(id, proto::META_BASE_ALLOCATION);
+        self.reply(option, rep::META_CONTEXT, &data)
     }
 
     /// `LIST_META_CONTEXT` and `SET_META_CONTEXT`.
@@ -207,19 +202,15 @@ where
 ///
 /// # Errors
 /// I/O errors of the socket.
-pub fn handshake<S>(io: &S, export: &Export) -> io::Result<Option<Negotiated>>
+pub(crate) fn handshake<S>(io: &S, export: &Export) -> io::Result<Option<Negotiated>>
 where
     for<'x> &'x S: Read + Write,
 {
-    let mut hello = [0u8; 18];
-    hello[0..8].copy_from_slice(&proto::NBDMAGIC.to_be_bytes());
-    hello[8..16].copy_from_slice(&proto::IHAVEOPT.to_be_bytes());
-    hello[16..18]
-        .copy_from_slice(&(proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES).to_be_bytes());
+    let hello = proto::greeting(proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES);
     write_all(io, &hello)?;
     let mut cf = [0u8; 4];
     read_exact(io, &mut cf)?;
-    let client_flags = u32::from_be_bytes(cf);
+    let client_flags = proto::be32(&cf);
     if client_flags & !(proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES) != 0 {
         // "the server MUST drop the TCP connection if the client sets an unknown flag"
         return Ok(None);
@@ -232,13 +223,15 @@ where
         meta: false,
     };
     loop {
-        let mut h = [0u8; 16];
+        let mut h = [0u8; proto::OPTION_HEADER_LEN];
         read_exact(io, &mut h)?;
-        if proto::be64(&h[0..8]) != proto::IHAVEOPT {
+        let Some(OptionHeader {
+            option,
+            length: len,
+        }) = OptionHeader::decode(&h)
+        else {
             return Ok(None); // not an option: nothing else can be parsed
-        }
-        let option = proto::be32(&h[8..12]);
-        let len = proto::be32(&h[12..16]);
+        };
         if len > MAX_OPTION_DATA {
             if option == opt::EXPORT_NAME || len > MAX_OPTION_SKIP {
                 return Ok(None);
@@ -261,13 +254,10 @@ where
                     return Ok(None); // cannot answer with an error: end the session
                 }
                 let flags = transmission_flags(export, st.structured);
-                let mut b = Vec::with_capacity(134);
-                b.extend_from_slice(&export.size().to_be_bytes());
-                b.extend_from_slice(&flags.to_be_bytes());
-                if !no_zeroes {
-                    b.extend_from_slice(&[0u8; 124]);
-                }
-                write_all(io, &b)?;
+                write_all(
+                    io,
+                    &proto::export_name_reply(export.size(), flags, no_zeroes),
+                )?;
                 return Ok(Some(Negotiated {
                     structured: st.structured,
                     meta: st.meta.then_some(META_ID),
@@ -284,10 +274,8 @@ where
                     st.error(option, rep::ERR_INVALID, "LIST takes no data")?;
                     continue;
                 }
-                let mut b = (export.name.len() as u32).to_be_bytes().to_vec();
-                b.extend_from_slice(export.name.as_bytes());
-                b.extend_from_slice(export.description.as_bytes());
-                st.reply(option, rep::SERVER, &b)?;
+                let entry = proto::server_entry(&export.name, &export.description);
+                st.reply(option, rep::SERVER, &entry)?;
                 st.ack(option)?;
             }
             opt::INFO | opt::GO => {

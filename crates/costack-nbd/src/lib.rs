@@ -46,10 +46,15 @@
 //!
 //! ## Modules
 //!
-//! * [`proto`]: the wire format and the request rules, pure functions.
-//! * [`handshake`]: the option negotiation.
-//! * [`server`]: threads, loops, connections, the transmission phase.
-//! * [`export`]: the [`Backend`] trait, and the memory and file stores.
+//! From the top floor down; each imports only the ones below it:
+//!
+//! * [`server`]: threads, event loops, accepting and stopping ([`serve`]); inside it, one
+//!   connection's transmission phase and the wire under it (private).
+//! * [`handshake`]: the option negotiation, and the limits and ids a client meets in it.
+//! * [`export`]: the [`Export`] (a file, or memory) and the per-thread [`Backend`] requests run
+//!   on.
+//! * [`proto`]: the wire format of both phases and the request rules, pure functions with no
+//!   I/O; usable on its own, by a client too.
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -1,158 +1,20 @@
-//! The NBD wire protocol: constants, message layouts and pure encoders/decoders.
+//! The transmission phase on the wire: request headers, the rules a request must follow
+//! ([`check`]), simple replies and structured reply chunks, and the error values replies
+//! carry.
 //!
-//! Nothing here does I/O. The handshake ([`handshake`](crate::handshake)) and the transmission
-//! phase ([`server`](crate::server)) read bytes from the socket and hand them to these
-//! functions, so every rule about *what the bytes mean* can be unit-tested without a network.
-//! Names follow the protocol specification (`doc/proto.md` of the NBD project), minus the
-//! `NBD_` prefix. All integers on the wire are big-endian.
+//! The connection ([`server`](crate::server)) reads a header, decodes and checks it here, runs
+//! it, and sends what the encoders here build.
 //!
-//! # The two phases in one picture
-//!
-//! ```text
-//! S: "NBDMAGIC" "IHAVEOPT" handshake-flags(16)     C: client-flags(32)
-//! C: "IHAVEOPT" option(32) length(32) data...      S: REPLY_MAGIC option(32) type(32) length(32) data...
-//!    ... more options, until GO is acked or EXPORT_NAME is sent ...
-//! C: REQUEST_MAGIC flags(16) type(16) cookie(64) offset(64) length(32) [payload for WRITE]
-//! S: SIMPLE_REPLY_MAGIC error(32) cookie(64) [data for READ]                  (simple reply)
-//! S: STRUCTURED_REPLY_MAGIC flags(16) type(16) cookie(64) length(32) payload  (structured chunk)
-//! ```
+//! May import: the sibling `basics` only.
 
-/// `NBDMAGIC`: the first eight bytes the server sends.
-pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-/// `IHAVEOPT`: the newstyle magic, sent by the server after `NBDMAGIC` and by the client before
-/// every option.
-pub const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
-/// Magic of every option reply.
-pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+use super::basics::{be16, be32, be64, MAX_PAYLOAD, MAX_STRING};
+
 /// Magic of a transmission request.
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// Magic of a simple reply.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 /// Magic of a structured reply chunk.
 pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
-
-/// Handshake flag: the server speaks fixed newstyle.
-pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
-/// Handshake flag: the server can omit the 124 zero bytes after `EXPORT_NAME`.
-pub const FLAG_NO_ZEROES: u16 = 1 << 1;
-/// Client flag: the client speaks fixed newstyle.
-pub const FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
-/// Client flag: the client does not want the 124 zero bytes.
-pub const FLAG_C_NO_ZEROES: u32 = 1 << 1;
-
-/// Transmission flags (16 bits, after the handshake).
-pub mod tflag {
-    /// Always set.
-    pub const HAS_FLAGS: u16 = 1 << 0;
-    /// The export is read-only.
-    pub const READ_ONLY: u16 = 1 << 1;
-    /// `CMD_FLUSH` is supported.
-    pub const SEND_FLUSH: u16 = 1 << 2;
-    /// `CMD_FLAG_FUA` is supported.
-    pub const SEND_FUA: u16 = 1 << 3;
-    /// The export behaves like a rotational disk.
-    pub const ROTATIONAL: u16 = 1 << 4;
-    /// `CMD_TRIM` is supported.
-    pub const SEND_TRIM: u16 = 1 << 5;
-    /// `CMD_WRITE_ZEROES` (and `CMD_FLAG_NO_HOLE`) is supported.
-    pub const SEND_WRITE_ZEROES: u16 = 1 << 6;
-    /// `CMD_FLAG_DF` is supported on reads (only with structured replies).
-    pub const SEND_DF: u16 = 1 << 7;
-    /// Flush and FUA are visible across all connections.
-    pub const CAN_MULTI_CONN: u16 = 1 << 8;
-    /// `CMD_CACHE` is supported.
-    pub const SEND_CACHE: u16 = 1 << 10;
-    /// `CMD_FLAG_FAST_ZERO` is supported on write-zeroes.
-    pub const SEND_FAST_ZERO: u16 = 1 << 11;
-}
-
-/// Option codes (handshake phase).
-pub mod opt {
-    /// Choose an export and enter transmission (no error possible).
-    pub const EXPORT_NAME: u32 = 1;
-    /// End the negotiation.
-    pub const ABORT: u32 = 2;
-    /// List the exports.
-    pub const LIST: u32 = 3;
-    /// Withdrawn experimental option.
-    pub const PEEK_EXPORT: u32 = 4;
-    /// Upgrade to TLS.
-    pub const STARTTLS: u32 = 5;
-    /// Details about an export.
-    pub const INFO: u32 = 6;
-    /// Details about an export, then enter transmission.
-    pub const GO: u32 = 7;
-    /// Use structured replies.
-    pub const STRUCTURED_REPLY: u32 = 8;
-    /// List metadata contexts.
-    pub const LIST_META_CONTEXT: u32 = 9;
-    /// Select metadata contexts.
-    pub const SET_META_CONTEXT: u32 = 10;
-    /// The experimental extended headers (64-bit lengths).
-    pub const EXTENDED_HEADERS: u32 = 11;
-
-    /// The option's name, for messages.
-    pub fn name(o: u32) -> &'static str {
-        match o {
-            EXPORT_NAME => "EXPORT_NAME",
-            ABORT => "ABORT",
-            LIST => "LIST",
-            PEEK_EXPORT => "PEEK_EXPORT",
-            STARTTLS => "STARTTLS",
-            INFO => "INFO",
-            GO => "GO",
-            STRUCTURED_REPLY => "STRUCTURED_REPLY",
-            LIST_META_CONTEXT => "LIST_META_CONTEXT",
-            SET_META_CONTEXT => "SET_META_CONTEXT",
-            EXTENDED_HEADERS => "EXTENDED_HEADERS",
-            _ => "unknown",
-        }
-    }
-}
-
-/// Option reply types.
-pub mod rep {
-    /// Success, or the end of a list.
-    pub const ACK: u32 = 1;
-    /// One export in a `LIST` reply.
-    pub const SERVER: u32 = 2;
-    /// One item of information in an `INFO`/`GO` reply.
-    pub const INFO: u32 = 3;
-    /// One metadata context.
-    pub const META_CONTEXT: u32 = 4;
-    /// Bit 31 marks errors.
-    pub const ERR_BIT: u32 = 1 << 31;
-    /// Unknown or unsupported option.
-    pub const ERR_UNSUP: u32 = ERR_BIT + 1;
-    /// Forbidden by policy.
-    pub const ERR_POLICY: u32 = ERR_BIT + 2;
-    /// Syntactically or semantically invalid.
-    pub const ERR_INVALID: u32 = ERR_BIT + 3;
-    /// Not supported on this platform.
-    pub const ERR_PLATFORM: u32 = ERR_BIT + 4;
-    /// TLS required first.
-    pub const ERR_TLS_REQD: u32 = ERR_BIT + 5;
-    /// No such export.
-    pub const ERR_UNKNOWN: u32 = ERR_BIT + 6;
-    /// The server is shutting down.
-    pub const ERR_SHUTDOWN: u32 = ERR_BIT + 7;
-    /// Block size constraints must be requested first.
-    pub const ERR_BLOCK_SIZE_REQD: u32 = ERR_BIT + 8;
-    /// The request or reply is too large.
-    pub const ERR_TOO_BIG: u32 = ERR_BIT + 9;
-}
-
-/// Information types inside `REP_INFO`.
-pub mod info {
-    /// Size and transmission flags (mandatory).
-    pub const EXPORT: u16 = 0;
-    /// Canonical export name.
-    pub const NAME: u16 = 1;
-    /// Human-readable description.
-    pub const DESCRIPTION: u16 = 2;
-    /// Minimum, preferred and maximum block sizes.
-    pub const BLOCK_SIZE: u16 = 3;
-}
 
 /// Command types (transmission phase).
 pub mod cmd {
@@ -245,19 +107,6 @@ pub mod err {
 pub const STATE_HOLE: u32 = 1 << 0;
 /// `base:allocation` flag: the extent reads as zeroes.
 pub const STATE_ZERO: u32 = 1 << 1;
-
-/// The one metadata context this server offers.
-pub const META_BASE_ALLOCATION: &str = "base:allocation";
-
-/// Minimum block size advertised: any byte is addressable.
-pub const MIN_BLOCK: u32 = 1;
-/// Preferred block size advertised.
-pub const PREFERRED_BLOCK: u32 = 4096;
-/// Maximum payload advertised, and the largest READ or WRITE this server accepts (32 MiB).
-pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
-
-/// Strings (export names, queries) longer than this are refused, as the spec allows.
-pub const MAX_STRING: usize = 4096;
 
 /// Size of a request header on the wire.
 pub const REQUEST_LEN: usize = 28;
@@ -369,16 +218,21 @@ fn allowed_flags(typ: u16, lim: &Limits) -> u16 {
     }
 }
 
-/// Checks a request against the spec's rules, in this order: unknown command, unknown or
-/// misplaced flag, oversized payload, read-only export, range past the end.
+/// Checks a request against the spec's rules. The first rule a request breaks decides its
+/// error, and the rules are tried in this order:
 ///
-/// * unknown commands, and flags not documented for the command: `EINVAL`;
-/// * `READ` or `WRITE` over [`MAX_PAYLOAD`]: `EINVAL` (a `WRITE` also disconnects, since its
-///   payload is not read);
-/// * `WRITE`, `WRITE_ZEROES`, `TRIM` on a read-only export: `EPERM`;
-/// * past the end of the export: `ENOSPC` for `WRITE` and `WRITE_ZEROES`, `EINVAL` for `READ`,
-///   `TRIM`, `CACHE` and `BLOCK_STATUS`;
-/// * `BLOCK_STATUS` without a selected metadata context, or of zero bytes: `EINVAL`.
+/// 1. an unknown command: `EINVAL`;
+/// 2. a `WRITE` over [`MAX_PAYLOAD`]: `EINVAL`, then disconnect (its payload is not read, so
+///    nothing after it can be parsed) — whatever its flags, since this comes first;
+/// 3. a flag not documented for the command: `EINVAL` (`FUA` is valid on every command, `DF`
+///    on `READ` once structured replies are on, `NO_HOLE` and `FAST_ZERO` on `WRITE_ZEROES`,
+///    `REQ_ONE` on `BLOCK_STATUS`);
+/// 4. a `READ` over [`MAX_PAYLOAD`]: `EINVAL`;
+/// 5. `WRITE`, `WRITE_ZEROES` or `TRIM` on a read-only export: `EPERM`;
+/// 6. a range past the end of the export (or whose end overflows): `ENOSPC` for `WRITE` and
+///    `WRITE_ZEROES`, `EINVAL` for `READ`, `TRIM`, `CACHE` and `BLOCK_STATUS`;
+/// 7. `BLOCK_STATUS` without a selected metadata context: `EINVAL`; then one of zero bytes:
+///    `EINVAL`.
 ///
 /// `DISC` and `FLUSH` ignore their (reserved) offset and length.
 pub fn check(req: &Request, lim: &Limits) -> Check {
@@ -509,149 +363,6 @@ pub fn block_status_chunk(cookie: u64, id: u32, extents: &[Extent]) -> Vec<u8> {
         b.extend_from_slice(&e.flags.to_be_bytes());
     }
     b
-}
-
-/// Encodes an option reply header (the payload of `len` bytes follows).
-pub fn opt_reply_header(option: u32, typ: u32, len: u32) -> [u8; 20] {
-    let mut b = [0u8; 20];
-    b[0..8].copy_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
-    b[8..12].copy_from_slice(&option.to_be_bytes());
-    b[12..16].copy_from_slice(&typ.to_be_bytes());
-    b[16..20].copy_from_slice(&len.to_be_bytes());
-    b
-}
-
-/// A cursor over option data that fails (with `None`) instead of reading past the end, so a
-/// length field that lies cannot make the parser read beyond the option.
-#[derive(Debug)]
-pub struct Cursor<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    /// A cursor at the start of `data`.
-    pub fn new(data: &'a [u8]) -> Cursor<'a> {
-        Cursor { data, pos: 0 }
-    }
-
-    /// The next `n` bytes.
-    pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let s = self.data.get(self.pos..end)?;
-        self.pos = end;
-        Some(s)
-    }
-
-    /// A big-endian u16.
-    pub fn u16(&mut self) -> Option<u16> {
-        self.bytes(2).map(be16)
-    }
-
-    /// A big-endian u32.
-    pub fn u32(&mut self) -> Option<u32> {
-        self.bytes(4).map(be32)
-    }
-
-    /// A string prefixed by its 32-bit length: must be at most [`MAX_STRING`] bytes of UTF-8
-    /// without NUL.
-    pub fn string32(&mut self) -> Option<&'a str> {
-        let n = self.u32()? as usize;
-        if n > MAX_STRING {
-            return None;
-        }
-        let s = std::str::from_utf8(self.bytes(n)?).ok()?;
-        (!s.contains('\0')).then_some(s)
-    }
-
-    /// Whether every byte was consumed.
-    pub fn at_end(&self) -> bool {
-        self.pos == self.data.len()
-    }
-}
-
-/// The body of an `INFO` or `GO` option.
-#[derive(Debug, PartialEq, Eq)]
-pub struct InfoRequest<'a> {
-    /// The export name (empty: the default export).
-    pub name: &'a str,
-    /// The information types requested.
-    pub requests: Vec<u16>,
-}
-
-/// Parses an `INFO`/`GO` body; `None` if it is malformed (lengths that do not add up to the
-/// option length, a bad string).
-pub fn parse_info(data: &[u8]) -> Option<InfoRequest<'_>> {
-    let mut c = Cursor::new(data);
-    let name = c.string32()?;
-    let n = c.u16()?;
-    let mut requests = Vec::with_capacity(usize::from(n));
-    for _ in 0..n {
-        requests.push(c.u16()?);
-    }
-    c.at_end().then_some(InfoRequest { name, requests })
-}
-
-/// The body of a `LIST_META_CONTEXT` or `SET_META_CONTEXT` option.
-#[derive(Debug, PartialEq, Eq)]
-pub struct MetaRequest<'a> {
-    /// The export name.
-    pub name: &'a str,
-    /// The queries, each `namespace:leaf`.
-    pub queries: Vec<&'a str>,
-}
-
-/// Parses a meta-context option body; `None` if it is malformed.
-pub fn parse_meta(data: &[u8]) -> Option<MetaRequest<'_>> {
-    let mut c = Cursor::new(data);
-    let name = c.string32()?;
-    let n = c.u32()?;
-    let mut queries = Vec::new();
-    for _ in 0..n {
-        queries.push(c.string32()?);
-    }
-    c.at_end().then_some(MetaRequest { name, queries })
-}
-
-/// What a metadata query selects.
-#[derive(Debug, PartialEq, Eq)]
-pub enum MetaMatch {
-    /// `base:allocation`.
-    BaseAllocation,
-    /// The `base:` wildcard: every `base` context when listing, nothing when setting.
-    BaseWildcard,
-    /// A context this server does not know (ignored, as the spec requires).
-    Unknown,
-    /// Not `namespace:leaf` at all.
-    Invalid,
-}
-
-/// Classifies a metadata query.
-pub fn meta_match(query: &str) -> MetaMatch {
-    match query.split_once(':') {
-        None => MetaMatch::Invalid,
-        Some(("", _)) => MetaMatch::Invalid,
-        Some(("base", "")) => MetaMatch::BaseWildcard,
-        Some(("base", "allocation")) => MetaMatch::BaseAllocation,
-        Some(_) => MetaMatch::Unknown,
-    }
-}
-
-/// Reads a big-endian u16 from the first two bytes.
-pub fn be16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
-}
-
-/// Reads a big-endian u32 from the first four bytes.
-pub fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-/// Reads a big-endian u64 from the first eight bytes.
-pub fn be64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
 }
 
 #[cfg(test)]
@@ -787,57 +498,6 @@ mod tests {
             check(&req(cmd::BLOCK_STATUS, 0, 0, 1), &simple),
             Check::Error(err::EINVAL, _)
         ));
-    }
-
-    #[test]
-    fn option_bodies() {
-        let mut b = Vec::new();
-        b.extend_from_slice(&4u32.to_be_bytes());
-        b.extend_from_slice(b"disk");
-        b.extend_from_slice(&2u16.to_be_bytes());
-        b.extend_from_slice(&info::NAME.to_be_bytes());
-        b.extend_from_slice(&info::BLOCK_SIZE.to_be_bytes());
-        assert_eq!(
-            parse_info(&b),
-            Some(InfoRequest {
-                name: "disk",
-                requests: vec![info::NAME, info::BLOCK_SIZE]
-            })
-        );
-        // Trailing garbage, a short list and a lying name length are all refused.
-        let mut extra = b.clone();
-        extra.push(0);
-        assert_eq!(parse_info(&extra), None);
-        assert_eq!(parse_info(&b[..b.len() - 1]), None);
-        let mut lie = b.clone();
-        lie[3] = 200;
-        assert_eq!(parse_info(&lie), None);
-
-        let mut m = Vec::new();
-        m.extend_from_slice(&0u32.to_be_bytes());
-        m.extend_from_slice(&2u32.to_be_bytes());
-        for q in ["base:allocation", "qemu:dirty-bitmap:x"] {
-            m.extend_from_slice(&(q.len() as u32).to_be_bytes());
-            m.extend_from_slice(q.as_bytes());
-        }
-        let p = parse_meta(&m).unwrap();
-        assert_eq!(p.name, "");
-        assert_eq!(p.queries, ["base:allocation", "qemu:dirty-bitmap:x"]);
-        assert_eq!(parse_meta(&m[..m.len() - 2]), None);
-        let mut nul = m.clone();
-        let at = nul.len() - 1;
-        nul[at] = 0;
-        assert_eq!(parse_meta(&nul), None);
-    }
-
-    #[test]
-    fn meta_queries() {
-        assert_eq!(meta_match("base:allocation"), MetaMatch::BaseAllocation);
-        assert_eq!(meta_match("base:"), MetaMatch::BaseWildcard);
-        assert_eq!(meta_match("base:other"), MetaMatch::Unknown);
-        assert_eq!(meta_match("qemu:dirty-bitmap:a"), MetaMatch::Unknown);
-        assert_eq!(meta_match("nocolon"), MetaMatch::Invalid);
-        assert_eq!(meta_match(":leaf"), MetaMatch::Invalid);
     }
 
     #[test]

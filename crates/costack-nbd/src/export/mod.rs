@@ -1,0 +1,128 @@
+//! What the server serves: an export, and the backends that store its bytes.
+//!
+//! # Two halves
+//!
+//! An export is shared by every event-loop thread, but the I/O on it happens in coroutines, each
+//! bound to its thread. So it comes in two halves:
+//!
+//! * an [`Export`] (`Send + Sync`): the store itself — a file, or memory — with its size, name
+//!   and whether it is read-only; made once, shared by all threads through an `Arc`;
+//! * a [`Backend`] per loop thread, made by [`Export::backend`]: the object the request
+//!   coroutines call. Its methods look blocking; inside a task they *yield* while the work is
+//!   done elsewhere (a worker thread, the kernel), so one slow request never stalls the others.
+//!
+//! # The stores
+//!
+//! [`Export::memory`] keeps the bytes in memory, in 64 KiB chunks allocated on first write
+//! (a chunk never written, or trimmed away, is a hole that reads as zeroes, and
+//! `BLOCK_STATUS` says so). [`Export::file`] serves a file or a block device through the
+//! loop's [`costack_aio::File`], with non-blocking page-cache fast paths in front of it; see
+//! [`WritePath`] for where writes go. `FLUSH` and FUA make the writes durable (`fdatasync`)
+//! before the reply, and every thread sees one page cache, so a flush on any connection
+//! covers them all (`NBD_FLAG_CAN_MULTI_CONN`).
+//!
+//! # Floors
+//!
+//! ```text
+//! export (this file)  Export: name, flags, its store; hands out backends  → mem, file, backend
+//!   mem, file         the two stores and their backends                   → backend
+//!   backend           the Backend trait and ZeroMode                      (proto only)
+//! ```
+//!
+//! May import: [`proto`](crate::proto) (through its files). The server and the handshake
+//! import it; it imports neither.
+//!
+
+mod backend;
+mod file;
+mod mem;
+
+pub use backend::{Backend, ZeroMode};
+pub use file::WritePath;
+
+use file::FileStore;
+use mem::MemStore;
+use std::io;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// An export: a name, a store, and whether clients may write. Shared by every thread.
+#[derive(Debug)]
+pub struct Export {
+    /// The name clients ask for (the empty name always selects it too).
+    pub name: String,
+    /// A line for humans (`NBD_INFO_DESCRIPTION`, `LIST`).
+    pub description: String,
+    /// Refuse writes.
+    pub read_only: bool,
+    store: Store,
+}
+
+#[derive(Debug)]
+enum Store {
+    Memory(Arc<MemStore>),
+    File(Arc<FileStore>),
+}
+
+impl Export {
+    /// An in-memory export of `size` bytes, all zero (and all hole) at first.
+    ///
+    /// # Errors
+    /// If `size` is larger than 256 GiB (an in-memory export holds its chunk index in memory
+    /// too: 96 MiB at that size).
+    pub fn memory(name: &str, size: u64, read_only: bool) -> io::Result<Export> {
+        Ok(Export {
+            name: name.to_owned(),
+            description: format!("costack-nbd in-memory export, {size} bytes"),
+            read_only,
+            store: Store::Memory(Arc::new(MemStore::new(size)?)),
+        })
+    }
+
+    /// An export of the file (or block device) at `path`, opened read-write unless `read_only`.
+    ///
+    /// # Errors
+    /// If the file cannot be opened, or its size cannot be found.
+    pub fn file(name: &str, path: &Path, read_only: bool, writes: WritePath) -> io::Result<Export> {
+        let store = FileStore::open(path, read_only, writes)?;
+        Ok(Export {
+            name: name.to_owned(),
+            description: format!("costack-nbd export of {}", path.display()),
+            read_only,
+            store: Store::File(Arc::new(store)),
+        })
+    }
+
+    /// The size in bytes.
+    pub fn size(&self) -> u64 {
+        match &self.store {
+            Store::Memory(m) => m.size(),
+            Store::File(f) => f.size(),
+        }
+    }
+
+    /// Whether `name` selects this export: its own name, or the empty (default) name.
+    pub fn matches(&self, name: &str) -> bool {
+        name.is_empty() || name == self.name
+    }
+
+    /// A backend for the calling thread's coroutines.
+    ///
+    /// # Errors
+    /// If the file cannot be opened again for this thread (out of file descriptors).
+    pub fn backend(&self) -> io::Result<Rc<dyn Backend>> {
+        Ok(match &self.store {
+            Store::Memory(m) => mem::backend(m),
+            Store::File(f) => file::backend(f)?,
+        })
+    }
+
+    /// Flushes the store from any thread, outside coroutines (at shutdown).
+    pub fn flush_blocking(&self) -> io::Result<()> {
+        match &self.store {
+            Store::Memory(_) => Ok(()),
+            Store::File(f) => f.sync(),
+        }
+    }
+}
