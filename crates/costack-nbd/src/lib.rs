@@ -56,9 +56,7 @@
 //! * [`proto`]: the wire format of both phases and the request rules, pure functions with no
 //!   I/O; usable on its own, by a client too.
 
-#![warn(missing_docs)]
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod export;
 pub mod handshake;
@@ -67,3 +65,8 @@ pub mod server;
 
 pub use export::{Backend, Export, WritePath, ZeroMode};
 pub use server::{serve, set_verbose, Config, ServerHandle};
+
+/// The crate README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -4,8 +4,6 @@
 //! in flight, flushes the export and exits 0. A second signal while that is going on exits at
 //! once (status 1).
 
-#![warn(clippy::undocumented_unsafe_blocks)]
-
 use clap::{Parser, ValueEnum};
 use costack_nbd::{serve, set_verbose, Config, Export, WritePath};
 use std::net::{IpAddr, SocketAddr, TcpListener};
