@@ -98,21 +98,33 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod blocking;
+pub mod buf;
+mod builder;
+mod event_loop;
 pub mod fs;
 pub mod io;
+mod key;
+mod mailbox;
 pub mod net;
+mod op;
+mod pool;
 mod reactor;
 pub mod remote;
+mod request;
 mod runtime;
 pub mod sync;
+mod task;
 pub mod time;
+mod timers;
 mod uring;
+mod wait;
+mod waker;
 
 pub use blocking::run_blocking;
+pub use builder::LoopBuilder;
+pub use event_loop::{call_soon, current_handle, EventLoop};
 pub use fs::{File, IoBackend};
 pub use remote::{suspend, LoopClosed, LoopHandle, RemoteJoinHandle, Waker};
-pub use runtime::{
-    call_soon, current_handle, in_task, spawn, yield_now, EventLoop, JoinError, JoinHandle,
-    LoopBuilder, TaskBuilder,
-};
+pub use task::{spawn, JoinError, JoinHandle, TaskBuilder};
 pub use time::{sleep, sleep_until, timeout, timeout_at, Elapsed, WakeableSleep};
+pub use wait::{in_task, yield_now};

@@ -15,7 +15,7 @@
 //! the `read` that would only say `EAGAIN`. Both happen on the loop's thread, the clear with no
 //! yield between the system call and it, so no edge can slip between them.
 
-use crate::runtime::TaskKey;
+use crate::key::TaskKey;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use std::cell::{Cell, RefCell};

@@ -47,7 +47,7 @@
 //! assert_eq!(*counter.lock(), 200);
 //! ```
 
-use crate::remote::{prepare_park, Waker};
+use crate::waker::{prepare_park, Waker};
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::fmt;
