@@ -122,15 +122,14 @@
 //!
 //! Fourth floor: imports `op`, `request`, `buf` and the wait protocol (`wait`).
 
-use crate::buf;
-use crate::op::sys::{check_offset, einval, retry, IOV_MAX, MAX_RW};
+use crate::op::sys::{check_offset, einval, MAX_RW};
 use crate::op::{read, write, Op};
 use crate::request::{run_here, run_in_task};
-use crate::wait::{begin_wait, Wait};
+use crate::wait::begin_wait;
 use std::cell::Cell;
 use std::ffi::CString;
 use std::fmt;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -139,14 +138,8 @@ use std::sync::Arc;
 
 pub use crate::op::{IoBackend, IO_URING_ENV};
 
-/// Errors after which the `RWF_NOWAIT` calls are not tried again on a `File`: the file (a pipe,
-/// a file system without the flag, an old kernel) cannot be read or written that way.
-fn nowait_unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::ENODEV | libc::ESPIPE)
-    )
-}
+mod fast;
+mod vectored;
 
 // ---------------------------------------------------------------------------------------------
 // File
@@ -305,122 +298,6 @@ impl File {
         self.fast.get()
     }
 
-    /// The fast path of a read: one `preadv2(RWF_NOWAIT)` into `buf`. `None` if it is off or
-    /// failed (the caller then takes the slow path, which reports any error the same way).
-    #[inline]
-    fn read_nowait(&self, buf: &mut [u8], offset: u64) -> Option<usize> {
-        if !(self.fast.get() && self.nowait_reads.get()) {
-            return None;
-        }
-        match read::nowait(self.raw(), buf, offset) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                if nowait_unsupported(&e) {
-                    self.nowait_reads.set(false);
-                }
-                None
-            }
-        }
-    }
-
-    /// The fast path of a write: one `pwritev2(RWF_NOWAIT)` from `buf`, as
-    /// [`read_nowait`](File::read_nowait).
-    #[inline]
-    fn write_nowait(&self, buf: &[u8], offset: u64) -> Option<usize> {
-        if !(self.fast.get() && self.nowait_writes.get()) {
-            return None;
-        }
-        match write::nowait(self.raw(), buf, offset) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                if nowait_unsupported(&e) {
-                    self.nowait_writes.set(false);
-                }
-                None
-            }
-        }
-    }
-
-    /// Reads `buf` at `offset` through the ring or the pool (a bounce buffer), in the task
-    /// waiting with `w`.
-    fn read_slow(&self, w: Wait, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let len = buf.len().min(MAX_RW);
-        let bounce = buf::take(len);
-        let (r, op) = run_in_task(
-            w,
-            Some(&self.fd),
-            Op::Read {
-                buf: bounce,
-                len,
-                offset,
-            },
-        );
-        let Op::Read { buf: bounce, .. } = op else {
-            unreachable!()
-        };
-        if let Ok(n) = r {
-            buf[..n].copy_from_slice(&bounce[..n]);
-        }
-        buf::give(bounce);
-        r
-    }
-
-    /// Writes `buf` at `offset` through the ring or the pool (a bounce buffer), in the task
-    /// waiting with `w`.
-    fn write_slow(&self, w: Wait, buf: &[u8], offset: u64) -> io::Result<usize> {
-        let len = buf.len().min(MAX_RW);
-        let mut bounce = buf::take(len);
-        bounce[..len].copy_from_slice(&buf[..len]);
-        let (r, op) = run_in_task(
-            w,
-            Some(&self.fd),
-            Op::Write {
-                buf: bounce,
-                len,
-                offset,
-            },
-        );
-        if let Op::Write { buf, .. } = op {
-            buf::give(buf);
-        }
-        r
-    }
-
-    /// A read in a task: the fast path, then the ring or the pool for what it did not give.
-    #[inline]
-    fn read_in_task(&self, w: Wait, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let len = buf.len().min(MAX_RW);
-        let done = match self.read_nowait(&mut buf[..len], offset) {
-            // All of it, or the end of the file.
-            Some(n) if n == len || n == 0 => return Ok(n),
-            Some(n) => n,
-            None => 0,
-        };
-        if done == 0 {
-            return self.read_slow(w, buf, offset);
-        }
-        // Part of it was cached: the rest as a read of its own, a short count if that fails
-        // (as `pread` reports an error after some bytes).
-        let rest = self.read_slow(w, &mut buf[done..len], offset + done as u64);
-        Ok(done + rest.unwrap_or(0))
-    }
-
-    /// A write in a task: the fast path, then the ring or the pool for what it did not take.
-    #[inline]
-    fn write_in_task(&self, w: Wait, buf: &[u8], offset: u64) -> io::Result<usize> {
-        let len = buf.len().min(MAX_RW);
-        let done = match self.write_nowait(&buf[..len], offset) {
-            Some(n) if n == len => return Ok(n),
-            Some(n) => n,
-            None => 0,
-        };
-        if done == 0 {
-            return self.write_slow(w, buf, offset);
-        }
-        let rest = self.write_slow(w, &buf[done..len], offset + done as u64);
-        Ok(done + rest.unwrap_or(0))
-    }
-
     /// Reads up to `buf.len()` bytes at `offset`; returns how many (`0` at or past the end of
     /// the file). Like `pread(2)`.
     ///
@@ -506,113 +383,6 @@ impl File {
         Ok(())
     }
 
-    /// Reads into `bufs` in order, from `offset` on; returns how many bytes in all. Like
-    /// `preadv(2)`. In a task this is one read of the total length into a bounce buffer,
-    /// scattered into `bufs` when it completes.
-    ///
-    /// # Errors
-    /// As [`read_at`](File::read_at).
-    pub fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<usize> {
-        check_offset(offset)?;
-        let Some(w) = begin_wait() else {
-            let n = bufs.len().min(IOV_MAX) as libc::c_int;
-            let iov = bufs.as_ptr().cast::<libc::iovec>();
-            // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix, and each slice is
-            // valid for writes of its length for the whole call.
-            let r = retry(|| unsafe { libc::preadv(self.raw(), iov, n, offset as i64) });
-            return match r {
-                // A descriptor that cannot seek reads its stream.
-                Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
-                    // SAFETY: as above.
-                    retry(|| unsafe { libc::readv(self.raw(), iov, n) })
-                }
-                r => r,
-            };
-        };
-        let total = bufs
-            .iter()
-            .fold(0usize, |a, b| a.saturating_add(b.len()))
-            .min(MAX_RW);
-        let bounce = buf::take(total);
-        let (r, op) = run_in_task(
-            w,
-            Some(&self.fd),
-            Op::Read {
-                buf: bounce,
-                len: total,
-                offset,
-            },
-        );
-        let Op::Read { buf: bounce, .. } = op else {
-            unreachable!()
-        };
-        if let Ok(n) = r {
-            let mut src = &bounce[..n];
-            for b in bufs.iter_mut() {
-                if src.is_empty() {
-                    break;
-                }
-                let k = b.len().min(src.len());
-                b[..k].copy_from_slice(&src[..k]);
-                src = &src[k..];
-            }
-        }
-        buf::give(bounce);
-        r
-    }
-
-    /// Writes `bufs` in order, from `offset` on; returns how many bytes in all. Like
-    /// `pwritev(2)`. In a task the slices are gathered into one loop-owned buffer and written
-    /// with one request.
-    ///
-    /// # Errors
-    /// As [`write_at`](File::write_at).
-    pub fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<usize> {
-        check_offset(offset)?;
-        let Some(w) = begin_wait() else {
-            let n = bufs.len().min(IOV_MAX) as libc::c_int;
-            let iov = bufs.as_ptr().cast::<libc::iovec>();
-            // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and each slice is valid
-            // for reads of its length for the whole call.
-            let r = retry(|| unsafe { libc::pwritev(self.raw(), iov, n, offset as i64) });
-            return match r {
-                // A descriptor that cannot seek writes its stream.
-                Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
-                    // SAFETY: as above.
-                    retry(|| unsafe { libc::writev(self.raw(), iov, n) })
-                }
-                r => r,
-            };
-        };
-        let total = bufs
-            .iter()
-            .fold(0usize, |a, b| a.saturating_add(b.len()))
-            .min(MAX_RW);
-        let mut bounce = buf::take(total);
-        let mut at = 0;
-        for b in bufs {
-            let k = b.len().min(total - at);
-            bounce[at..at + k].copy_from_slice(&b[..k]);
-            at += k;
-            if at == total {
-                break;
-            }
-        }
-        let (r, op) = run_in_task(
-            w,
-            Some(&self.fd),
-            Op::Write {
-                buf: bounce,
-                len: total,
-                offset,
-            },
-        );
-        if let Op::Write { buf, .. } = op {
-            buf::give(buf);
-        }
-        r
-    }
-
     /// Reads up to `buf.len()` bytes at `offset` straight into `buf` (no copy) and gives the
     /// buffer back with the count. The buffer's length is the request: `buf.len()` bytes are
     /// asked for, `buf[..n]` hold the data, the rest is left as it was.
@@ -642,7 +412,9 @@ impl File {
         };
         let len = buf.len().min(MAX_RW);
         match self.read_nowait(&mut buf[..len], offset) {
-            Some(n) if n == len || n == 0 => return (Ok(n), buf),
+            Some(n) if n == len || n == 0 || self.ends_at(offset + n as u64) => {
+                return (Ok(n), buf)
+            }
             Some(n) => {
                 // Part of it was cached: the rest through a bounce buffer.
                 let rest = self.read_slow(w, &mut buf[n..len], offset + n as u64);
