@@ -15,7 +15,7 @@ use std::rc::Rc;
 /// An event loop: runs coroutines (tasks) and resumes them when what they wait for is ready.
 ///
 /// One per thread, like QEMU's `AioContext`: creating it makes it the thread's loop, which the
-/// free functions of this crate ([`spawn`], [`sleep`](crate::sleep), the sockets…) use. It is
+/// free functions of this crate ([`spawn`](crate::spawn), [`sleep`](crate::sleep), the sockets…) use. It is
 /// bound to its thread (`!Send`); other threads reach it through a [`LoopHandle`].
 ///
 /// The loop runs only inside [`block_on`](EventLoop::block_on) (or a
@@ -96,7 +96,7 @@ impl EventLoop {
     }
 
     /// Which path file I/O ([`fs::File`](crate::fs::File)) takes on this loop: io_uring, or
-    /// the worker pool. See [`LoopBuilder::io_uring`].
+    /// the worker pool. See [`LoopBuilder::io_uring`](crate::LoopBuilder::io_uring).
     ///
     /// ```
     /// use costack_aio::{EventLoop, IoBackend};

@@ -179,7 +179,7 @@ impl<T> JoinHandle<T> {
     /// here with the same payload.
     ///
     /// Inside a task this yields until the task is done. Outside any coroutine it drives the
-    /// thread's loop until then (like [`EventLoop::block_on`]).
+    /// thread's loop until then (like [`EventLoop::block_on`](crate::EventLoop::block_on)).
     ///
     /// # Panics
     /// Continuing the task's panic; or if the task was dropped before it finished (its loop
@@ -290,7 +290,7 @@ pub struct TaskBuilder {
 }
 
 impl TaskBuilder {
-    /// Options with the loop's default stack size ([`LoopBuilder::stack_size`]) and no name.
+    /// Options with the loop's default stack size ([`LoopBuilder::stack_size`](crate::LoopBuilder::stack_size)) and no name.
     pub fn new() -> TaskBuilder {
         TaskBuilder::default()
     }

@@ -1,5 +1,10 @@
 //! The io_uring driver: one ring per loop, for file I/O.
 //!
+//! Ground floor: imports only [`key`](crate::key) and the requests ([`op`](crate::op), whose
+//! files encode each request's entry). The loop (`runtime`) owns the ring, submits and reaps
+//! once per turn; the task's side of a request (start it, park, take the result, orphan it on
+//! unwind) is in the `request` module.
+//!
 //! # A request's life
 //!
 //! 1. A task calls, say, `File::read_at`. The request ([`Op`]: its buffer, its path…) moves

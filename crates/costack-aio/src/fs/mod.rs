@@ -120,7 +120,8 @@
 //! the task waits, in `request`; the ring in `uring`. Bounce buffers come from
 //! [`buf`](crate::buf).
 //!
-//! Fourth floor: imports `op`, `request`, `buf` and the wait protocol (`wait`).
+//! Operations floor, above `request`: imports `op`, `request`, `buf` and the wait protocol
+//! (`wait`).
 
 use crate::op::sys::{check_offset, einval, MAX_RW};
 use crate::op::{read, write, Op};
@@ -387,8 +388,9 @@ impl File {
     /// buffer back with the count. The buffer's length is the request: `buf.len()` bytes are
     /// asked for, `buf[..n]` hold the data, the rest is left as it was.
     ///
-    /// While the request is in flight the `Vec` belongs to the loop: if the task is cancelled,
-    /// it is freed only when the completion arrives.
+    /// In a task, the [fast path](self#the-page-cache-fast-path) reads what is cached straight
+    /// into `buf` first. While a request is in flight the `Vec` belongs to the loop: if the
+    /// task is cancelled, it is freed only when the completion arrives.
     ///
     /// ```
     /// use costack_aio::{EventLoop, File};
