@@ -1,5 +1,8 @@
 //! Blocking work on worker threads: [`run_blocking`].
 //!
+//! Third floor: imports the wait protocol (`wait`), the worker pool itself (`pool`) and the
+//! one-shot channel that brings the result back (`waker`).
+//!
 //! Some work cannot yield: a system call with no non-blocking form (`fsync`, `getaddrinfo`,
 //! file I/O on most file systems), a library that blocks, a long computation. Running it on the
 //! loop's thread would stall every task. `run_blocking` sends it to a pool of worker threads
@@ -17,133 +20,11 @@
 //! not interrupted — a thread cannot be stopped safely in the middle of a system call or of
 //! foreign code — it runs to completion on its worker and its result is dropped.
 
-use crate::remote::oneshot;
-use crate::runtime::{begin_wait, Wait};
-use std::collections::VecDeque;
+use crate::pool::Pool;
+use crate::wait::{begin_wait, Wait};
+use crate::waker::oneshot;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// How long an idle worker waits for work before it exits.
-const IDLE_EXIT: Duration = Duration::from_secs(5);
-
-struct State {
-    /// Queued jobs with their tickets, in FIFO order.
-    jobs: VecDeque<(u64, Job)>,
-    /// The ticket of the next job.
-    next: u64,
-    threads: usize,
-    idle: usize,
-    shutdown: bool,
-}
-
-/// A loop's worker pool.
-pub(crate) struct Pool {
-    state: Mutex<State>,
-    cond: Condvar,
-    max: usize,
-}
-
-impl Pool {
-    pub(crate) fn new(max: usize) -> Pool {
-        Pool {
-            state: Mutex::new(State {
-                jobs: VecDeque::new(),
-                next: 0,
-                threads: 0,
-                idle: 0,
-                shutdown: false,
-            }),
-            cond: Condvar::new(),
-            max,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Jobs run outside the lock, so a poisoned lock cannot hide a broken state.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Queues `job` and returns its ticket (for [`withdraw`](Pool::withdraw)); starts a worker
-    /// if none is idle and the limit allows.
-    fn submit(self: &std::sync::Arc<Self>, job: Job) -> u64 {
-        let mut st = self.lock();
-        let ticket = st.next;
-        st.next += 1;
-        if st.shutdown {
-            return ticket; // `job` is dropped: its result channel reports the loss
-        }
-        st.jobs.push_back((ticket, job));
-        if st.idle > 0 {
-            drop(st);
-            self.cond.notify_one();
-            return ticket;
-        }
-        if st.threads < self.max {
-            st.threads += 1;
-            drop(st);
-            let pool = self.clone();
-            let spawned = std::thread::Builder::new()
-                .name("costack-blocking".into())
-                .spawn(move || pool.work());
-            if spawned.is_err() {
-                // No thread: the job waits for a running worker, if there is any.
-                let mut st = self.lock();
-                st.threads -= 1;
-                if st.threads == 0 {
-                    st.jobs.clear();
-                }
-            }
-        }
-        ticket
-    }
-
-    /// Takes the job `ticket` off the queue if no worker has started it yet; returns it (to be
-    /// dropped by the caller, outside the lock) if it did.
-    fn withdraw(&self, ticket: u64) -> Option<Job> {
-        let mut st = self.lock();
-        let i = st.jobs.iter().position(|(t, _)| *t == ticket)?;
-        st.jobs.remove(i).map(|(_, job)| job)
-    }
-
-    fn work(&self) {
-        let mut st = self.lock();
-        loop {
-            if let Some((_, job)) = st.jobs.pop_front() {
-                drop(st);
-                job(); // catches its own panics
-                st = self.lock();
-                continue;
-            }
-            if st.shutdown {
-                break;
-            }
-            st.idle += 1;
-            let (s, t) = self
-                .cond
-                .wait_timeout(st, IDLE_EXIT)
-                .unwrap_or_else(PoisonError::into_inner);
-            st = s;
-            st.idle -= 1;
-            if t.timed_out() && st.jobs.is_empty() {
-                break;
-            }
-        }
-        st.threads -= 1;
-    }
-
-    /// Lets the workers finish what they run and exit; queued jobs are dropped.
-    pub(crate) fn shutdown(&self) {
-        let mut st = self.lock();
-        st.shutdown = true;
-        let jobs = std::mem::take(&mut st.jobs);
-        drop(st);
-        self.cond.notify_all();
-        drop(jobs);
-    }
-}
+use std::sync::Arc;
 
 /// Runs `f` on a worker thread of the loop's pool and returns its result; the running task
 /// yields meanwhile, so the loop goes on serving the others. A panic in `f` continues in the

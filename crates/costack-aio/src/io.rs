@@ -1,5 +1,8 @@
 //! Readiness: waiting until a file descriptor can be read or written.
 //!
+//! Third floor: imports the wait protocol (`wait`), the readiness driver (`reactor`) and the
+//! loop proper (`runtime`, to find the reactor of the loop a registration belongs to).
+//!
 //! The sockets in [`net`](crate::net) are built on this: they try the system call first and,
 //! when the kernel says `WouldBlock`, wait for readiness and try again. That is all it takes for
 //! `std::io::Read`/`Write` code to run unchanged in a task. For your own fds (a pipe, a
@@ -43,7 +46,8 @@
 //! someone else.
 
 use crate::reactor::{Dir, Slot};
-use crate::runtime::{begin_wait, current_loop};
+use crate::runtime::current_loop;
+use crate::wait::begin_wait;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
@@ -144,18 +148,18 @@ impl Source {
             return Ok(());
         };
         let slot = match self.reg.get() {
-            Some((id, slot)) if id == w.inner.id => slot,
+            Some((id, slot)) if id == w.inner.id() => slot,
             _ => {
                 // Not registered yet, or registered with a loop of this thread that is gone
                 // (whose epoll instance went with it): register with this one. Registering
                 // reports the fd's current readiness as an edge.
                 self.ready.set(0);
-                let slot = w.inner.reactor.register(self.fd, self.ready.clone())?;
-                self.reg.set(Some((w.inner.id, slot)));
+                let slot = w.inner.reactor().register(self.fd, self.ready.clone())?;
+                self.reg.set(Some((w.inner.id(), slot)));
                 slot
             }
         };
-        w.inner.reactor.add_waiter(slot, dir, w.key);
+        w.inner.reactor().add_waiter(slot, dir, w.key);
         w.park(None);
         if self.closed.get() {
             return Err(closed_error());
@@ -188,8 +192,8 @@ impl Source {
         let Some((id, slot)) = self.reg.take() else {
             return;
         };
-        if let Some(inner) = current_loop().filter(|l| l.id == id) {
-            for k in inner.reactor.deregister(slot, self.fd) {
+        if let Some(inner) = current_loop().filter(|l| l.id() == id) {
+            for k in inner.reactor().deregister(slot, self.fd) {
                 inner.wake(k);
             }
         }

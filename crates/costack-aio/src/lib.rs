@@ -52,7 +52,7 @@
 //!   generated wrappers). [`spawn`] starts more tasks; a [`JoinHandle`] joins, detaches (drop)
 //!   or cancels one (its stack unwinds). [`call_soon`] queues a callback (QEMU's bottom half).
 //!   How waits refer to tasks, and why a stale wake-up is harmless, is explained in the source
-//!   of the `runtime` module.
+//!   of the `wait` module.
 //! * **Readiness and sockets**: [`io`] waits for fds ([`io::AsyncFd`]); [`net`] has TCP and
 //!   Unix sockets whose `Read`/`Write` yield on `WouldBlock`.
 //! * **Time** ([`time`]): [`sleep`], [`sleep_until`], [`timeout`] (abandons a block of code
@@ -60,6 +60,10 @@
 //! * **Files** ([`fs`]): [`File`] reads and writes at offsets, syncs, punches holes; each
 //!   request is issued, the task yields, and the completion re-enters it — through io_uring, or
 //!   the worker pool where io_uring is off or refused ([`IoBackend`]).
+//!   In a task, reads and writes first try the page cache without waiting (`RWF_NOWAIT`); see
+//!   [`File::set_fast_path`].
+//! * **Buffers** ([`buf`]): the thread's pool of I/O buffers, [`buf::take`] and [`buf::give`],
+//!   which `File`'s bounce buffers use too.
 //! * **Blocking work** ([`blocking`]): [`run_blocking`] runs a closure on a worker thread while
 //!   the task yields.
 //! * **Threads** ([`remote`]): a [`LoopHandle`] runs closures and spawns tasks on a loop from
@@ -93,26 +97,58 @@
 //! queued are submitted in one `io_uring_enter`, completions are reaped, and only then does
 //! the loop sleep in epoll, if nothing is ready.
 
+//!
+//! ## Floor plan (for readers of the source)
+//!
+//! Each file imports only from the floors below it; there is no import cycle.
+//!
+//! * **Ground floor** — no imports from the crate but each other's ground-floor files: `key`
+//!   (the task key of one wait), the drivers' machinery — `reactor` (epoll), `timers` (the
+//!   deadline map), `uring` (the io_uring ring), `pool` (worker threads), `mailbox` (the
+//!   cross-thread queue) — the file requests `op/` (one file per operation: its io_uring entry
+//!   beside its blocking call), and [`buf`].
+//! * **The loop proper** — `runtime`: the task table, the ready queue, the one place the loop
+//!   waits, shutdown; it composes the machinery and keeps its fields private.
+//! * **The wait protocol** — `wait`: how a task waits and is woken (the loop's side of
+//!   costack's resume contract).
+//! * **Operations** — built on `wait`: readiness ([`io`], [`net`]), file requests (`request`,
+//!   [`fs`]), worker jobs ([`blocking`]), timers ([`time`]), wakers (`waker`), [`sync`], and
+//!   tasks (`task`: [`JoinHandle`], [`TaskBuilder`]).
+//! * **Top floor** — [`remote`] ([`LoopHandle`]), `event_loop` ([`EventLoop`]) and `builder`
+//!   ([`LoopBuilder`], which composes the drivers into a loop).
+
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod blocking;
+pub mod buf;
+mod builder;
+mod event_loop;
 pub mod fs;
 pub mod io;
+mod key;
+mod mailbox;
 pub mod net;
+mod op;
+mod pool;
 mod reactor;
 pub mod remote;
+mod request;
 mod runtime;
 pub mod sync;
+mod task;
 pub mod time;
+mod timers;
 mod uring;
+mod wait;
+mod waker;
 
 pub use blocking::run_blocking;
+pub use builder::LoopBuilder;
+pub use event_loop::{call_soon, current_handle, EventLoop};
 pub use fs::{File, IoBackend};
 pub use remote::{suspend, LoopClosed, LoopHandle, RemoteJoinHandle, Waker};
-pub use runtime::{
-    call_soon, current_handle, in_task, spawn, yield_now, EventLoop, JoinError, JoinHandle,
-    LoopBuilder, TaskBuilder,
-};
+pub use task::{spawn, JoinError, JoinHandle, TaskBuilder};
 pub use time::{sleep, sleep_until, timeout, timeout_at, Elapsed, WakeableSleep};
+pub use wait::{in_task, yield_now};

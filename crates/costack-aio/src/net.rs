@@ -1,5 +1,8 @@
 //! TCP and Unix sockets whose blocking-style I/O yields the task instead of the thread.
 //!
+//! Operations floor: imports readiness (`io`, `reactor`) and timers (`time`: a Unix connect
+//! to a full backlog retries after a sleep).
+//!
 //! These types implement [`std::io::Read`] and [`std::io::Write`] (for `T` and for `&T`, so a
 //! reader and a writer task can share one socket). A call that would block yields the
 //! running task until the socket is ready, then continues; to the code that made the call it

@@ -1,5 +1,8 @@
 //! Readiness through mio: the registered fds and the tasks waiting on them.
 //!
+//! Ground floor: imports only [`key`](crate::key). The loop (`runtime`) owns the reactor and
+//! polls it; tasks wait on it through the `io` module.
+//!
 //! Every fd is registered once, edge-triggered, for both directions. A task that gets
 //! `WouldBlock` adds its key to the fd's reader or writer list and yields; an event for the fd
 //! wakes the whole list (the woken tasks retry their syscall; one that loses the race waits
@@ -15,7 +18,7 @@
 //! the `read` that would only say `EAGAIN`. Both happen on the loop's thread, the clear with no
 //! yield between the system call and it, so no edge can slip between them.
 
-use crate::runtime::TaskKey;
+use crate::key::TaskKey;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use std::cell::{Cell, RefCell};

@@ -1,5 +1,7 @@
 //! Coroutine locks that tasks of different loops — different threads — can share.
 //!
+//! Operations floor: imports only the wakers (`waker`).
+//!
 //! [`costack::sync`] has the single-thread locks: plain `Cell`s and costack's deferred
 //! wake-ups, no atomics, as fast as a lock can be when every contender lives on one thread.
 //! QEMU's `CoMutex` is also used across `AioContext`s, and that needs two things the core does
@@ -47,7 +49,7 @@
 //! assert_eq!(*counter.lock(), 200);
 //! ```
 
-use crate::remote::{prepare_park, Waker};
+use crate::waker::{prepare_park, Waker};
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::fmt;

@@ -1,5 +1,8 @@
 //! Timers: sleeping, deadlines on whole blocks of code, and sleeps that can be cut short.
 //!
+//! Third floor: imports the wait protocol (`wait`: a wait's deadline, `timeout` scopes) and the
+//! wakers (`waker`). The loop's timer map itself is in `timers`.
+//!
 //! A task that sleeps yields to the loop; the loop's wait for I/O is bounded by the nearest
 //! deadline, and when it passes the sleeper is resumed. Timers never fire early (the loop
 //! rounds its wait up and checks the clock), and those due at the same time fire in the order
@@ -30,54 +33,13 @@
 //! });
 //! ```
 
-use crate::remote::{prepare_park, Waker};
-use crate::runtime::{begin_wait, pop_timeout, push_timeout, TaskKey};
-use std::collections::BTreeMap;
+use crate::wait::{begin_wait, TimeoutScope, TimeoutUnwind};
+use crate::waker::{prepare_park, Waker};
 use std::fmt;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-/// The loop's timers: deadline and sequence number to the key they wake.
-#[derive(Default)]
-pub(crate) struct Timers {
-    map: BTreeMap<(Instant, u64), TaskKey>,
-    seq: u64,
-}
-
-impl Timers {
-    pub(crate) fn insert(&mut self, at: Instant, key: TaskKey) -> (Instant, u64) {
-        self.seq += 1;
-        let k = (at, self.seq);
-        self.map.insert(k, key);
-        k
-    }
-
-    pub(crate) fn remove(&mut self, k: (Instant, u64)) {
-        self.map.remove(&k);
-    }
-
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.map.first_key_value().map(|(k, _)| k.0)
-    }
-
-    /// The next timer due at `now`, removed.
-    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<TaskKey> {
-        let entry = self.map.first_entry()?;
-        if entry.key().0 > now {
-            return None;
-        }
-        Some(entry.remove())
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.map.clear();
-    }
-}
-
-/// The payload that unwinds a task to the `timeout` scope whose deadline passed.
-pub(crate) struct TimeoutUnwind(pub(crate) u64);
 
 /// Suspends the running task for `d`; outside any coroutine, sleeps the thread.
 ///
@@ -159,18 +121,11 @@ pub fn timeout<R>(d: Duration, f: impl FnOnce() -> R) -> Result<R, Elapsed> {
 pub fn timeout_at<R>(deadline: Instant, f: impl FnOnce() -> R) -> Result<R, Elapsed> {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    let Some((inner, task)) = push_timeout(deadline, id) else {
+    let Some(scope) = TimeoutScope::push(deadline, id) else {
         panic!("costack-aio: timeout() can only be used in a task of an event loop");
     };
-    struct Pop<'a>(&'a crate::runtime::Inner, u64, u64);
-    impl Drop for Pop<'_> {
-        fn drop(&mut self) {
-            pop_timeout(self.0, self.1, self.2);
-        }
-    }
-    let pop = Pop(&inner, task, id);
     let r = catch_unwind(AssertUnwindSafe(f));
-    drop(pop);
+    drop(scope);
     match r {
         Ok(v) => Ok(v),
         Err(p) => match p.downcast::<TimeoutUnwind>() {

@@ -1,5 +1,10 @@
 //! The io_uring driver: one ring per loop, for file I/O.
 //!
+//! Ground floor: imports only [`key`](crate::key) and the requests ([`op`](crate::op), whose
+//! files encode each request's entry). The loop (`runtime`) owns the ring, submits and reaps
+//! once per turn; the task's side of a request (start it, park, take the result, orphan it on
+//! unwind) is in the `request` module.
+//!
 //! # A request's life
 //!
 //! 1. A task calls, say, `File::read_at`. The request ([`Op`]: its buffer, its path…) moves
@@ -44,9 +49,9 @@
 //! kernel keeps the extra completions (`IORING_FEAT_NODROP`, required) and the loop flushes
 //! them with its next submit.
 
-use crate::fs::{Op, CREATE_MODE};
-use crate::runtime::{begin_wait, Inner, TaskKey, Wait};
-use io_uring::{opcode, register::Probe, types, IoUring};
+use crate::key::TaskKey;
+use crate::op::{Op, RING_OPCODES, TRUNCATE_OPCODE};
+use io_uring::{opcode, register::Probe, IoUring};
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -92,7 +97,7 @@ struct Slots {
 
 /// A request in flight: slot index and generation, as packed into `user_data`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct OpId {
+pub(crate) struct OpId {
     idx: u32,
     gen: u32,
 }
@@ -183,20 +188,13 @@ impl Uring {
         }
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
-        let needed = [
-            (opcode::Read::CODE, "IORING_OP_READ"),
-            (opcode::Write::CODE, "IORING_OP_WRITE"),
-            (opcode::Fsync::CODE, "IORING_OP_FSYNC"),
-            (opcode::Fallocate::CODE, "IORING_OP_FALLOCATE"),
-            (opcode::OpenAt::CODE, "IORING_OP_OPENAT"),
-            (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
-        ];
-        for (code, name) in needed {
+        let cancel = (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL");
+        for (code, name) in RING_OPCODES.into_iter().chain([cancel]) {
             if !probe.is_supported(code) {
                 return Err(unsupported(name));
             }
         }
-        let can_truncate = probe.is_supported(opcode::Ftruncate::CODE);
+        let can_truncate = probe.is_supported(TRUNCATE_OPCODE);
         // SAFETY: eventfd(2) takes only integers.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if efd < 0 {
@@ -266,13 +264,8 @@ impl Uring {
             let Some(slot) = slots.get(id) else {
                 continue;
             };
-            if let Some(Op::Open { opened, .. }) = &mut slot.op {
-                if res >= 0 {
-                    // SAFETY: the kernel just opened this descriptor for our request, and
-                    // nothing else knows its number; from here it is owned, and closed if the
-                    // task never takes it.
-                    *opened = Some(unsafe { OwnedFd::from_raw_fd(res) });
-                }
+            if let Some(op) = &mut slot.op {
+                op.completed(res);
             }
             match slot.state {
                 State::Pending(waiter) => {
@@ -296,61 +289,34 @@ impl Uring {
         n
     }
 
-    /// Makes room in the submission queue: submits, and if the kernel cannot take more yet,
-    /// lets the loop run a turn (which reaps completions) and tries again. Returns whether it
-    /// yielded.
-    fn reserve(&self, inner: &Inner) -> bool {
-        let mut yielded = false;
-        loop {
-            if !self.ring.borrow_mut().submission().is_full() {
-                return yielded;
-            }
-            // More requests in one turn than the ring holds: an extra submit.
-            self.submit();
-            self.reap(&mut |k| inner.wake(k));
-            if !self.ring.borrow_mut().submission().is_full() {
-                return yielded;
-            }
-            crate::runtime::yield_now();
-            yielded = true;
+    /// Makes room in the submission queue if it is full: submits, and reaps what completed
+    /// (waking tasks through `wake`). Returns whether there is room now; if not, the kernel
+    /// cannot take more yet, and the caller lets the loop run a turn before it tries again.
+    pub(crate) fn make_room(&self, wake: &mut dyn FnMut(TaskKey)) -> bool {
+        if !self.ring.borrow_mut().submission().is_full() {
+            return true;
         }
+        // More requests in one turn than the ring holds: an extra submit.
+        self.submit();
+        self.reap(wake);
+        !self.ring.borrow_mut().submission().is_full()
+    }
+
+    /// Whether the kernel has `IORING_OP_FTRUNCATE` (else `set_len` goes to a worker).
+    pub(crate) fn can_truncate(&self) -> bool {
+        self.can_truncate
     }
 
     /// Queues `op` on `fd` for the task waiting with `key`.
-    fn start(&self, fd: Option<Arc<OwnedFd>>, op: Op, key: TaskKey) -> OpId {
+    pub(crate) fn start(&self, fd: Option<Arc<OwnedFd>>, op: Op, key: TaskKey) -> OpId {
         let mut slots = self.slots.borrow_mut();
         let id = slots.alloc(op, fd, key);
         let slot = &mut slots.v[id.idx as usize];
         let raw = slot.fd.as_ref().map_or(libc::AT_FDCWD, |f| f.as_raw_fd());
         let op = slot.op.as_mut().expect("just stored");
-        let fd = types::Fd(raw);
-        // The pointers below point into the slot's `Op` (a `Vec`'s or a `CString`'s heap
-        // memory), which the slot keeps, unmoved, until the completion is reaped.
-        let sqe = match op {
-            Op::Read { buf, len, offset } => opcode::Read::new(fd, buf.as_mut_ptr(), *len as u32)
-                .offset(*offset)
-                .build(),
-            Op::Write { buf, len, offset } => opcode::Write::new(fd, buf.as_ptr(), *len as u32)
-                .offset(*offset)
-                .build(),
-            Op::Sync { data_only } => opcode::Fsync::new(fd)
-                .flags(if *data_only {
-                    types::FsyncFlags::DATASYNC
-                } else {
-                    types::FsyncFlags::empty()
-                })
-                .build(),
-            Op::Fallocate { mode, offset, len } => opcode::Fallocate::new(fd, *len)
-                .offset(*offset)
-                .mode(*mode)
-                .build(),
-            Op::Truncate { len } => opcode::Ftruncate::new(fd, *len).build(),
-            Op::Open { path, flags, .. } => opcode::OpenAt::new(fd, path.as_ptr())
-                .flags(*flags | libc::O_CLOEXEC)
-                .mode(CREATE_MODE)
-                .build(),
-        }
-        .user_data(id.user_data());
+        // The entry points into the slot's `Op` (a `Vec`'s or a `CString`'s heap memory),
+        // which the slot keeps, unmoved, until the completion is reaped.
+        let sqe = op.sqe(raw).user_data(id.user_data());
         drop(slots);
         // SAFETY: every buffer, path and descriptor the entry refers to is owned by the slot
         // `id` and stays valid until its completion is reaped (see `reap`; `orphan` does not
@@ -361,7 +327,7 @@ impl Uring {
     }
 
     /// Sets the task to wake when `id` completes.
-    fn set_waiter(&self, id: OpId, key: TaskKey) {
+    pub(crate) fn set_waiter(&self, id: OpId, key: TaskKey) {
         if let Some(s) = self.slots.borrow_mut().get(id) {
             if let State::Pending(w) = &mut s.state {
                 *w = Some(key);
@@ -370,7 +336,7 @@ impl Uring {
     }
 
     /// The result and the request, if `id` has completed (the slot is freed).
-    fn take_done(&self, id: OpId) -> Option<(i32, Op)> {
+    pub(crate) fn take_done(&self, id: OpId) -> Option<(i32, Op)> {
         let mut slots = self.slots.borrow_mut();
         let res = match slots.get(id)?.state {
             State::Done(res) => res,
@@ -384,7 +350,7 @@ impl Uring {
 
     /// The task of `id` is gone: a request still in flight keeps its slot (and buffer) until
     /// its completion, and is asked to stop; a completed one is freed now.
-    fn orphan(&self, id: OpId) {
+    pub(crate) fn orphan(&self, id: OpId) {
         let mut slots = self.slots.borrow_mut();
         let Some(s) = slots.get(id) else { return };
         match s.state {
@@ -474,63 +440,5 @@ impl Uring {
 impl Drop for Uring {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// Marks a request orphaned if its task unwinds while it is in flight.
-struct OrphanGuard<'a> {
-    uring: &'a Uring,
-    id: OpId,
-}
-
-impl Drop for OrphanGuard<'_> {
-    fn drop(&mut self) {
-        self.uring.orphan(self.id);
-    }
-}
-
-fn to_result(res: i32) -> io::Result<usize> {
-    if res < 0 {
-        Err(io::Error::from_raw_os_error(-res))
-    } else {
-        Ok(res as usize)
-    }
-}
-
-/// Runs `op` through the ring of the loop of the task waiting with `w`, yielding until it
-/// completes. Gives the wait and the request back if that loop has no ring, or the ring cannot
-/// do this request.
-#[allow(clippy::type_complexity)]
-pub(crate) fn run(
-    w: Wait,
-    fd: Option<&Arc<OwnedFd>>,
-    op: Op,
-) -> Result<(io::Result<usize>, Op), (Wait, Op)> {
-    let inner = w.inner.clone();
-    let Some(uring) = inner.uring.as_ref() else {
-        return Err((w, op));
-    };
-    if matches!(op, Op::Truncate { .. }) && !uring.can_truncate {
-        return Err((w, op));
-    }
-    // If the ring was full, `reserve` let the loop run a turn: then begin a wait anew.
-    let w = if uring.reserve(&inner) {
-        drop(w);
-        begin_wait().expect("the caller is a task")
-    } else {
-        w
-    };
-    let id = uring.start(fd.cloned(), op, w.key);
-    let guard = OrphanGuard { uring, id };
-    w.park(None);
-    loop {
-        if let Some((res, op)) = uring.take_done(id) {
-            std::mem::forget(guard);
-            return Ok((to_result(res), op));
-        }
-        // Entered by someone else (a lock's deferred wake-up): wait again.
-        let w = begin_wait().expect("the caller is a task");
-        uring.set_waiter(id, w.key);
-        w.park(None);
     }
 }

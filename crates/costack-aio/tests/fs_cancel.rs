@@ -118,7 +118,7 @@ fn unwatched(len: usize) -> Vec<u8> {
 #[test]
 fn a_cancelled_borrowed_read_keeps_its_bounce_buffer_until_the_completion() {
     // Above the loop's pooled sizes, so the bounce buffer is an allocation of exactly this.
-    const SIZE: usize = 1_234_567;
+    const SIZE: usize = costack_aio::buf::MAX_CLASS + 1_234_567;
     let _g = watch(SIZE);
     let lp = EventLoop::new();
     let backend = lp.io_backend();

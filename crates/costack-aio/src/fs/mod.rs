@@ -95,260 +95,52 @@
 //!
 //! Metadata calls ([`len`](File::len), the `fstat` behind it) run on the loop's thread: they
 //! do not wait for the device on local file systems, and QEMU's `raw` driver does the same.
+//!
+//! # The page-cache fast path
+//!
+//! Most reads of a busy server hit the page cache, where the data is a copy away. So in a task,
+//! [`read_at`](File::read_at) and [`read_at_owned`](File::read_at_owned) first try
+//! `preadv2(RWF_NOWAIT)` on the loop's thread: the kernel copies what is cached and says
+//! `EAGAIN` instead of waiting for the device. Only what it could not give goes through
+//! io_uring or the worker pool. A read of cached data thus costs one system call and does not
+//! yield the task at all. [`write_at`](File::write_at) and
+//! [`write_at_owned`](File::write_at_owned) likewise try `pwritev2(RWF_NOWAIT)`, where the file
+//! system takes buffered writes that way; the first `EOPNOTSUPP` turns that off for the `File`.
+//! Results and errors are the same either way.
+//!
+//! [`File::set_fast_path(false)`](File::set_fast_path) sends every request through the ring or
+//! the pool. Do that when copying on the loop's thread is the wrong trade: large transfers
+//! (each cached megabyte copied there delays every other task of the loop), files opened with
+//! `O_DIRECT` (there is no cache to hit), or to measure the backends themselves.
+//!
+//! # Modules behind `File`
+//!
+//! What each request is, encoded for the ring and run as a blocking call, is in the `op`
+//! module (one file per operation); the trip of a request through the ring or the pool, while
+//! the task waits, in `request`; the ring in `uring`. Bounce buffers come from
+//! [`buf`](crate::buf).
+//!
+//! Operations floor, above `request`: imports `op`, `request`, `buf` and the wait protocol
+//! (`wait`).
 
-use crate::blocking::run_blocking_in;
-use crate::runtime::{begin_wait, Inner, Wait};
+use crate::op::sys::{check_offset, einval, MAX_RW};
+use crate::op::{read, write, Op};
+use crate::request::{run_here, run_in_task};
+use crate::wait::begin_wait;
+use std::cell::Cell;
 use std::ffi::CString;
 use std::fmt;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Which path file I/O takes on a loop: see the [module docs](self#two-ways-to-the-kernel) and
-/// [`EventLoop::io_backend`](crate::EventLoop::io_backend).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IoBackend {
-    /// Requests go to the kernel through an io_uring ring owned by the loop.
-    IoUring,
-    /// Requests run as blocking system calls on the loop's worker threads.
-    ThreadPool,
-}
+pub use crate::op::{IoBackend, IO_URING_ENV};
 
-/// The environment variable that turns io_uring off for loops built without an explicit
-/// [`LoopBuilder::io_uring`](crate::LoopBuilder::io_uring) choice.
-pub const IO_URING_ENV: &str = "COSTACK_AIO_IO_URING";
-
-/// Whether the environment allows io_uring: yes unless `COSTACK_AIO_IO_URING` is `0`, `false`,
-/// `off` or `no`.
-pub(crate) fn io_uring_from_env() -> bool {
-    match std::env::var(IO_URING_ENV) {
-        Ok(v) => !matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "0" | "false" | "off" | "no"
-        ),
-        Err(_) => true,
-    }
-}
-
-/// Linux moves at most this many bytes in one read or write (`MAX_RW_COUNT`).
-pub(crate) const MAX_RW: usize = 0x7fff_f000;
-
-/// At most this many slices go to one `preadv`/`pwritev` (`IOV_MAX`).
-const IOV_MAX: usize = 1024;
-
-/// Mode bits of a file that [`File::create`] makes (before the umask), as `std` uses.
-pub(crate) const CREATE_MODE: libc::mode_t = 0o666;
-
-// ---------------------------------------------------------------------------------------------
-// Requests
-
-/// One request, with everything the kernel may touch while it is in flight. It is owned by
-/// whoever runs it (the loop's ring, or a worker thread) until it completes, then given back.
-pub(crate) enum Op {
-    /// `pread` into `buf[..len]`.
-    Read {
-        buf: Vec<u8>,
-        len: usize,
-        offset: u64,
-    },
-    /// `pwrite` from `buf[..len]`.
-    Write {
-        buf: Vec<u8>,
-        len: usize,
-        offset: u64,
-    },
-    /// `fsync`, or `fdatasync` with `data_only`.
-    Sync { data_only: bool },
-    /// `fallocate(fd, mode, offset, len)`.
-    Fallocate { mode: i32, offset: u64, len: u64 },
-    /// `ftruncate(fd, len)`.
-    Truncate { len: u64 },
-    /// `openat(AT_FDCWD, path, flags | O_CLOEXEC, 0666)`; the new descriptor goes to `opened`
-    /// as soon as the request completes, so that it is closed if nobody takes it (a task
-    /// cancelled while its open was in flight).
-    Open {
-        path: CString,
-        flags: i32,
-        opened: Option<OwnedFd>,
-    },
-}
-
-fn cvt(r: isize) -> io::Result<usize> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
-}
-
-/// Retries `f` while it fails with `EINTR`.
-fn retry(mut f: impl FnMut() -> isize) -> io::Result<usize> {
-    loop {
-        match cvt(f()) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
-}
-
-/// `pread(2)` into `buf`; on a descriptor that cannot seek, `read(2)` (as io_uring does).
-fn pread(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let len = buf.len().min(MAX_RW);
-    // SAFETY: `buf` is valid for writes of `len` bytes for the whole call.
-    let r = retry(|| unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), len, offset as i64) });
-    match r {
-        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
-            // SAFETY: as above.
-            retry(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), len) })
-        }
-        r => r,
-    }
-}
-
-/// `pwrite(2)` from `buf`; on a descriptor that cannot seek, `write(2)`.
-fn pwrite(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
-    let len = buf.len().min(MAX_RW);
-    // SAFETY: `buf` is valid for reads of `len` bytes for the whole call.
-    let r = retry(|| unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len, offset as i64) });
-    match r {
-        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
-            // SAFETY: as above.
-            retry(|| unsafe { libc::write(fd, buf.as_ptr().cast(), len) })
-        }
-        r => r,
-    }
-}
-
-/// Runs `op` as a blocking system call on the calling thread.
-pub(crate) fn exec_blocking(fd: RawFd, op: &mut Op) -> io::Result<usize> {
-    match op {
-        Op::Read { buf, len, offset } => pread(fd, &mut buf[..*len], *offset),
-        Op::Write { buf, len, offset } => pwrite(fd, &buf[..*len], *offset),
-        Op::Sync { data_only } => {
-            // SAFETY: fsync/fdatasync take only a descriptor.
-            retry(|| unsafe {
-                (if *data_only {
-                    libc::fdatasync(fd)
-                } else {
-                    libc::fsync(fd)
-                }) as isize
-            })
-        }
-        Op::Fallocate { mode, offset, len } => {
-            // SAFETY: fallocate takes only integers.
-            retry(|| unsafe { libc::fallocate(fd, *mode, *offset as i64, *len as i64) as isize })
-        }
-        Op::Truncate { len } => {
-            let len = i64::try_from(*len).map_err(|_| einval())?;
-            // SAFETY: ftruncate takes only integers.
-            retry(|| unsafe { libc::ftruncate(fd, len) as isize })
-        }
-        Op::Open {
-            path,
-            flags,
-            opened,
-        } => {
-            let flags = *flags | libc::O_CLOEXEC;
-            // SAFETY: `path` is a valid NUL-terminated string for the whole call.
-            let new = retry(|| unsafe {
-                libc::open(path.as_ptr(), flags, CREATE_MODE as libc::c_uint) as isize
-            })?;
-            // SAFETY: open(2) just returned this descriptor; nothing else owns it.
-            *opened = Some(unsafe { OwnedFd::from_raw_fd(new as RawFd) });
-            Ok(new)
-        }
-    }
-}
-
-fn einval() -> io::Error {
-    io::Error::from_raw_os_error(libc::EINVAL)
-}
-
-/// Offsets above `i64::MAX` are `EINVAL` on every path (io_uring would read `u64::MAX` as "the
-/// file position").
-fn check_offset(offset: u64) -> io::Result<()> {
-    if offset > i64::MAX as u64 {
-        return Err(einval());
-    }
-    Ok(())
-}
-
-/// Runs `op` on the loop of the task waiting with `w`: through the ring if the loop has one,
-/// else on a worker thread. `fd` is `None` only for `Op::Open`.
-fn run_in_task(w: Wait, fd: Option<&Arc<OwnedFd>>, op: Op) -> (io::Result<usize>, Op) {
-    let (w, op) = match crate::uring::run(w, fd, op) {
-        Ok(done) => return done,
-        Err(back) => back,
-    };
-    let fd = fd.cloned();
-    run_blocking_in(w, move || {
-        let mut op = op;
-        let raw = fd.as_ref().map_or(libc::AT_FDCWD, |f| f.as_raw_fd());
-        let r = exec_blocking(raw, &mut op);
-        drop(fd); // the descriptor stays open while the worker uses it
-        (r, op)
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Bounce buffers
-
-/// The loop's free bounce buffers, by size class (powers of two from 4 KiB to 1 MiB). Each
-/// class keeps at most 4 MiB. Larger transfers get a buffer of their own.
-#[derive(Default)]
-pub(crate) struct BufPool {
-    classes: [Vec<Vec<u8>>; CLASSES],
-}
-
-const MIN_CLASS_SHIFT: u32 = 12;
-const CLASSES: usize = 9;
-const MAX_CLASS: usize = 1 << (MIN_CLASS_SHIFT as usize + CLASSES - 1);
-const CLASS_BYTES: usize = 4 << 20;
-
-impl BufPool {
-    fn class(len: usize) -> Option<usize> {
-        if len > MAX_CLASS {
-            return None;
-        }
-        let size = len.max(1 << MIN_CLASS_SHIFT).next_power_of_two();
-        Some((size.trailing_zeros() - MIN_CLASS_SHIFT) as usize)
-    }
-
-    /// A buffer of at least `len` bytes.
-    pub(crate) fn take(&mut self, len: usize) -> Vec<u8> {
-        match Self::class(len) {
-            Some(c) => self.classes[c]
-                .pop()
-                .unwrap_or_else(|| vec![0; 1 << (c as u32 + MIN_CLASS_SHIFT)]),
-            None => vec![0; len],
-        }
-    }
-
-    /// Keeps `buf` for reuse if it is one of ours and the class has room.
-    pub(crate) fn give(&mut self, buf: Vec<u8>) {
-        let len = buf.len();
-        if !len.is_power_of_two() {
-            return;
-        }
-        if let Some(c) = Self::class(len) {
-            if len == 1 << (c as u32 + MIN_CLASS_SHIFT) && self.classes[c].len() * len < CLASS_BYTES
-            {
-                self.classes[c].push(buf);
-            }
-        }
-    }
-}
-
-fn take_buf(inner: &Inner, len: usize) -> Vec<u8> {
-    inner.bufs.borrow_mut().take(len)
-}
-
-fn give_buf(inner: &Inner, buf: Vec<u8>) {
-    inner.bufs.borrow_mut().give(buf);
-}
+mod fast;
+mod vectored;
 
 // ---------------------------------------------------------------------------------------------
 // File
@@ -392,6 +184,12 @@ fn give_buf(inner: &Inner, buf: Vec<u8>) {
 pub struct File {
     /// Shared with the requests in flight, so that the descriptor outlives them.
     fd: Arc<OwnedFd>,
+    /// Try `RWF_NOWAIT` first (the page-cache fast path); see [`File::set_fast_path`].
+    fast: Cell<bool>,
+    /// `preadv2(RWF_NOWAIT)` works on this file (cleared on the first "unsupported" error).
+    nowait_reads: Cell<bool>,
+    /// `pwritev2(RWF_NOWAIT)` works on this file (cleared on the first "unsupported" error).
+    nowait_writes: Cell<bool>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -399,6 +197,9 @@ impl File {
     fn from_owned(fd: OwnedFd) -> File {
         File {
             fd: Arc::new(fd),
+            fast: Cell::new(true),
+            nowait_reads: Cell::new(true),
+            nowait_writes: Cell::new(true),
             _not_send: PhantomData,
         }
     }
@@ -417,11 +218,7 @@ impl File {
         };
         let (r, op) = match begin_wait() {
             Some(w) => run_in_task(w, None, op),
-            None => {
-                let mut op = op;
-                let r = exec_blocking(libc::AT_FDCWD, &mut op);
-                (r, op)
-            }
+            None => run_here(None, op),
         };
         r?;
         match op {
@@ -471,79 +268,69 @@ impl File {
     fn run(&self, op: Op) -> (io::Result<usize>, Op) {
         match begin_wait() {
             Some(w) => run_in_task(w, Some(&self.fd), op),
-            None => {
-                let mut op = op;
-                let r = exec_blocking(self.raw(), &mut op);
-                (r, op)
-            }
+            None => run_here(Some(&self.fd), op),
         }
+    }
+
+    /// Turns the page-cache fast path on or off for this `File` (on by default): whether reads
+    /// and writes in a task first try `preadv2`/`pwritev2` with `RWF_NOWAIT` on the loop's
+    /// thread, before they go through io_uring or the worker pool. See the
+    /// [module docs](self#the-page-cache-fast-path) for when to turn it off.
+    ///
+    /// ```
+    /// use costack_aio::{EventLoop, File};
+    ///
+    /// let lp = EventLoop::new();
+    /// lp.block_on(|| {
+    ///     let f = File::open("/proc/self/stat").unwrap();
+    ///     assert!(f.fast_path());
+    ///     f.set_fast_path(false); // every read goes through the ring or the pool
+    ///     let mut buf = [0; 16];
+    ///     assert!(f.read_at(&mut buf, 0).unwrap() > 0);
+    /// });
+    /// ```
+    pub fn set_fast_path(&self, enabled: bool) {
+        self.fast.set(enabled);
+    }
+
+    /// Whether the page-cache fast path is on for this `File` (see
+    /// [`set_fast_path`](File::set_fast_path)).
+    pub fn fast_path(&self) -> bool {
+        self.fast.get()
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; returns how many (`0` at or past the end of
     /// the file). Like `pread(2)`.
     ///
-    /// In a task, the data comes through a bounce buffer that the loop owns, so a cancelled or
-    /// timed-out task's `buf` is never written after it is gone. Use
-    /// [`read_at_owned`](File::read_at_owned) to avoid the copy.
+    /// In a task, what the page cache holds is copied at once (see the
+    /// [fast path](self#the-page-cache-fast-path)); the rest comes through a bounce buffer that
+    /// the loop owns, so a cancelled or timed-out task's `buf` is never written after it is
+    /// gone. Use [`read_at_owned`](File::read_at_owned) to avoid that copy.
     ///
     /// # Errors
     /// The kernel's: `EBADF` if the file is not open for reading, `EISDIR`, `EIO`, …
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         check_offset(offset)?;
-        let Some(w) = begin_wait() else {
-            return pread(self.raw(), buf, offset);
-        };
-        let len = buf.len().min(MAX_RW);
-        let inner = w.inner.clone();
-        let bounce = take_buf(&inner, len);
-        let (r, op) = run_in_task(
-            w,
-            Some(&self.fd),
-            Op::Read {
-                buf: bounce,
-                len,
-                offset,
-            },
-        );
-        let Op::Read { buf: bounce, .. } = op else {
-            unreachable!()
-        };
-        if let Ok(n) = r {
-            buf[..n].copy_from_slice(&bounce[..n]);
+        match begin_wait() {
+            Some(w) => self.read_in_task(w, buf, offset),
+            None => read::blocking(self.raw(), buf, offset),
         }
-        give_buf(&inner, bounce);
-        r
     }
 
     /// Writes up to `buf.len()` bytes at `offset`; returns how many. Like `pwrite(2)` (on a
     /// file opened with `O_APPEND` the data goes to the end, whatever `offset`).
     ///
-    /// In a task the data is copied into a buffer the loop owns first.
+    /// In a task, the [fast path](self#the-page-cache-fast-path) is tried first; otherwise the
+    /// data is copied into a buffer the loop owns.
     ///
     /// # Errors
     /// The kernel's: `EBADF` if the file is not open for writing, `ENOSPC`, `EFBIG`, `EIO`, …
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         check_offset(offset)?;
-        let Some(w) = begin_wait() else {
-            return pwrite(self.raw(), buf, offset);
-        };
-        let len = buf.len().min(MAX_RW);
-        let inner = w.inner.clone();
-        let mut bounce = take_buf(&inner, len);
-        bounce[..len].copy_from_slice(&buf[..len]);
-        let (r, op) = run_in_task(
-            w,
-            Some(&self.fd),
-            Op::Write {
-                buf: bounce,
-                len,
-                offset,
-            },
-        );
-        if let Op::Write { buf, .. } = op {
-            give_buf(&inner, buf);
+        match begin_wait() {
+            Some(w) => self.write_in_task(w, buf, offset),
+            None => write::blocking(self.raw(), buf, offset),
         }
-        r
     }
 
     /// Fills `buf` from `offset`, reading as often as it takes.
@@ -597,121 +384,13 @@ impl File {
         Ok(())
     }
 
-    /// Reads into `bufs` in order, from `offset` on; returns how many bytes in all. Like
-    /// `preadv(2)`. In a task this is one read of the total length into a bounce buffer,
-    /// scattered into `bufs` when it completes.
-    ///
-    /// # Errors
-    /// As [`read_at`](File::read_at).
-    pub fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<usize> {
-        check_offset(offset)?;
-        let Some(w) = begin_wait() else {
-            let n = bufs.len().min(IOV_MAX) as libc::c_int;
-            let iov = bufs.as_ptr().cast::<libc::iovec>();
-            // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix, and each slice is
-            // valid for writes of its length for the whole call.
-            let r = retry(|| unsafe { libc::preadv(self.raw(), iov, n, offset as i64) });
-            return match r {
-                // A descriptor that cannot seek reads its stream.
-                Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
-                    // SAFETY: as above.
-                    retry(|| unsafe { libc::readv(self.raw(), iov, n) })
-                }
-                r => r,
-            };
-        };
-        let total = bufs
-            .iter()
-            .fold(0usize, |a, b| a.saturating_add(b.len()))
-            .min(MAX_RW);
-        let inner = w.inner.clone();
-        let bounce = take_buf(&inner, total);
-        let (r, op) = run_in_task(
-            w,
-            Some(&self.fd),
-            Op::Read {
-                buf: bounce,
-                len: total,
-                offset,
-            },
-        );
-        let Op::Read { buf: bounce, .. } = op else {
-            unreachable!()
-        };
-        if let Ok(n) = r {
-            let mut src = &bounce[..n];
-            for b in bufs.iter_mut() {
-                if src.is_empty() {
-                    break;
-                }
-                let k = b.len().min(src.len());
-                b[..k].copy_from_slice(&src[..k]);
-                src = &src[k..];
-            }
-        }
-        give_buf(&inner, bounce);
-        r
-    }
-
-    /// Writes `bufs` in order, from `offset` on; returns how many bytes in all. Like
-    /// `pwritev(2)`. In a task the slices are gathered into one loop-owned buffer and written
-    /// with one request.
-    ///
-    /// # Errors
-    /// As [`write_at`](File::write_at).
-    pub fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<usize> {
-        check_offset(offset)?;
-        let Some(w) = begin_wait() else {
-            let n = bufs.len().min(IOV_MAX) as libc::c_int;
-            let iov = bufs.as_ptr().cast::<libc::iovec>();
-            // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and each slice is valid
-            // for reads of its length for the whole call.
-            let r = retry(|| unsafe { libc::pwritev(self.raw(), iov, n, offset as i64) });
-            return match r {
-                // A descriptor that cannot seek writes its stream.
-                Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
-                    // SAFETY: as above.
-                    retry(|| unsafe { libc::writev(self.raw(), iov, n) })
-                }
-                r => r,
-            };
-        };
-        let total = bufs
-            .iter()
-            .fold(0usize, |a, b| a.saturating_add(b.len()))
-            .min(MAX_RW);
-        let inner = w.inner.clone();
-        let mut bounce = take_buf(&inner, total);
-        let mut at = 0;
-        for b in bufs {
-            let k = b.len().min(total - at);
-            bounce[at..at + k].copy_from_slice(&b[..k]);
-            at += k;
-            if at == total {
-                break;
-            }
-        }
-        let (r, op) = run_in_task(
-            w,
-            Some(&self.fd),
-            Op::Write {
-                buf: bounce,
-                len: total,
-                offset,
-            },
-        );
-        if let Op::Write { buf, .. } = op {
-            give_buf(&inner, buf);
-        }
-        r
-    }
-
     /// Reads up to `buf.len()` bytes at `offset` straight into `buf` (no copy) and gives the
     /// buffer back with the count. The buffer's length is the request: `buf.len()` bytes are
     /// asked for, `buf[..n]` hold the data, the rest is left as it was.
     ///
-    /// While the request is in flight the `Vec` belongs to the loop: if the task is cancelled,
-    /// it is freed only when the completion arrives.
+    /// In a task, the [fast path](self#the-page-cache-fast-path) reads what is cached straight
+    /// into `buf` first. While a request is in flight the `Vec` belongs to the loop: if the
+    /// task is cancelled, it is freed only when the completion arrives.
     ///
     /// ```
     /// use costack_aio::{EventLoop, File};
@@ -730,10 +409,21 @@ impl File {
             return (Err(e), buf);
         }
         let Some(w) = begin_wait() else {
-            let r = pread(self.raw(), &mut buf, offset);
+            let r = read::blocking(self.raw(), &mut buf, offset);
             return (r, buf);
         };
         let len = buf.len().min(MAX_RW);
+        match self.read_nowait(&mut buf[..len], offset) {
+            Some(n) if n == len || n == 0 || self.ends_at(offset + n as u64) => {
+                return (Ok(n), buf)
+            }
+            Some(n) => {
+                // Part of it was cached: the rest through a bounce buffer.
+                let rest = self.read_slow(w, &mut buf[n..len], offset + n as u64);
+                return (Ok(n + rest.unwrap_or(0)), buf);
+            }
+            None => {}
+        }
         let (r, op) = run_in_task(w, Some(&self.fd), Op::Read { buf, len, offset });
         let Op::Read { buf, .. } = op else {
             unreachable!()
@@ -749,10 +439,18 @@ impl File {
             return (Err(e), buf);
         }
         let Some(w) = begin_wait() else {
-            let r = pwrite(self.raw(), &buf, offset);
+            let r = write::blocking(self.raw(), &buf, offset);
             return (r, buf);
         };
         let len = buf.len().min(MAX_RW);
+        match self.write_nowait(&buf[..len], offset) {
+            Some(n) if n == len => return (Ok(n), buf),
+            Some(n) if n > 0 => {
+                let rest = self.write_slow(w, &buf[n..len], offset + n as u64);
+                return (Ok(n + rest.unwrap_or(0)), buf);
+            }
+            _ => {}
+        }
         let (r, op) = run_in_task(w, Some(&self.fd), Op::Write { buf, len, offset });
         let Op::Write { buf, .. } = op else {
             unreachable!()

@@ -1,0 +1,118 @@
+//! Reusable I/O buffers: one pool per thread, for the transfers of the loop's tasks.
+//!
+//! Ground floor: imports nothing from this crate.
+//!
+//! Servers that move data in fixed-size pieces (a block device's 4 KiB reads, a protocol's
+//! 1 MiB frames) allocate and free the same sizes over and over. [`take`] hands out a buffer
+//! from the calling thread's pool and [`give`] puts one back, so that a busy loop recycles a
+//! few buffers instead of going to the allocator for every request. [`File`](crate::File)'s
+//! bounce buffers come from here too.
+//!
+//! ```
+//! let mut buf = costack_aio::buf::take(4096);
+//! assert_eq!(buf.len(), 4096);
+//! buf[0] = 1; // contents unspecified: a reused buffer holds old data
+//! costack_aio::buf::give(buf); // the next take(4096) on this thread gets it back
+//! ```
+//!
+//! # Size classes
+//!
+//! Buffers are kept by *capacity*, in powers of two from 4 KiB ([`MIN_CLASS`]) to 2 MiB
+//! ([`MAX_CLASS`]); `take(len)` returns a buffer of `len` bytes whose capacity is `len`
+//! rounded up to its class. Each class keeps up to 4 MiB of idle buffers (1 024 of 4 KiB, two
+//! of 2 MiB), and at least two. Requests above 2 MiB get a buffer of their own, and `give`
+//! drops what is not of a class (or finds its class full).
+//!
+//! Per thread, not per loop: one loop per thread means one pool per loop, and a buffer given
+//! back on another thread (a worker's) simply goes to that thread's pool. The pool takes no
+//! lock; the bookkeeping is one thread-local access.
+//!
+//! When to use it: for buffers that live as long as one request and whose sizes repeat. A
+//! buffer kept for a long time (a connection's read buffer) gains nothing.
+
+use std::cell::RefCell;
+
+/// The smallest size class, in bytes: smaller requests get a buffer of this capacity.
+pub const MIN_CLASS: usize = 1 << MIN_SHIFT;
+/// The largest size class, in bytes: larger requests get a buffer of their own, never kept.
+pub const MAX_CLASS: usize = 1 << MAX_SHIFT;
+
+const MIN_SHIFT: u32 = 12;
+const MAX_SHIFT: u32 = 21;
+const CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
+/// The idle bytes a class keeps.
+const CLASS_BYTES: usize = 4 << 20;
+
+/// The free buffers of one thread, by size class. Each stored buffer's length is its
+/// capacity, a class size.
+///
+/// The policy is in [`Pool::keep`]: a memory budget across classes, or trimming buffers idle
+/// for long, would go there and in [`Pool::has_room`], without changing the public functions.
+struct Pool {
+    classes: [Vec<Vec<u8>>; CLASSES],
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = const {
+        RefCell::new(Pool {
+            classes: [const { Vec::new() }; CLASSES],
+        })
+    };
+}
+
+/// The class of a buffer of capacity `cap`, if it is one of ours.
+fn class_of(cap: usize) -> Option<usize> {
+    let shift = cap.trailing_zeros();
+    (cap.is_power_of_two() && (MIN_SHIFT..=MAX_SHIFT).contains(&shift))
+        .then(|| (shift - MIN_SHIFT) as usize)
+}
+
+impl Pool {
+    /// How many idle buffers class `c` keeps.
+    fn keep(c: usize) -> usize {
+        (CLASS_BYTES >> (c as u32 + MIN_SHIFT)).max(2)
+    }
+
+    fn take(&mut self, c: usize) -> Option<Vec<u8>> {
+        self.classes[c].pop()
+    }
+
+    /// Whether class `c` keeps another idle buffer.
+    fn has_room(&self, c: usize) -> bool {
+        self.classes[c].len() < Pool::keep(c)
+    }
+}
+
+/// A buffer of `len` bytes from this thread's pool (contents unspecified: zeroes when it is
+/// new, old data when it is reused). Its capacity is `len` rounded up to a size class, so
+/// that [`give`] can keep it; above [`MAX_CLASS`] it is a new allocation of exactly `len`.
+#[inline]
+pub fn take(len: usize) -> Vec<u8> {
+    let cap = len.max(MIN_CLASS).next_power_of_two();
+    let Some(c) = class_of(cap) else {
+        return vec![0u8; len];
+    };
+    // (A thread being torn down may have lost its pool already: then allocate.)
+    let reused = POOL.try_with(|p| p.borrow_mut().take(c)).ok().flatten();
+    let mut v = reused.unwrap_or_else(|| vec![0u8; cap]);
+    v.truncate(len);
+    v
+}
+
+/// Gives a buffer back to this thread's pool for reuse; dropped if its capacity is not a size
+/// class (see the [module docs](self#size-classes)) or the class is full. Any `Vec<u8>` may be
+/// given, not only those from [`take`].
+#[inline]
+pub fn give(mut v: Vec<u8>) {
+    let cap = v.capacity();
+    let Some(c) = class_of(cap) else { return };
+    let _ = POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if p.has_room(c) {
+            // Only the tail beyond the length is written (for buffers used at their class
+            // size: nothing).
+            v.resize(cap, 0);
+            p.classes[c].push(v);
+        }
+    });
+}

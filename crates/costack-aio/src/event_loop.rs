@@ -1,0 +1,154 @@
+//! The public loop: [`EventLoop`], and the free functions that reach the thread's loop.
+//!
+//! Top floor: imports the loop proper (`runtime`), tasks (`task`) and the
+//! [`LoopHandle`](crate::LoopHandle) (`remote`). How a loop is built is in the `builder`
+//! module; how it runs (the ready queue, the one place it waits, shutdown) in `runtime`.
+
+use crate::op::IoBackend;
+use crate::remote::LoopHandle;
+use crate::runtime::{clear_current, current_loop, expect_loop, Inner};
+use crate::task::{spawn_on, JoinHandle, TaskBuilder};
+use std::fmt;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+
+/// An event loop: runs coroutines (tasks) and resumes them when what they wait for is ready.
+///
+/// One per thread, like QEMU's `AioContext`: creating it makes it the thread's loop, which the
+/// free functions of this crate ([`spawn`](crate::spawn), [`sleep`](crate::sleep), the sockets…) use. It is
+/// bound to its thread (`!Send`); other threads reach it through a [`LoopHandle`].
+///
+/// The loop runs only inside [`block_on`](EventLoop::block_on) (or a
+/// [`join`](JoinHandle::join) outside any coroutine). Dropping it drops every task on it: the
+/// stacks of suspended tasks unwind, so their sockets close and their guards release; queued
+/// callbacks and messages from other threads are dropped unrun, and the worker threads of
+/// [`run_blocking`](crate::run_blocking) exit once their current job is done. Destructors that
+/// run during that unwinding must not wait (there is no loop left to wake them).
+///
+/// ```
+/// use costack_aio::EventLoop;
+///
+/// let lp = EventLoop::new();
+/// let n = lp.block_on(|| {
+///     let h = costack_aio::spawn(|| 6 * 7);
+///     h.join()
+/// });
+/// assert_eq!(n, 42);
+/// ```
+pub struct EventLoop {
+    inner: Rc<Inner>,
+}
+
+impl EventLoop {
+    /// Wraps a loop that was just made the thread's loop.
+    pub(crate) fn from_inner(inner: Rc<Inner>) -> EventLoop {
+        EventLoop { inner }
+    }
+}
+
+impl EventLoop {
+    /// Runs `f` as a task and drives the loop until it returns; returns its value, or
+    /// continues its panic. Other tasks run meanwhile; those still unfinished when `f` returns
+    /// stay on the loop, suspended until the next `block_on`.
+    ///
+    /// This is how synchronous code calls coroutine code (QEMU's generated `bdrv_*` wrappers):
+    /// called from inside a coroutine, `block_on` just calls `f`.
+    ///
+    /// # Panics
+    /// Continuing `f`'s panic; and if the loop is already running (called from a
+    /// [`call_soon`](EventLoop::call_soon) callback).
+    pub fn block_on<F, T>(&self, f: F) -> T
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        if costack::in_coroutine() {
+            return f();
+        }
+        let h = spawn_on(&self.inner, &TaskBuilder::new(), f);
+        h.drive(&self.inner);
+        h.join()
+    }
+
+    /// Spawns `f` as a task of this loop; it starts when the loop next runs.
+    pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        spawn_on(&self.inner, &TaskBuilder::new(), f)
+    }
+
+    /// Queues `f` to run on the loop's thread, outside any coroutine, in FIFO order with the
+    /// tasks that are ready (QEMU's bottom halves). It cannot wait; it can spawn or wake.
+    pub fn call_soon(&self, f: impl FnOnce() + 'static) {
+        self.inner.call_soon(Box::new(f));
+    }
+
+    /// A handle other threads can use to run closures and spawn tasks on this loop.
+    pub fn handle(&self) -> LoopHandle {
+        LoopHandle::new(self.inner.remote().clone())
+    }
+
+    /// How many tasks the loop holds (running, ready or waiting).
+    pub fn task_count(&self) -> usize {
+        self.inner.task_count()
+    }
+
+    /// Which path file I/O ([`fs::File`](crate::fs::File)) takes on this loop: io_uring, or
+    /// the worker pool. See [`LoopBuilder::io_uring`](crate::LoopBuilder::io_uring).
+    ///
+    /// ```
+    /// use costack_aio::{EventLoop, IoBackend};
+    ///
+    /// let lp = EventLoop::new();
+    /// match lp.io_backend() {
+    ///     IoBackend::IoUring => println!("requests go to the kernel's ring"),
+    ///     IoBackend::ThreadPool => println!("requests run on worker threads"),
+    /// }
+    /// ```
+    pub fn io_backend(&self) -> IoBackend {
+        self.inner.io_backend()
+    }
+
+    /// Why this loop does not use io_uring although it was allowed to (the error of
+    /// `io_uring_setup`, or the missing kernel feature); `None` when it uses io_uring or was told
+    /// not to.
+    pub fn io_uring_unavailable_reason(&self) -> Option<&str> {
+        self.inner.io_uring_error()
+    }
+}
+
+impl fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("id", &self.inner.id())
+            .field("tasks", &self.task_count())
+            .finish()
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        // The thread-local pointer stays set while tasks unwind: their destructors
+        // (deregistering sockets, removing timers) use the loop.
+        let r = catch_unwind(AssertUnwindSafe(|| self.inner.shutdown()));
+        clear_current(&self.inner);
+        if let Err(p) = r {
+            resume_unwind(p);
+        }
+    }
+}
+
+/// Queues `f` on this thread's event loop: see [`EventLoop::call_soon`].
+///
+/// # Panics
+/// If the thread has no event loop.
+pub fn call_soon(f: impl FnOnce() + 'static) {
+    expect_loop("call_soon").call_soon(Box::new(f));
+}
+
+/// A [`LoopHandle`] to this thread's event loop, if it has one.
+pub fn current_handle() -> Option<LoopHandle> {
+    current_loop().map(|l| LoopHandle::new(l.remote().clone()))
+}

@@ -1,0 +1,53 @@
+//! `read`: a positional read into a buffer, on the ring, on a worker, and on the page cache.
+//!
+//! Ground floor: imports only [`sys`](super::sys).
+
+use super::sys::{cvt, retry, MAX_RW};
+use io_uring::{opcode, squeue, types};
+use std::io;
+use std::os::fd::RawFd;
+
+/// The ring's opcode for this request.
+pub(crate) const OPCODE: u8 = opcode::Read::CODE;
+
+/// The submission queue entry: read `len` bytes at `offset` into `buf`.
+///
+/// The entry points into `buf`: the caller keeps it alive and unmoved until the completion.
+pub(crate) fn sqe(fd: types::Fd, buf: *mut u8, len: usize, offset: u64) -> squeue::Entry {
+    opcode::Read::new(fd, buf, len as u32)
+        .offset(offset)
+        .build()
+}
+
+/// `pread(2)` into `buf`; on a descriptor that cannot seek, `read(2)` (as io_uring does).
+pub(crate) fn blocking(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let len = buf.len().min(MAX_RW);
+    // SAFETY: `buf` is valid for writes of `len` bytes for the whole call.
+    let r = retry(|| unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), len, offset as i64) });
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
+            // SAFETY: as above.
+            retry(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), len) })
+        }
+        r => r,
+    }
+}
+
+/// One `preadv2(.., RWF_NOWAIT)` into `buf`: what the page cache holds, without waiting for
+/// the device. `EAGAIN` when the data is not cached; `EOPNOTSUPP` (or `EINVAL`, `ENOSYS` on
+/// old kernels) where the file cannot be read that way.
+pub(crate) fn nowait(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len().min(MAX_RW),
+    };
+    loop {
+        // SAFETY: the iovec describes `buf`, which is writable and exclusively borrowed for
+        // the whole (synchronous) call.
+        let r = unsafe { libc::preadv2(fd, &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
+        match cvt(r as isize) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! `write`: a positional write from a buffer, on the ring, on a worker, and into the page
+//! cache.
+//!
+//! Ground floor: imports only [`sys`](super::sys).
+
+use super::sys::{cvt, retry, MAX_RW};
+use io_uring::{opcode, squeue, types};
+use std::io;
+use std::os::fd::RawFd;
+
+/// The ring's opcode for this request.
+pub(crate) const OPCODE: u8 = opcode::Write::CODE;
+
+/// The submission queue entry: write `len` bytes of `buf` at `offset`.
+///
+/// The entry points into `buf`: the caller keeps it alive and unmoved until the completion.
+pub(crate) fn sqe(fd: types::Fd, buf: *const u8, len: usize, offset: u64) -> squeue::Entry {
+    opcode::Write::new(fd, buf, len as u32)
+        .offset(offset)
+        .build()
+}
+
+/// `pwrite(2)` from `buf`; on a descriptor that cannot seek, `write(2)`.
+pub(crate) fn blocking(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
+    let len = buf.len().min(MAX_RW);
+    // SAFETY: `buf` is valid for reads of `len` bytes for the whole call.
+    let r = retry(|| unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len, offset as i64) });
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
+            // SAFETY: as above.
+            retry(|| unsafe { libc::write(fd, buf.as_ptr().cast(), len) })
+        }
+        r => r,
+    }
+}
+
+/// One `pwritev2(.., RWF_NOWAIT)` from `buf`: a write that the kernel can take without
+/// waiting (into the page cache, where the file system supports it). `EAGAIN` when it would
+/// wait; `EOPNOTSUPP` where the file system cannot write that way.
+pub(crate) fn nowait(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_ptr().cast_mut().cast(),
+        iov_len: buf.len().min(MAX_RW),
+    };
+    loop {
+        // SAFETY: the iovec describes `buf`, which stays borrowed for the whole (synchronous)
+        // call; the kernel only reads from it.
+        let r = unsafe { libc::pwritev2(fd, &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
+        match cvt(r as isize) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The page-cache fast path of `File`: in a task, reads (and writes, where the file system
+//! takes them) first try `RWF_NOWAIT` on the loop's thread, and only what the kernel cannot do
+//! at once goes through io_uring or the worker pool. Observable from the outside: a read of
+//! cached data completes without the task yielding (another ready task has not run yet), one of
+//! data that is not cached yields; the results are the same either way. Runs on both backends
+//! (`COSTACK_AIO_IO_URING=0` for the worker pool).
+
+use costack_aio::{spawn, EventLoop, File};
+use std::cell::Cell;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+fn temp_file(name: &str, data: &[u8]) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("costack-fast-{name}-{}", std::process::id()));
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+}
+
+/// Whether this file system gives cached data to `preadv2(RWF_NOWAIT)`.
+fn nowait_reads_work(f: &std::fs::File) -> bool {
+    let mut b = [0u8; 1];
+    let iov = libc::iovec {
+        iov_base: b.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: the iovec describes `b`, writable for the whole call.
+    let r = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
+    r == 1
+}
+
+/// Drops the file's pages from the page cache (after writing them back).
+fn evict(path: &Path, offset: i64, len: i64) {
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: posix_fadvise takes only integers.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0);
+}
+
+/// Opens `path` in a task, then runs `read` on it beside another ready task; returns what it
+/// read and whether the other task ran meanwhile (that is, whether the read yielded).
+fn read_beside_a_ready_task<T: 'static>(
+    path: &Path,
+    read: impl FnOnce(&File) -> T + 'static,
+) -> (T, bool) {
+    let path = path.to_owned();
+    let lp = EventLoop::new();
+    lp.block_on(move || {
+        let f = File::open(&path).unwrap();
+        let ran = Rc::new(Cell::new(false));
+        let other = spawn({
+            let ran = ran.clone();
+            move || ran.set(true)
+        });
+        let out = read(&f);
+        let yielded = ran.get();
+        other.join();
+        (out, yielded)
+    })
+}
+
+#[test]
+fn a_read_of_cached_data_completes_without_yielding() {
+    let data = pattern(3 * 4096 + 100);
+    let path = temp_file("cached", &data);
+    if !nowait_reads_work(&std::fs::File::open(&path).unwrap()) {
+        eprintln!("skipped: this file system does not read with RWF_NOWAIT");
+        return;
+    }
+    let ((borrowed, owned), yielded) = read_beside_a_ready_task(&path, |f| {
+        assert!(f.fast_path());
+        let mut buf = vec![0u8; 8192];
+        let n = f.read_at(&mut buf, 4096).unwrap();
+        buf.truncate(n);
+        let (r, mut v) = f.read_at_owned(vec![0u8; 8192], 2 * 4096);
+        v.truncate(r.unwrap());
+        (buf, v)
+    });
+    assert!(!yielded, "a cached read went through the loop");
+    assert!(borrowed == data[4096..3 * 4096]);
+    // A short read at the end of the file, as `pread` gives.
+    assert!(owned == data[2 * 4096..]);
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn with_the_fast_path_off_a_cached_read_goes_through_the_loop_with_the_same_result() {
+    let data = pattern(2 * 4096);
+    let path = temp_file("off", &data);
+    let ((borrowed, owned, past_end), yielded) = read_beside_a_ready_task(&path, |f| {
+        f.set_fast_path(false);
+        assert!(!f.fast_path());
+        let mut buf = vec![0u8; 4096];
+        let n = f.read_at(&mut buf, 4000).unwrap();
+        buf.truncate(n);
+        let (r, mut v) = f.read_at_owned(vec![0u8; 4096], 0);
+        v.truncate(r.unwrap());
+        let mut tail = [0u8; 16];
+        let past_end = f.read_at(&mut tail, 1 << 20).unwrap();
+        (buf, v, past_end)
+    });
+    assert!(yielded, "the read did not go through the loop");
+    assert!(borrowed == data[4000..4000 + 4096]);
+    assert!(owned == data[..4096]);
+    assert_eq!(past_end, 0);
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn a_read_of_data_not_in_the_cache_falls_back_to_the_loop() {
+    let data = pattern(4 * 4096);
+    let path = temp_file("evicted", &data);
+    evict(&path, 0, 0);
+    // (Opening the file may bring in nothing but its metadata.)
+    let (got, yielded) = read_beside_a_ready_task(&path, |f| {
+        let mut buf = vec![0u8; 4 * 4096];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        buf
+    });
+    assert!(yielded, "an uncached read did not go through the loop");
+    assert!(got == data);
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn a_read_half_in_the_cache_gets_the_rest_through_the_loop() {
+    let data = pattern(4 * 4096);
+    let path = temp_file("half", &data);
+    evict(&path, 2 * 4096, 2 * 4096);
+    let p = path.clone();
+    let ((borrowed, owned), _) = read_beside_a_ready_task(&path, move |f| {
+        let mut buf = vec![0u8; 4 * 4096];
+        let n = f.read_at(&mut buf, 0).unwrap();
+        buf.truncate(n);
+        evict(&p, 2 * 4096, 2 * 4096);
+        let (r, mut v) = f.read_at_owned(vec![0u8; 4 * 4096], 0);
+        v.truncate(r.unwrap());
+        (buf, v)
+    });
+    assert!(borrowed == data);
+    assert!(owned == data);
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn writes_give_the_same_results_with_the_fast_path_on_and_off() {
+    let path = temp_file("writes", &[]);
+    let p = path.clone();
+    let lp = EventLoop::new();
+    let back = lp.block_on(move || {
+        let f = File::open_rw(&p).unwrap();
+        let a = pattern(5000);
+        assert_eq!(f.write_at(&a, 0).unwrap(), 5000);
+        f.set_fast_path(false);
+        let (r, _) = f.write_at_owned(a[..3000].to_vec(), 5000);
+        assert_eq!(r.unwrap(), 3000);
+        f.set_fast_path(true);
+        let (r, _) = f.write_at_owned(a[3000..].to_vec(), 8000);
+        assert_eq!(r.unwrap(), 2000);
+        let mut back = vec![0u8; 10_000];
+        f.read_exact_at(&mut back, 0).unwrap();
+        back
+    });
+    let mut want = pattern(5000);
+    want.extend_from_slice(&pattern(5000)[..3000]);
+    want.extend_from_slice(&pattern(5000)[3000..]);
+    assert!(back == want);
+    assert!(std::fs::read(&path).unwrap() == want);
+    // A read-only file: the same error as without the fast path.
+    let lp2 = lp;
+    let p = path.clone();
+    let errs = lp2.block_on(move || {
+        let f = File::open(&p).unwrap();
+        let on = f.write_at(b"x", 0).unwrap_err().raw_os_error();
+        f.set_fast_path(false);
+        let off = f.write_at(b"x", 0).unwrap_err().raw_os_error();
+        (on, off)
+    });
+    assert_eq!(errs, (Some(libc::EBADF), Some(libc::EBADF)));
+    std::fs::remove_file(path).unwrap();
+}
