@@ -117,10 +117,6 @@
 //! * **Top floor** — [`remote`] ([`LoopHandle`]), `event_loop` ([`EventLoop`]) and `builder`
 //!   ([`LoopBuilder`], which composes the drivers into a loop).
 
-#![warn(missing_docs)]
-#![deny(unsafe_op_in_unsafe_fn)]
-#![deny(clippy::undocumented_unsafe_blocks)]
-
 pub mod blocking;
 pub mod buf;
 mod builder;

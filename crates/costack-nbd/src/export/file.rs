@@ -3,14 +3,14 @@
 //! `FileStore` serves a regular file (or a block device). Each loop thread has its own
 //! [`costack_aio::File`] on it — the loop's file I/O, through io_uring or the loop's worker
 //! threads — and every request that has to wait for the kernel goes through it while the
-//! request's coroutine yields. In front of it sit two fast paths that never wait:
+//! request's coroutine yields. Requests that need not wait do not:
 //!
-//! * reads first try `preadv2(RWF_NOWAIT)` on the loop thread: data in the page cache is
-//!   copied at once, with no trip through a ring or a worker; only what is not cached (the
-//!   kernel says `EAGAIN`) goes through the `File`;
-//! * writes try `pwritev2(RWF_NOWAIT)` where the file system supports it; otherwise they go
-//!   where [`WritePath`] says: a `pwrite` into the page cache on the loop thread (the default,
-//!   [`WritePath::Inline`]), or the `File` ([`WritePath::Aio`]).
+//! * reads go through the `File`, whose page-cache fast path (`preadv2(RWF_NOWAIT)` on the loop
+//!   thread) copies cached data at once, with no trip through a ring or a worker; only what is
+//!   not cached goes further;
+//! * writes go where [`WritePath`] says: a `pwrite` into the page cache on the loop thread (the
+//!   default, [`WritePath::Inline`]), or the `File` ([`WritePath::Aio`]), which first tries
+//!   `pwritev2(RWF_NOWAIT)` where the file system supports it.
 //!
 //! `FLUSH` and FUA run `fdatasync` through the `File` before the reply. Trims punch holes;
 //! zeroes punch holes or use `FALLOC_FL_ZERO_RANGE` (falling back to writing zeroes, except
@@ -35,8 +35,8 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Where file writes go when the kernel cannot take them without blocking (`RWF_NOWAIT`
-/// is not supported for buffered writes on most file systems).
+/// Where file writes go: into the page cache on the loop thread, or through the loop's file
+/// I/O while the request's coroutine yields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WritePath {
     /// `pwrite` on the loop thread. A buffered write copies into the page cache and returns;
@@ -58,19 +58,9 @@ pub(super) struct FileStore {
     file: Arc<std::fs::File>,
     size: u64,
     writes: WritePath,
-    /// `pwritev2(RWF_NOWAIT)` works on this file system (cleared on the first `EOPNOTSUPP`).
-    nowait_writes: AtomicBool,
     /// `fallocate(PUNCH_HOLE)` / `ZERO_RANGE` work (cleared on the first `EOPNOTSUPP`).
     can_punch: AtomicBool,
     can_zero_range: AtomicBool,
-}
-
-fn cvt(r: libc::c_long) -> io::Result<usize> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
 }
 
 fn is_unsupported(e: &io::Error) -> bool {
@@ -97,7 +87,6 @@ impl FileStore {
             file: Arc::new(file),
             size: end as u64,
             writes,
-            nowait_writes: AtomicBool::new(true),
             can_punch: AtomicBool::new(true),
             can_zero_range: AtomicBool::new(true),
         })
@@ -114,69 +103,6 @@ impl FileStore {
 
     pub(super) fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
-    }
-
-    /// One `preadv2(.., RWF_NOWAIT)` into `buf`; the number of bytes read.
-    fn pread_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: the iovec describes `buf`, which is writable and exclusively borrowed for the
-        // whole (synchronous) call.
-        let r =
-            unsafe { libc::preadv2(self.fd(), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
-        cvt(r as libc::c_long)
-    }
-
-    /// One `pwritev2(.., RWF_NOWAIT)` from `buf`; the number of bytes written.
-    fn pwrite_nowait(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
-        let iov = libc::iovec {
-            iov_base: buf.as_ptr().cast_mut().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: the iovec describes `buf`, which stays borrowed for the whole (synchronous)
-        // call; the kernel only reads from it.
-        let r =
-            unsafe { libc::pwritev2(self.fd(), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
-        cvt(r as libc::c_long)
-    }
-
-    /// Reads what the page cache has, without blocking; returns how many bytes it got.
-    fn read_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.pread_nowait(&mut buf[done..], offset + done as u64) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => done += n,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
-                Err(e) if is_unsupported(&e) => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
-    }
-
-    /// Writes what can be written without blocking; returns how many bytes it wrote.
-    fn write_nowait(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
-        if !self.nowait_writes.load(Ordering::Relaxed) {
-            return Ok(0);
-        }
-        let mut done = 0;
-        while done < buf.len() {
-            match self.pwrite_nowait(&buf[done..], offset + done as u64) {
-                Ok(n) => done += n,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
-                Err(e) if is_unsupported(&e) => {
-                    self.nowait_writes.store(false, Ordering::Relaxed);
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
     }
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
@@ -294,17 +220,17 @@ impl FileBackend {
         let aio = costack_aio::File::from_std(store.file.try_clone()?);
         Ok(FileBackend { store, aio })
     }
+}
 
-    /// Reads all of `buf[done..]` through the loop's file I/O.
-    fn read_rest(&self, buf: Vec<u8>, done: usize, offset: u64) -> (io::Result<()>, Vec<u8>) {
-        if done > 0 {
-            let mut buf = buf;
-            let r = self
-                .aio
-                .read_exact_at(&mut buf[done..], offset + done as u64);
-            return (r, buf);
-        }
+impl Backend for FileBackend {
+    fn len(&self) -> u64 {
+        self.store.size
+    }
+
+    fn read_at_owned(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
         let len = buf.len();
+        // Cached data comes back at once (the `File`'s fast path); the rest through the ring or
+        // the worker pool while the request's coroutine yields.
         let (r, mut buf) = self.aio.read_at_owned(buf, offset);
         match r {
             Ok(n) if n == len => (Ok(()), buf),
@@ -317,59 +243,24 @@ impl FileBackend {
         }
     }
 
-    /// Writes all of `buf[done..]` through the loop's file I/O.
-    fn write_rest(&self, buf: Vec<u8>, done: usize, offset: u64) -> (io::Result<()>, Vec<u8>) {
-        if done > 0 {
-            let r = self.aio.write_all_at(&buf[done..], offset + done as u64);
-            return (r, buf);
-        }
-        let len = buf.len();
-        let (r, buf) = self.aio.write_at_owned(buf, offset);
-        match r {
-            Ok(n) if n == len => (Ok(()), buf),
-            Ok(n) => {
-                let r = self.aio.write_all_at(&buf[n..], offset + n as u64);
-                (r, buf)
-            }
-            Err(e) => (Err(e), buf),
-        }
-    }
-}
-
-impl Backend for FileBackend {
-    fn len(&self) -> u64 {
-        self.store.size
-    }
-
-    fn read_at_owned(&self, mut buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
-        let done = match self.store.read_nowait(&mut buf, offset) {
-            Ok(n) => n,
-            Err(e) => return (Err(e), buf),
-        };
-        if done == buf.len() {
-            return (Ok(()), buf);
-        }
-        self.read_rest(buf, done, offset)
-    }
-
     fn write_at_owned(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
-        let done = match self.store.write_nowait(&buf, offset) {
-            Ok(n) => n,
-            Err(e) => return (Err(e), buf),
-        };
-        if done == buf.len() {
-            return (Ok(()), buf);
-        }
         match self.store.writes {
             WritePath::Inline => {
-                let r = std::os::unix::fs::FileExt::write_all_at(
-                    &*self.store.file,
-                    &buf[done..],
-                    offset + done as u64,
-                );
+                let r = std::os::unix::fs::FileExt::write_all_at(&*self.store.file, &buf, offset);
                 (r, buf)
             }
-            WritePath::Aio => self.write_rest(buf, done, offset),
+            WritePath::Aio => {
+                let len = buf.len();
+                let (r, buf) = self.aio.write_at_owned(buf, offset);
+                match r {
+                    Ok(n) if n == len => (Ok(()), buf),
+                    Ok(n) => {
+                        let r = self.aio.write_all_at(&buf[n..], offset + n as u64);
+                        (r, buf)
+                    }
+                    Err(e) => (Err(e), buf),
+                }
+            }
         }
     }
 

@@ -19,11 +19,12 @@
 //! (`server/mod.rs`), which calls [`transmission`] with what the connection needs from its loop.
 
 use super::verbose::log;
-use super::wire::{pool, InBuf, Outbox, Reply};
+use super::wire::{InBuf, Outbox, Reply};
 use crate::export::{Backend, ZeroMode};
 use crate::handshake::Negotiated;
 use crate::proto::{self, cflag, cmd, Check, Limits, Request};
 use costack::sync::CoSemaphore;
+use costack_aio::buf;
 use costack_aio::net::TcpStream;
 use std::cell::Cell;
 use std::io;
@@ -201,11 +202,11 @@ fn run_request(conn: &Conn, req: Request, payload: Option<Vec<u8>>) {
     let len = u64::from(req.length);
     let result = match req.typ {
         cmd::READ => {
-            let (r, buf) = b.read_at_owned(pool::take(req.length as usize), offset);
+            let (r, buf) = b.read_at_owned(buf::take(req.length as usize), offset);
             match r {
                 Ok(()) => send_read(conn, &req, buf),
                 Err(e) => {
-                    pool::give(buf);
+                    buf::give(buf);
                     send_io_error(conn, &req, &e);
                 }
             }
@@ -214,7 +215,7 @@ fn run_request(conn: &Conn, req: Request, payload: Option<Vec<u8>>) {
         cmd::WRITE => {
             let data = payload.unwrap_or_default();
             let (r, buf) = b.write_at_owned(data, offset);
-            pool::give(buf);
+            buf::give(buf);
             r.and_then(|()| if fua { b.flush() } else { Ok(()) })
         }
         cmd::FLUSH => b.flush(),

@@ -54,7 +54,7 @@
 //! ```text
 //! server (this file)   threads, loops, accept, handshake hand-off, stop   → conn, verbose
 //!   conn               transmission: dispatch, in-flight slots, refusing   → wire, verbose
-//!   wire               input buffer, replies, batched writes, buffer pool  → verbose
+//!   wire               input buffer, replies, batched writes               → verbose
 //!   verbose            set_verbose and the log! macro                      (nothing)
 //! ```
 //!

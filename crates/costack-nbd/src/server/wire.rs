@@ -7,10 +7,11 @@
 //!   [`proto`]'s encoders (simple or structured, as negotiated).
 //! * [`Outbox`]: the connection's reply queue and the writer lock in front of the socket; it
 //!   batches the replies of requests that finish together into one `writev`.
-//! * [`pool`]: per-thread recycling of the I/O buffers that payloads and read data live in.
 //!
 //! This is the seam where limits on what one client may make the server hold (input, queued
 //! replies) belong: everything a connection buffers passes through here.
+//!
+//! Payloads and read data live in buffers from [`costack_aio::buf`], the loop thread's pool.
 //!
 //! May import: [`proto`] (sizes and encoders) and the sibling `verbose` (messages). Not the
 //! connection (`conn`) nor the server above it: they call in, never the other way.
@@ -18,6 +19,7 @@
 use super::verbose::log;
 use crate::proto::{self, Extent};
 use costack::sync::CoMutex;
+use costack_aio::buf;
 use costack_aio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice, Read, Write};
@@ -127,7 +129,7 @@ impl Outbox {
     /// replies too, and `s` is shut down so that the connection's reader wakes up and ends.
     pub(super) fn send(&self, s: &TcpStream, reply: Reply, in_flight: impl FnOnce() -> usize) {
         if self.broken.get() {
-            pool::give(reply.body);
+            buf::give(reply.body);
             return;
         }
         self.queue.borrow_mut().push(reply);
@@ -145,13 +147,13 @@ impl Outbox {
             }
             let r = write_batch(s, &batch);
             for r in batch.drain(..) {
-                pool::give(r.body);
+                buf::give(r.body);
             }
             if let Err(e) = r {
                 log!("writing replies: {e}");
                 self.broken.set(true);
                 for r in self.queue.borrow_mut().drain(..) {
-                    pool::give(r.body);
+                    buf::give(r.body);
                 }
                 // Wake the reader: nobody can be answered any more.
                 let _ = s.shutdown(Shutdown::Both);
@@ -256,7 +258,7 @@ impl InBuf {
 
     /// A write's payload of `len` bytes.
     pub(super) fn payload(&mut self, s: &TcpStream, len: usize) -> io::Result<Vec<u8>> {
-        let mut v = pool::take(len);
+        let mut v = buf::take(len);
         let mut have = self.take_into(&mut v);
         while have < len {
             if len - have >= INBUF / 2 {
@@ -290,61 +292,5 @@ impl InBuf {
             left -= n;
         }
         Ok(())
-    }
-}
-
-/// Per-thread recycling of I/O buffers, so a request does not pay for allocating and zeroing
-/// its buffer. Buffers of a power-of-two size from 4 KiB to 2 MiB are kept: 32 of each size
-/// up to 128 KiB, fewer above (at most 4 MiB of each size, and at least 2).
-pub(super) mod pool {
-    use std::cell::RefCell;
-
-    const MIN_SHIFT: u32 = 12;
-    const MAX_SHIFT: u32 = 21;
-    const CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
-
-    /// How many buffers of size class `c` are kept.
-    fn keep(c: usize) -> usize {
-        ((4 << 20) >> (c as u32 + MIN_SHIFT)).clamp(2, 32)
-    }
-
-    thread_local! {
-        static FREE: RefCell<[Vec<Box<[u8]>>; CLASSES]> =
-            RefCell::new(std::array::from_fn(|_| Vec::new()));
-    }
-
-    fn class_of(cap: usize) -> Option<usize> {
-        let shift = cap.trailing_zeros();
-        (cap.is_power_of_two() && (MIN_SHIFT..=MAX_SHIFT).contains(&shift))
-            .then(|| (shift - MIN_SHIFT) as usize)
-    }
-
-    /// A buffer of `len` initialised bytes (contents unspecified).
-    pub(in crate::server) fn take(len: usize) -> Vec<u8> {
-        let cap = len.max(1 << MIN_SHIFT).next_power_of_two();
-        let Some(c) = class_of(cap) else {
-            return vec![0u8; len];
-        };
-        let b = FREE.with(|f| f.borrow_mut()[c].pop());
-        let mut v = match b {
-            Some(b) => Vec::from(b),
-            None => vec![0u8; cap],
-        };
-        v.truncate(len);
-        v
-    }
-
-    /// Gives a buffer back for reuse.
-    pub(in crate::server) fn give(mut v: Vec<u8>) {
-        let cap = v.capacity();
-        let Some(c) = class_of(cap) else { return };
-        FREE.with(|f| {
-            let mut f = f.borrow_mut();
-            if f[c].len() < keep(c) {
-                // Only the tail beyond `len` is written (for the usual exact sizes: nothing).
-                v.resize(cap, 0);
-                f[c].push(v.into_boxed_slice());
-            }
-        });
     }
 }
