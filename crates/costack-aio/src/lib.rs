@@ -117,6 +117,8 @@
 //! * **Top floor** — [`remote`] ([`LoopHandle`]), `event_loop` ([`EventLoop`]) and `builder`
 //!   ([`LoopBuilder`], which composes the drivers into a loop).
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod blocking;
 pub mod buf;
 mod builder;
@@ -148,3 +150,8 @@ pub use remote::{suspend, LoopClosed, LoopHandle, RemoteJoinHandle, Waker};
 pub use task::{spawn, JoinError, JoinHandle, TaskBuilder};
 pub use time::{sleep, sleep_until, timeout, timeout_at, Elapsed, WakeableSleep};
 pub use wait::{in_task, yield_now};
+
+/// The crate README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
