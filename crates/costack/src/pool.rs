@@ -29,9 +29,11 @@
 //! assert_eq!(pool::len(), 0);
 //! ```
 
-use crate::coroutine::Header;
+use crate::coroutine::header::Header;
+use crate::stack::Stack;
 use std::cell::UnsafeCell;
-use std::ptr::NonNull;
+use std::mem::size_of;
+use std::ptr::{self, NonNull};
 
 /// The default number of stacks each thread keeps for reuse.
 pub const DEFAULT_CAPACITY: usize = 256;
@@ -106,7 +108,35 @@ fn free_all(list: Vec<Pooled>) {
     for h in list {
         // SAFETY: a pooled control block is dead except for its `stack`, which it still owns;
         // nothing else refers to it once it is out of the pool.
-        drop(unsafe { Header::take_stack(h) });
+        drop(unsafe { take_stack(h) });
+    }
+}
+
+/// Takes the stack out of a pooled control block, to unmap it.
+///
+/// # Safety
+/// `h` is a dead control block (its coroutine freed) that still owns its stack, and is not
+/// used again.
+unsafe fn take_stack(h: NonNull<Header>) -> Stack {
+    // SAFETY: per the contract the field is valid and read once.
+    unsafe { ptr::read(h.as_ref().stack_ref()) }
+}
+
+/// Overwrites a pooled stack with `byte`, all but the control block's `stack` field.
+///
+/// # Safety
+/// `h` is a dead control block in the pool: nothing reads its other fields or its stack
+/// before a new coroutine writes them.
+unsafe fn poison_dead(h: NonNull<Header>, byte: u8) {
+    // SAFETY: per the contract; the ranges lie inside the stack and skip the `stack` field,
+    // whose address `stack_ref` gives (no reference to the header is held while writing).
+    unsafe {
+        let field: *const Stack = h.as_ref().stack_ref();
+        let (bottom, top) = ((*field).bottom(), (*field).top());
+        let field = field as *mut u8;
+        let field_end = field.add(size_of::<Stack>());
+        ptr::write_bytes(bottom, byte, field as usize - bottom as usize);
+        ptr::write_bytes(field_end, byte, top as usize - field_end as usize);
     }
 }
 
@@ -164,7 +194,7 @@ pub(crate) unsafe fn put(h: NonNull<Header>) {
     });
     if kept != Some(true) {
         // SAFETY: per the contract, and the pool did not take it.
-        drop(unsafe { Header::take_stack(h) });
+        drop(unsafe { take_stack(h) });
     }
 }
 
@@ -231,7 +261,7 @@ pub fn poison_pooled_stacks(byte: u8) {
         for &h in lists.flatten() {
             // SAFETY: `h` is a pooled control block: dead except for its `stack` field, which
             // `poison_dead` keeps.
-            unsafe { Header::poison_dead(h, byte) };
+            unsafe { poison_dead(h, byte) };
         }
     });
 }

@@ -253,5 +253,5 @@ global_asm!(
     "ret",                              // back into the enterer, after its `call`
     ".cfi_endproc",
     ".size costack_trampoline, .-costack_trampoline",
-    entry = sym crate::coroutine::coroutine_main,
+    entry = sym crate::coroutine::switch::coroutine_main,
 );

@@ -43,7 +43,8 @@
 //! and collect a panic of a coroutine entered this way in [`Wakeups`] to continue it after the
 //! remaining waiters have been served.
 
-use crate::coroutine::{wake_routed, Header};
+use crate::coroutine::header::Header;
+use crate::coroutine::wake::wake_routed;
 use crate::park::Park;
 use std::any::Any;
 use std::cell::Cell;
