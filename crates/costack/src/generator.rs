@@ -141,7 +141,7 @@ impl<I: 'static, Y: 'static, R: 'static> Generator<I, Y, R> {
         impl Drop for Lend<'_> {
             #[inline]
             fn drop(&mut self) {
-                self.0.replace_transfer(self.1);
+                self.0.set_transfer(self.1);
             }
         }
         let lend = Lend(h, h.replace_transfer(ptr::addr_of_mut!(transfer).cast()));

@@ -411,6 +411,12 @@ impl Header {
         self.transfer.get()
     }
 
+    /// Puts back the per-resume slot that was there before a lend.
+    #[inline(always)]
+    pub(crate) fn set_transfer(&self, t: *mut ()) {
+        self.transfer.set(t)
+    }
+
     /// Lends a per-resume slot (or null), returning the previous one.
     #[inline(always)]
     pub(crate) fn replace_transfer(&self, t: *mut ()) -> *mut () {
