@@ -26,7 +26,7 @@
 //!
 //! ## The two saved stack pointers
 //!
-//! A coroutine's [`Context`] holds two words, at fixed offsets that the assembly uses:
+//! A coroutine's `Context` holds two words, at fixed offsets that the assembly uses:
 //!
 //! * `sp` (offset 0): the coroutine's stack pointer while it is suspended. The word at `[sp]` is
 //!   the address where it resumes.
@@ -53,7 +53,7 @@
 //!
 //! ## A fresh coroutine
 //!
-//! A new stack is prepared so that its resume address is [`costack_trampoline`] and `sp + 8` is
+//! A new stack is prepared so that its resume address is `costack_trampoline` and `sp + 8` is
 //! 16-byte aligned. The trampoline records `link`, keeps the context pointer in `rbx` (callee
 //! saved, so every frame above can recover it), and calls the Rust entry function. When that
 //! returns, the closure is done and every value on the stack dropped; the trampoline then

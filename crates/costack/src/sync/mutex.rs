@@ -1,6 +1,6 @@
 //! [`CoMutex`]: mutual exclusion between coroutines, with FIFO hand-off.
 
-use super::waiter::{Parked, WaitList, Waiter, Wakeups};
+use super::waiter::{Parked, WaitList, Waiter};
 use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::marker::PhantomData;
@@ -196,9 +196,7 @@ impl<T: ?Sized> CoMutex<T> {
     #[inline(never)]
     fn hand_off(&self) {
         // `locked` stays set: the lock passes to the waiter without ever being free.
-        let mut wakeups = Wakeups::new();
-        self.waiters.grant_front(&mut wakeups);
-        wakeups.finish();
+        self.waiters.grant_one();
     }
 }
 

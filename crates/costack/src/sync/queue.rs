@@ -1,6 +1,6 @@
 //! [`CoQueue`]: a queue of waiting coroutines, the condition variable of coroutines.
 
-use super::waiter::{Parked, WaitList, Waiter, Wakeups};
+use super::waiter::{Parked, WaitList, Waiter};
 use super::Relock;
 use std::fmt;
 
@@ -173,10 +173,7 @@ impl CoQueue {
         if self.waiters.is_empty() {
             return false;
         }
-        let mut wakeups = Wakeups::new();
-        self.waiters.grant_front(&mut wakeups);
-        wakeups.finish();
-        true
+        self.waiters.grant_one()
     }
 
     /// Wakes every coroutine waiting now, in queue order, and returns how many.
@@ -190,22 +187,14 @@ impl CoQueue {
         // Waking from outside a coroutine runs the woken ones on the spot, and they may queue
         // again: serve only those waiting now, detached into a batch on this frame. Nodes can
         // still leave the batch if their coroutine is dropped meanwhile.
-        let mut wakeups = Wakeups::new();
-        let mut n = 0;
-        {
-            let batch = Batch {
-                list: WaitList::new(),
-                home: &self.waiters,
-            };
-            // SAFETY: `batch` stays in this block's frame, unmoved, until it is dropped at the
-            // end of the block; its destructor empties it.
-            unsafe { self.waiters.move_all_to(&batch.list) };
-            while batch.list.grant_front(&mut wakeups) {
-                n += 1;
-            }
-        }
-        wakeups.finish();
-        n
+        let batch = Batch {
+            list: WaitList::new(),
+            home: &self.waiters,
+        };
+        // SAFETY: `batch` stays in this frame, unmoved, until it is dropped at the end of the
+        // function; its destructor empties it.
+        unsafe { self.waiters.move_all_to(&batch.list) };
+        batch.list.grant_while(|_| true)
     }
 
     /// Whether no coroutine is waiting.

@@ -1,6 +1,6 @@
 //! [`CoRwLock`]: many readers or one writer, FIFO-fair, with upgrade and downgrade.
 
-use super::waiter::{Parked, WaitList, Waiter, Wakeups};
+use super::waiter::{Parked, WaitList, Waiter};
 use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::marker::PhantomData;
@@ -279,24 +279,22 @@ impl<T: ?Sized> CoRwLock<T> {
     #[cold]
     #[inline(never)]
     fn dispatch(&self) {
-        let mut wakeups = Wakeups::new();
         // Re-read everything on each round: outside a coroutine, each grant runs the waiter.
-        while let Some(want) = self.waiters.front_want() {
+        self.waiters.grant_while(|want| {
             let s = self.state.get();
             if want == WANT_WRITE {
                 if s != 0 {
-                    break;
+                    return false;
                 }
                 self.state.set(WRITER);
             } else {
                 if s >= MAX_READERS {
-                    break;
+                    return false;
                 }
                 self.state.set(s + 1);
             }
-            self.waiters.grant_front(&mut wakeups);
-        }
-        wakeups.finish();
+            true
+        });
     }
 }
 

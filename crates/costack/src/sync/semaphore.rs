@@ -1,6 +1,6 @@
 //! [`CoSemaphore`]: a counting semaphore for coroutines, FIFO so large requests are not starved.
 
-use super::waiter::{Parked, WaitList, Waiter, Wakeups};
+use super::waiter::{Parked, WaitList, Waiter};
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
@@ -188,17 +188,15 @@ impl CoSemaphore {
     #[cold]
     #[inline(never)]
     fn dispatch(&self) {
-        let mut wakeups = Wakeups::new();
         // Re-read everything on each round: outside a coroutine, each grant runs the waiter.
-        while let Some(want) = self.waiters.front_want() {
+        self.waiters.grant_while(|want| {
             let p = self.permits.get();
             if p < want {
-                break;
+                return false;
             }
             self.permits.set(p - want);
-            self.waiters.grant_front(&mut wakeups);
-        }
-        wakeups.finish();
+            true
+        });
     }
 }
 
