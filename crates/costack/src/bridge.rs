@@ -75,6 +75,8 @@
 //! Dropping the outer future while the coroutine is suspended drops the coroutine: its stack
 //! unwinds, dropping the inner future it was awaiting. A panic in the hosted code continues from
 //! the outer future's `poll`.
+//!
+//! May import: `coroutine::{create, handle, header}` and `park`.
 
 use crate::coroutine::create::Coroutine;
 use crate::coroutine::handle::Status;

@@ -46,6 +46,8 @@
 //! assert_eq!(sum.resume(4), GeneratorState::Yielded(7));
 //! assert_eq!(sum.resume(0), GeneratorState::Complete(7));
 //! ```
+//!
+//! May import: `coroutine::{create, handle, header, switch}` and `park`.
 
 use crate::coroutine::create::{Builder, Coroutine};
 use crate::coroutine::handle::Status;

@@ -17,8 +17,11 @@
 //! For gdb, `scripts/costack-gdb.py` adds `costack list` and `costack bt`, which print the
 //! live coroutines of the stopped thread and the backtrace of each suspended one. It finds
 //! them through [`costack_gdb_live_head`].
+//!
+//! May import: `coroutine::header` and `coroutine::id` (it walks the live list read-only).
 
-use crate::coroutine::header::{Header, READY, RUNNING, SCHEDULED, STATE_MASK, SUSPENDED};
+use crate::coroutine::header::Header;
+use crate::coroutine::state::{READY, RUNNING, SCHEDULED, STATE_MASK, SUSPENDED};
 use crate::CoId;
 
 /// The state of a coroutine.

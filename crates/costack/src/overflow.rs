@@ -13,6 +13,9 @@
 //!   aborts,
 //! * hands every other fault to the handler that was installed before it, so Rust's own report
 //!   for an overflowing *thread* stack, or a debugger's or a sanitizer's handler, keeps working.
+//!
+//! May import: `coroutine::header` and `coroutine::switch` (the running coroutine's control block,
+//! read in the signal handler). The builder calls it; it calls nothing above.
 
 use crate::coroutine::header::Header;
 use crate::coroutine::switch::current_header;

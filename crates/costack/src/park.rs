@@ -109,6 +109,9 @@
 //! waiter.wake(); // outside any coroutine and without a driver: entered at once
 //! assert!(waiter.is_finished());
 //! ```
+//!
+//! May import: `coroutine::{header, id, switch}` (the running chain, parking). The locks, the
+//! generator and the bridge build on it.
 
 use crate::coroutine::header::{CoHandle, Header};
 use crate::coroutine::id::CoId;

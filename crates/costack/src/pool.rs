@@ -28,6 +28,9 @@
 //! pool::trim();
 //! assert_eq!(pool::len(), 0);
 //! ```
+//!
+//! May import: `coroutine::header` (a pooled stack is named by its dead control block) and `stack`.
+//! Not the switch or the handles: they build on the pool.
 
 use crate::coroutine::header::Header;
 use crate::stack::Stack;

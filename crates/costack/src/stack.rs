@@ -20,6 +20,8 @@
 //! the address space / memory (`mmap` returns `ENOMEM`), and the kernel's limit on the number of
 //! mappings per process, `vm.max_map_count` (a guarded stack is two mappings, so with the
 //! default 65 530 roughly 32 000 stacks can exist at once). [`StackError`] says which.
+//!
+//! May import: `valgrind` (stack registration). Everything that owns a stack builds on it.
 
 use std::fmt;
 use std::io;

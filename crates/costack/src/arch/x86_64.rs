@@ -79,6 +79,9 @@
 //! enterer sees. The cargo feature `fp-state` saves and restores both registers around every
 //! switch (in Rust, around the assembly), giving each coroutine its own environment as the ABI
 //! describes; the `ucontext` backend always does, because `swapcontext` does.
+//!
+//! May import: nothing of the crate; its trampoline calls the entry function
+//! `coroutine::switch::coroutine_main` by symbol.
 
 use core::arch::{asm, global_asm};
 

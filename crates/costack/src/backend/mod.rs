@@ -15,6 +15,10 @@
 //! `ucontext` (cargo feature `ucontext`, and the default where no assembly backend exists) uses
 //! libc's `getcontext`/`makecontext`/`swapcontext`: portable, and the yardstick, since every
 //! `swapcontext` makes two `rt_sigprocmask` system calls.
+//!
+//! May import: its two backends only; they call up to `coroutine::switch::coroutine_main`, the
+//! entry function of every coroutine, by path (the trampoline's target), and import nothing else of
+//! the crate.
 
 #[cfg(all(target_arch = "x86_64", not(feature = "ucontext")))]
 pub(crate) mod asm;

@@ -8,6 +8,9 @@
 //! Each coroutine keeps two `ucontext_t`s: its own (while suspended) and its enterer's (while it
 //! runs). `makecontext` can only pass `int` arguments, so the context pointer is split into two
 //! 32-bit halves for the entry function.
+//!
+//! May import: nothing of the crate but the entry function it calls,
+//! `coroutine::switch::coroutine_main`.
 
 use core::mem::MaybeUninit;
 

@@ -9,8 +9,9 @@
 //! the `overflow` handler and `stack`. Nothing in `coroutine` imports this file.
 
 use super::handle::{arm_exit_guard, Status};
-use super::header::{CoHandle, Header, FINISHED};
+use super::header::{CoHandle, Header};
 use super::id::CoId;
+use super::state::FINISHED;
 use super::switch::enter_header;
 use crate::pool;
 use crate::stack::{page_size, Stack, StackError, DEFAULT_STACK_SIZE, MIN_STACK_SIZE};

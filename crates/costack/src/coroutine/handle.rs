@@ -6,11 +6,12 @@
 //! May import: `header`, `id`, `switch` and `wake` below it, and the `pool`, which takes the
 //! stack of a freed coroutine. The typed handle and the builder build on this file.
 
-use super::header::{
-    CoHandle, Driver, Header, FINISHED, HELD, NOT_ENTERABLE, ORPHANED, PANICKED, PARKED, READY,
-    RUNNING, SCHEDULED, STATE_MASK, SUSPENDED,
-};
+use super::header::{CoHandle, Driver, Header};
 use super::id::CoId;
+use super::state::{
+    FINISHED, HELD, NOT_ENTERABLE, ORPHANED, PANICKED, PARKED, READY, RUNNING, SCHEDULED,
+    STATE_MASK, SUSPENDED,
+};
 use super::switch::{abort_with, enter_header, unwind_suspended, NameId};
 use super::wake::wake_routed;
 use crate::pool;

@@ -10,11 +10,13 @@
 //! `CoHandle`'s struct lives here because `Driver::wake` takes one and a header holds a driver;
 //! its operations (enter, wake, queries, dropping) live in the handle module above.
 //!
-//! May import: `backend` (the saved context), `stack` (the mapping a header owns), `asan`.
+//! May import: `id` and `state` (below it), `backend` (the saved context), `stack` (the mapping
+//! a header owns), `asan`.
 //! Nothing else of the crate: the pool, the overflow handler and the rest of `coroutine` build
 //! on this file, never the reverse.
 
 use super::id::CoId;
+use super::state::{READY, STATE_MASK};
 use crate::backend::Context;
 use crate::stack::Stack;
 use std::any::Any;
@@ -23,40 +25,6 @@ use std::marker::PhantomData;
 use std::mem::{size_of, ManuallyDrop};
 use std::ptr::{self, NonNull};
 use std::rc::Rc;
-
-// States of a coroutine (the low two bits of the state byte).
-/// Created, never entered.
-pub(crate) const READY: u8 = 0;
-/// Yielded; waiting to be entered again.
-pub(crate) const SUSPENDED: u8 = 1;
-/// Entered: running, or on the chain of coroutines that entered the running one.
-pub(crate) const RUNNING: u8 = 2;
-/// Its closure returned or panicked.
-pub(crate) const FINISHED: u8 = 3;
-/// Flag on READY/SUSPENDED: queued by a deferred wake-up, to be entered by the wake-up loop.
-pub(crate) const SCHEDULED: u8 = 4;
-/// Flag on RUNNING (and FINISHED until its enterer settles it): the coroutine queued deferred
-/// wake-ups that its enterer must run when it switches back.
-pub(crate) const WAKEUPS: u8 = 8;
-/// Flag on FINISHED until its enterer settles it: the closure panicked (payload in `panic`).
-pub(crate) const PANICKED: u8 = 16;
-/// Flag on SUSPENDED (set on RUNNING by the coroutine itself just before it switches back): it
-/// is suspended in a wait of the resume contract ([`park`](crate::park)), not in a plain yield.
-/// Whatever ends the wait wakes it through the switch's routed wake-up.
-pub(crate) const PARKED: u8 = 32;
-/// Flag on SUSPENDED|PARKED: the coroutine that entered it (`caller`) waits with it, and is
-/// the only one that enters it again.
-pub(crate) const HELD: u8 = 64;
-/// Flag on SUSPENDED: the thread is exiting and its thread-locals are being destroyed; the
-/// coroutine will never run again, and is leaked rather than unwound (the thread-exit policy
-/// of the handle module).
-pub(crate) const ORPHANED: u8 = 128;
-/// The bits that say which state; the others are flags.
-pub(crate) const STATE_MASK: u8 = 3;
-/// A coroutine can be entered only if none of these is set: bit 1 of the state (RUNNING or
-/// FINISHED), or a flag saying that somebody else will enter it (scheduled, held) or nobody
-/// may (orphaned). PARKED does not stop an entry: a wait re-checks its condition when resumed.
-pub(crate) const NOT_ENTERABLE: u8 = 2 | SCHEDULED | HELD | ORPHANED;
 
 /// The control block of a coroutine. It lives at the top of the coroutine's own stack.
 ///

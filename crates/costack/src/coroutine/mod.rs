@@ -56,7 +56,7 @@
 //!
 //! From the ground up, each file importing only those below it:
 //!
-//! * `id`: coroutine ids ([`CoId`]).
+//! * `id` and `state`: coroutine ids ([`CoId`]); the state bits.
 //! * `header`: the control block at the top of each stack — state bits, the type-erased closure
 //!   and result, the live list — and the two types it names, [`Driver`] and [`CoHandle`]'s
 //!   representation. Its fields are private; everything else uses its methods.
@@ -74,6 +74,7 @@ pub(crate) mod create;
 pub(crate) mod handle;
 pub(crate) mod header;
 pub(crate) mod id;
+pub(crate) mod state;
 pub(crate) mod switch;
 pub(crate) mod wake;
 

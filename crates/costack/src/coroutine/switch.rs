@@ -13,11 +13,12 @@
 //! May import: `header` and `id` (the control block it switches), `backend` (the switch
 //! itself), `trace`, `asan`. Not the handles, the pool or the overflow handler.
 
-use super::header::{
-    CoHandle, Header, FINISHED, HELD, NOT_ENTERABLE, ORPHANED, PANICKED, PARKED, RUNNING,
-    SCHEDULED, STATE_MASK, SUSPENDED, WAKEUPS,
-};
+use super::header::{CoHandle, Header};
 use super::id::CoId;
+use super::state::{
+    FINISHED, HELD, NOT_ENTERABLE, ORPHANED, PANICKED, PARKED, RUNNING, SCHEDULED, STATE_MASK,
+    SUSPENDED, WAKEUPS,
+};
 use crate::backend::{self, Context};
 use crate::trace::trace_event;
 use std::any::Any;

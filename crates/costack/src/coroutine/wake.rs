@@ -5,7 +5,8 @@
 //! May import: `header` (the control blocks and their handles) and `switch` (which coroutine
 //! runs now). The handles' `wake` and the locks' waiter nodes build on it.
 
-use super::header::{CoHandle, Header, HELD, NOT_ENTERABLE, SCHEDULED, WAKEUPS};
+use super::header::{CoHandle, Header};
+use super::state::{HELD, NOT_ENTERABLE, SCHEDULED, WAKEUPS};
 use super::switch::current_header;
 use std::ptr::NonNull;
 

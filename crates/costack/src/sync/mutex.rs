@@ -1,4 +1,6 @@
 //! [`CoMutex`]: mutual exclusion between coroutines, with FIFO hand-off.
+//!
+//! May import: `waiter` and `relock` (its guards are `Relock`).
 
 use super::waiter::{Parked, WaitList, Waiter};
 use std::cell::{Cell, UnsafeCell};
@@ -268,7 +270,7 @@ impl<T: ?Sized + fmt::Display> fmt::Display for CoMutexGuard<'_, T> {
     }
 }
 
-impl<'a, T: ?Sized + 'a> super::sealed::Sealed for CoMutexGuard<'a, T> {
+impl<'a, T: ?Sized + 'a> super::relock::sealed::Sealed for CoMutexGuard<'a, T> {
     type Unlocked = &'a CoMutex<T>;
 
     fn unlock_for_wait(self) -> &'a CoMutex<T> {
@@ -280,4 +282,4 @@ impl<'a, T: ?Sized + 'a> super::sealed::Sealed for CoMutexGuard<'a, T> {
     }
 }
 
-impl<'a, T: ?Sized + 'a> super::Relock for CoMutexGuard<'a, T> {}
+impl<'a, T: ?Sized + 'a> super::relock::Relock for CoMutexGuard<'a, T> {}

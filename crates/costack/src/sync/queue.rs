@@ -1,7 +1,9 @@
 //! [`CoQueue`]: a queue of waiting coroutines, the condition variable of coroutines.
+//!
+//! May import: `waiter` and `relock`.
 
+use super::relock::Relock;
 use super::waiter::{Parked, WaitList, Waiter};
-use super::Relock;
 use std::fmt;
 
 /// A FIFO queue of suspended coroutines: the building block for waiting on a condition

@@ -1,4 +1,6 @@
 //! [`CoRwLock`]: many readers or one writer, FIFO-fair, with upgrade and downgrade.
+//!
+//! May import: `waiter` and `relock` (its guards are `Relock`).
 
 use super::waiter::{Parked, WaitList, Waiter};
 use std::cell::{Cell, UnsafeCell};
@@ -493,7 +495,7 @@ impl<T: ?Sized + fmt::Display> fmt::Display for CoRwLockWriteGuard<'_, T> {
     }
 }
 
-impl<'a, T: ?Sized + 'a> super::sealed::Sealed for CoRwLockReadGuard<'a, T> {
+impl<'a, T: ?Sized + 'a> super::relock::sealed::Sealed for CoRwLockReadGuard<'a, T> {
     type Unlocked = &'a CoRwLock<T>;
 
     fn unlock_for_wait(self) -> &'a CoRwLock<T> {
@@ -505,9 +507,9 @@ impl<'a, T: ?Sized + 'a> super::sealed::Sealed for CoRwLockReadGuard<'a, T> {
     }
 }
 
-impl<'a, T: ?Sized + 'a> super::Relock for CoRwLockReadGuard<'a, T> {}
+impl<'a, T: ?Sized + 'a> super::relock::Relock for CoRwLockReadGuard<'a, T> {}
 
-impl<'a, T: ?Sized + 'a> super::sealed::Sealed for CoRwLockWriteGuard<'a, T> {
+impl<'a, T: ?Sized + 'a> super::relock::sealed::Sealed for CoRwLockWriteGuard<'a, T> {
     type Unlocked = &'a CoRwLock<T>;
 
     fn unlock_for_wait(self) -> &'a CoRwLock<T> {
@@ -519,4 +521,4 @@ impl<'a, T: ?Sized + 'a> super::sealed::Sealed for CoRwLockWriteGuard<'a, T> {
     }
 }
 
-impl<'a, T: ?Sized + 'a> super::Relock for CoRwLockWriteGuard<'a, T> {}
+impl<'a, T: ?Sized + 'a> super::relock::Relock for CoRwLockWriteGuard<'a, T> {}

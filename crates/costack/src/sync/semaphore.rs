@@ -1,4 +1,6 @@
 //! [`CoSemaphore`]: a counting semaphore for coroutines, FIFO so large requests are not starved.
+//!
+//! May import: `waiter` and `relock` (its guards are `Relock`).
 
 use super::waiter::{Parked, WaitList, Waiter};
 use std::cell::Cell;
@@ -248,7 +250,7 @@ impl fmt::Debug for CoSemaphorePermit<'_> {
     }
 }
 
-impl<'a> super::sealed::Sealed for CoSemaphorePermit<'a> {
+impl<'a> super::relock::sealed::Sealed for CoSemaphorePermit<'a> {
     type Unlocked = (&'a CoSemaphore, usize);
 
     fn unlock_for_wait(self) -> (&'a CoSemaphore, usize) {
@@ -260,4 +262,4 @@ impl<'a> super::sealed::Sealed for CoSemaphorePermit<'a> {
     }
 }
 
-impl super::Relock for CoSemaphorePermit<'_> {}
+impl super::relock::Relock for CoSemaphorePermit<'_> {}

@@ -49,6 +49,9 @@
 //! locks therefore re-read their state after every wake, never keep a node pointer across one,
 //! and collect a panic of a coroutine entered this way in `Wakeups` to continue it after the
 //! remaining waiters have been served.
+//!
+//! May import: `coroutine::{header, wake}` and `park`. Every lock of `sync` imports it; it imports
+//! none of them.
 
 use crate::coroutine::header::Header;
 use crate::coroutine::wake::wake_routed;
