@@ -25,7 +25,7 @@ use std::rc::Rc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "a coroutine that yielded is not finished"]
 pub enum Status<R> {
-    /// The coroutine called [`yield_now`]; enter it again to continue it.
+    /// The coroutine called [`yield_now`](crate::yield_now); enter it again to continue it.
     Yielded,
     /// The coroutine's closure returned this value.
     Finished(R),
@@ -48,7 +48,7 @@ impl<R> Status<R> {
 
 impl CoHandle {
     /// Enters the coroutine: it runs until it yields or finishes. Its return value, if it
-    /// finished, stays with the coroutine ([`Coroutine::take_result`]).
+    /// finished, stays with the coroutine ([`Coroutine::take_result`](crate::Coroutine::take_result)).
     ///
     /// # Panics
     /// If the coroutine is already entered (running or on the chain), finished, or scheduled by
@@ -114,7 +114,7 @@ impl CoHandle {
     }
 
     /// Whether the coroutine is suspended in a wait of the resume contract ([`park`]) rather
-    /// than in a plain [`yield_now`]: something will wake it when what it waits for happens.
+    /// than in a plain [`yield_now`](crate::yield_now): something will wake it when what it waits for happens.
     /// Drivers use it to tell "enter me again soon" (a plain yield) from "leave me until I am
     /// woken" (a wait).
     ///
@@ -181,7 +181,7 @@ impl CoHandle {
         self.header().id()
     }
 
-    /// The coroutine's name, if it was given one ([`Builder::name`]).
+    /// The coroutine's name, if it was given one ([`Builder::name`](crate::Builder::name)).
     pub fn name(&self) -> Option<&str> {
         self.header().name()
     }

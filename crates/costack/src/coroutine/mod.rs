@@ -30,8 +30,8 @@
 //!   aborts the process. Use non-waiting calls (`try_lock` and the like) in destructors.
 //!
 //! The control block, the closure and the result all live at the top of the coroutine's own
-//! stack, and stacks come from a per-thread [`pool`], so creating, running and dropping
-//! a coroutine allocates nothing in steady state.
+//! stack, and stacks come from a per-thread [`pool`](crate::pool), so creating, running and
+//! dropping a coroutine allocates nothing in steady state.
 //!
 //! # Panics
 //!
@@ -50,7 +50,6 @@
 //! the enterer (QEMU's `co_queue_wakeup`). The target's own wake-ups are run by the same loop, so
 //! a chain of coroutines waking each other never deepens the native stack. Outside any coroutine,
 //! `wake` enters the target at once.
-
 //!
 //! # Floor plan
 //!
