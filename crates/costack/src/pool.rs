@@ -268,9 +268,10 @@ mod tests {
         }
     }
 
-    /// Test support, for checking that nothing stale is ever relied on: overwrites the whole of
-    /// every stack in this thread's pool with `byte` — frames, closure slot and every field of the
-    /// dead control block — except the record of the stack mapping itself, which the pool needs.
+    /// Test support, for checking that nothing stale is ever relied on: overwrites the whole
+    /// of every stack in this thread's pool with `byte` — frames, closure slot and every field
+    /// of the dead control block — except the record of the stack mapping itself, which the
+    /// pool needs.
     fn poison_pooled_stacks(byte: u8) {
         with_pool(|p| {
             let lists = std::iter::once(&p.default).chain(p.by_size.iter().map(|(_, l)| l));
@@ -299,10 +300,10 @@ mod tests {
         drop(first);
         assert_eq!(super::len(), 1);
 
-        // Poison the whole pooled stack, the dead control block included (all but the record of
-        // the mapping that the pool keeps in it), as QEMU's test does. (Under valgrind, which rightly
-        // calls any write to a dead stack invalid, the poisoning is skipped; scripts/valgrind-tests.sh
-        // sets the variable.)
+        // Poison the whole pooled stack, the dead control block included (all but the record
+        // of the mapping that the pool keeps in it), as QEMU's test does. (Under valgrind,
+        // which rightly calls any write to a dead stack invalid, the poisoning is skipped;
+        // scripts/valgrind-tests.sh sets the variable.)
         if std::env::var_os("COSTACK_UNDER_VALGRIND").is_none() {
             poison_pooled_stacks(0xa5);
         }

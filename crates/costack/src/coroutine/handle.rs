@@ -48,7 +48,8 @@ impl<R> Status<R> {
 
 impl CoHandle {
     /// Enters the coroutine: it runs until it yields or finishes. Its return value, if it
-    /// finished, stays with the coroutine ([`Coroutine::take_result`](crate::Coroutine::take_result)).
+    /// finished, stays with the coroutine
+    /// ([`Coroutine::take_result`](crate::Coroutine::take_result)).
     ///
     /// # Panics
     /// If the coroutine is already entered (running or on the chain), finished, or scheduled by
@@ -114,8 +115,8 @@ impl CoHandle {
     }
 
     /// Whether the coroutine is suspended in a wait of the resume contract ([`park`]) rather
-    /// than in a plain [`yield_now`](crate::yield_now): something will wake it when what it waits for happens.
-    /// Drivers use it to tell "enter me again soon" (a plain yield) from "leave me until I am
+    /// than in a plain [`yield_now`](crate::yield_now): something will wake it when what it
+    /// waits for happens. Drivers use it to tell "enter me again soon" (a plain yield) from "leave me until I am
     /// woken" (a wait).
     ///
     /// [`park`]: crate::park
