@@ -116,8 +116,8 @@ impl CoHandle {
 
     /// Whether the coroutine is suspended in a wait of the resume contract ([`park`]) rather
     /// than in a plain [`yield_now`](crate::yield_now): something will wake it when what it
-    /// waits for happens. Drivers use it to tell "enter me again soon" (a plain yield) from "leave me until I am
-    /// woken" (a wait).
+    /// waits for happens. Drivers use it to tell "enter me again soon" (a plain yield) from
+    /// "leave me until I am woken" (a wait).
     ///
     /// [`park`]: crate::park
     #[inline]
