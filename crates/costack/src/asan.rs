@@ -6,6 +6,8 @@
 //! names the stack we are going to; after it, `__sanitizer_finish_switch_fiber` on the new stack
 //! completes the switch and reports the stack we came from. A coroutine remembers that stack
 //! (its enterer's) so that it can name it when it yields back.
+//!
+//! May import: nothing of the crate.
 
 use std::cell::Cell;
 use std::ffi::c_void;

@@ -75,10 +75,13 @@
 //! Dropping the outer future while the coroutine is suspended drops the coroutine: its stack
 //! unwinds, dropping the inner future it was awaiting. A panic in the hosted code continues from
 //! the outer future's `poll`.
+//!
+//! May import: `coroutine::{create, handle, header}` and `park`.
 
-use crate::coroutine::{Coroutine, Driver, Status};
+use crate::coroutine::create::Coroutine;
+use crate::coroutine::handle::Status;
+use crate::coroutine::header::{CoHandle, Driver};
 use crate::park::Park;
-use crate::CoHandle;
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::{pin, Pin};

@@ -46,8 +46,13 @@
 //! assert_eq!(sum.resume(4), GeneratorState::Yielded(7));
 //! assert_eq!(sum.resume(0), GeneratorState::Complete(7));
 //! ```
+//!
+//! May import: `coroutine::{create, handle, header, switch}` and `park`.
 
-use crate::coroutine::{current_header, Builder, Coroutine, Header, Status};
+use crate::coroutine::create::{Builder, Coroutine};
+use crate::coroutine::handle::Status;
+use crate::coroutine::header::Header;
+use crate::coroutine::switch::current_header;
 use crate::park::Park;
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
@@ -138,10 +143,10 @@ impl<I: 'static, Y: 'static, R: 'static> Generator<I, Y, R> {
         impl Drop for Lend<'_> {
             #[inline]
             fn drop(&mut self) {
-                self.0.transfer.set(self.1);
+                self.0.set_transfer(self.1);
             }
         }
-        let lend = Lend(h, h.transfer.replace(ptr::addr_of_mut!(transfer).cast()));
+        let lend = Lend(h, h.replace_transfer(ptr::addr_of_mut!(transfer).cast()));
         let status = self.co.enter();
         drop(lend);
         match status {
@@ -195,7 +200,7 @@ impl<I, Y> Yielder<I, Y> {
         let ready = || {
             // SAFETY: we are the running coroutine `co` (checked above; a coroutine only
             // resumes into itself).
-            let t = unsafe { (*self.co).transfer.get() }.cast::<Transfer<I, Y>>();
+            let t = unsafe { (*self.co).transfer() }.cast::<Transfer<I, Y>>();
             if t.is_null() {
                 return false; // not entered by `resume`: wait on
             }
@@ -230,7 +235,7 @@ impl<I, Y> Yielder<I, Y> {
             foreign_yielder();
         }
         // SAFETY: we are the running coroutine `co` (checked above).
-        let t = unsafe { (*self.co).transfer.get() }.cast::<Transfer<I, Y>>();
+        let t = unsafe { (*self.co).transfer() }.cast::<Transfer<I, Y>>();
         if t.is_null() {
             return self.exchange(Some(value)); // no `resume` in progress: keep the value
         }
@@ -241,7 +246,7 @@ impl<I, Y> Yielder<I, Y> {
         unsafe { *t = Transfer::Output(value) };
         crate::yield_now();
         // SAFETY: we are `co` again (a coroutine only resumes into itself).
-        let t = unsafe { (*self.co).transfer.get() }.cast::<Transfer<I, Y>>();
+        let t = unsafe { (*self.co).transfer() }.cast::<Transfer<I, Y>>();
         if !t.is_null() {
             // SAFETY: lent by the `resume` entering us now (see above).
             if let Some(i) = unsafe { take_input(t) } {

@@ -17,8 +17,11 @@
 //! For gdb, `scripts/costack-gdb.py` adds `costack list` and `costack bt`, which print the
 //! live coroutines of the stopped thread and the backtrace of each suspended one. It finds
 //! them through [`costack_gdb_live_head`].
+//!
+//! May import: `coroutine::header` and `coroutine::id` (it walks the live list read-only).
 
-use crate::coroutine::Header;
+use crate::coroutine::header::Header;
+use crate::coroutine::state::{READY, RUNNING, SCHEDULED, STATE_MASK, SUSPENDED};
 use crate::CoId;
 
 /// The state of a coroutine.
@@ -58,21 +61,21 @@ pub fn coroutines() -> Vec<CoroutineInfo> {
     while !p.is_null() {
         // SAFETY: the live list only holds headers of this thread that have not been freed.
         let h = unsafe { &*p };
-        let bits = h.state_bits();
+        let bits = h.state();
         out.push(CoroutineInfo {
-            id: h.id,
-            name: h.name_str().map(str::to_owned),
-            state: match bits & 3 {
-                0 => State::Ready,
-                1 => State::Suspended,
-                2 => State::Entered,
+            id: h.id(),
+            name: h.name().map(str::to_owned),
+            state: match bits & STATE_MASK {
+                READY => State::Ready,
+                SUSPENDED => State::Suspended,
+                RUNNING => State::Entered,
                 _ => State::Finished,
             },
-            scheduled: bits & 4 != 0,
+            scheduled: bits & SCHEDULED != 0,
             stack_size: h.stack_size(),
             stack_used: h.stack_used(),
         });
-        p = h.live_next.get();
+        p = h.next_live();
     }
     out
 }
@@ -88,9 +91,4 @@ pub extern "C" fn costack_gdb_live_head() -> *const u8 {
 /// stack pointer (its resume address is at `[sp]`, `rbx` at `[sp + 8]`, `rbp` at
 /// `[sp + 16]`), the next live coroutine, the id (u64), the state byte.
 #[no_mangle]
-pub static COSTACK_GDB_LAYOUT: [usize; 4] = [
-    0,
-    std::mem::offset_of!(Header, live_next),
-    std::mem::offset_of!(Header, id),
-    std::mem::offset_of!(Header, state),
-];
+pub static COSTACK_GDB_LAYOUT: [usize; 4] = Header::DEBUGGER_OFFSETS;

@@ -13,8 +13,12 @@
 //!   aborts,
 //! * hands every other fault to the handler that was installed before it, so Rust's own report
 //!   for an overflowing *thread* stack, or a debugger's or a sanitizer's handler, keeps working.
+//!
+//! May import: `coroutine::header` and `coroutine::switch` (the running coroutine's control block,
+//! read in the signal handler). The builder calls it; it calls nothing above.
 
-use crate::coroutine::Header;
+use crate::coroutine::header::Header;
+use crate::coroutine::switch::current_header;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
@@ -123,7 +127,7 @@ fn ensure_alt_stack() {
 extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, uctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
-    let cur = crate::coroutine::current_header();
+    let cur = current_header();
     if !cur.is_null() {
         // SAFETY: the running coroutine's header is live while it runs (its enterer holds it).
         let h: &Header = unsafe { &*cur };
@@ -211,12 +215,12 @@ fn report_and_abort(h: &Header, addr: usize) -> ! {
         bytes: [0; 512],
         len: 0,
     };
-    let id = h.id_raw();
+    let id = h.id().as_u64();
     b.push(b"\ncostack: coroutine co");
     b.push_dec(id >> 40);
     b.push(b".");
     b.push_dec(id & ((1 << 40) - 1));
-    if let Some(name) = h.name_str() {
+    if let Some(name) = h.name() {
         b.push(b" \"");
         b.push(name.as_bytes());
         b.push(b"\"");

@@ -109,16 +109,20 @@
 //! waiter.wake(); // outside any coroutine and without a driver: entered at once
 //! assert!(waiter.is_finished());
 //! ```
+//!
+//! May import: `coroutine::{header, id, switch}` (the running chain, parking). The locks, the
+//! generator and the bridge build on it.
 
-use crate::coroutine::{
-    continue_cancel, current_header, current_root, park_current, park_outside, Header,
+use crate::coroutine::header::{CoHandle, Header};
+use crate::coroutine::id::CoId;
+use crate::coroutine::switch::{
+    continue_cancel, current_header, current_root, park_current, park_outside,
 };
-use crate::{CoHandle, CoId};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::rc::Rc;
 
-pub use crate::coroutine::Driver;
+pub use crate::coroutine::header::Driver;
 
 /// A wait of the running coroutine: the one type through which costack's layers suspend a
 /// coroutine (see the [module documentation](self) for the contract).
@@ -215,7 +219,7 @@ impl Park {
         self.check();
         let root = current_root();
         // SAFETY: the root of the running chain is live (its enterer keeps it so).
-        unsafe { crate::coroutine::handle_from_header(NonNull::new_unchecked(root as *mut _)) }
+        unsafe { CoHandle::from_header(NonNull::new_unchecked(root as *mut _)) }
     }
 
     /// The id of [`root`](Park::root), without making a handle.
@@ -225,7 +229,7 @@ impl Park {
     pub fn root_id(&self) -> CoId {
         self.check();
         // SAFETY: as in `root`.
-        unsafe { (*current_root()).id }
+        unsafe { (*current_root()).id() }
     }
 
     /// The [`Driver`] of [`root`](Park::root), if it has one; `None` means the core's deferred
@@ -303,7 +307,7 @@ impl Default for Park {
 pub fn root_id() -> Option<CoId> {
     let root = current_root();
     // SAFETY: the root of the running chain is live (its enterer keeps it so).
-    (!root.is_null()).then(|| unsafe { (*root).id })
+    (!root.is_null()).then(|| unsafe { (*root).id() })
 }
 
 impl std::fmt::Debug for Park {
@@ -311,7 +315,7 @@ impl std::fmt::Debug for Park {
         let mut d = f.debug_struct("Park");
         if self.is_running() {
             // SAFETY: the running coroutine is live (its enterer keeps it so).
-            d.field("co", &unsafe { self.co.as_ref() }.id);
+            d.field("co", &unsafe { self.co.as_ref() }.id());
         }
         d.finish_non_exhaustive()
     }

@@ -20,6 +20,8 @@
 //! the address space / memory (`mmap` returns `ENOMEM`), and the kernel's limit on the number of
 //! mappings per process, `vm.max_map_count` (a guarded stack is two mappings, so with the
 //! default 65 530 roughly 32 000 stacks can exist at once). [`StackError`] says which.
+//!
+//! May import: `valgrind` (stack registration). Everything that owns a stack builds on it.
 
 use std::fmt;
 use std::io;
@@ -161,7 +163,7 @@ impl std::error::Error for StackError {
 /// Dropping it unmaps the memory.
 #[derive(Debug)]
 #[repr(C)]
-pub struct Stack {
+pub(crate) struct Stack {
     /// Start of the mapping (the guard page).
     base: NonNull<u8>,
     /// Length of the whole mapping, guard included.
@@ -173,7 +175,7 @@ pub struct Stack {
 impl Stack {
     /// Maps a stack with at least `size` usable bytes (rounded up to whole pages and to at least
     /// [`MIN_STACK_SIZE`]) plus one guard page below it.
-    pub fn new(size: usize) -> Result<Stack, StackError> {
+    pub(crate) fn new(size: usize) -> Result<Stack, StackError> {
         let page = page_size();
         let usable = size
             .max(MIN_STACK_SIZE)
@@ -226,26 +228,26 @@ impl Stack {
 
     /// The highest address of the stack (exclusive); stacks grow down from here.
     #[inline]
-    pub fn top(&self) -> *mut u8 {
+    pub(crate) fn top(&self) -> *mut u8 {
         // SAFETY: base + len is one past the end of our mapping.
         unsafe { self.base.as_ptr().add(self.len) }
     }
 
     /// The lowest usable address, just above the guard page.
     #[inline]
-    pub fn bottom(&self) -> *mut u8 {
+    pub(crate) fn bottom(&self) -> *mut u8 {
         // SAFETY: the guard page lies within the mapping.
         unsafe { self.base.as_ptr().add(self.len - self.usable) }
     }
 
     /// The start of the guard page (the lowest address of the mapping).
-    pub fn guard(&self) -> *mut u8 {
+    pub(crate) fn guard(&self) -> *mut u8 {
         self.base.as_ptr()
     }
 
     /// Length of the guard page region below [`bottom`](Stack::bottom).
     #[inline]
-    pub fn guard_len(&self) -> usize {
+    pub(crate) fn guard_len(&self) -> usize {
         self.len - self.usable
     }
 
@@ -302,7 +304,7 @@ impl Stack {
 
     /// Usable size in bytes (without the guard page).
     #[inline]
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.usable
     }
 }

@@ -12,6 +12,8 @@
 //! Without the feature the macros expand to nothing, so the switch paths carry no trace code at
 //! all. Coroutine ids ([`crate::CoId`]) are stable for the coroutine's life and print as
 //! `co<thread>.<n>`.
+//!
+//! May import: nothing of the crate.
 
 /// Emits a trace event when the `trace` feature is on; expands to nothing otherwise.
 macro_rules! trace_event {

@@ -6,6 +6,8 @@
 //! sequence of instructions that does nothing on real hardware (four `rol` of `rdi` that add up
 //! to 128 bits, then `xchg rbx, rbx`) and that Valgrind's JIT recognises; outside Valgrind it
 //! costs a handful of cycles, and it is only issued when a stack is mapped or unmapped.
+//!
+//! May import: nothing of the crate.
 
 #[cfg(target_arch = "x86_64")]
 #[inline]

@@ -187,54 +187,6 @@ fn main_and_coroutine_interleave_in_order() {
 }
 
 #[test]
-fn lifecycle_reuses_pooled_stacks_after_poisoning() {
-    pool::set_capacity(pool::DEFAULT_CAPACITY);
-    pool::trim();
-    // Run a coroutine that leaves data on its stack, then free it into the pool.
-    let first = Coroutine::new(|| {
-        let mut scratch = [0x11u8; 4096];
-        std::hint::black_box(&mut scratch);
-        yield_now();
-        scratch.iter().map(|&b| b as u32).sum::<u32>()
-    });
-    let _ = first.enter();
-    assert_eq!(first.enter().finished(), Some(0x11 * 4096));
-    let (bottom, top) = first.stack_bounds();
-    drop(first);
-    assert_eq!(pool::len(), 1);
-
-    // Poison the whole pooled stack, the dead control block included (all but the record of
-    // the mapping that the pool keeps in it), as QEMU's test does. (Under valgrind, which rightly
-    // calls any write to a dead stack invalid, the poisoning is skipped; scripts/valgrind-tests.sh
-    // sets the variable.)
-    if std::env::var_os("COSTACK_UNDER_VALGRIND").is_none() {
-        pool::poison_pooled_stacks(0xa5);
-    }
-
-    // The next coroutine gets that stack and must run correctly: create, yield, nest, finish.
-    for round in 0..3u64 {
-        let co = Coroutine::new(move || {
-            let inner = Coroutine::new(move || {
-                yield_now();
-                round * 10
-            });
-            let _ = inner.enter();
-            yield_now();
-            inner.enter().finished().unwrap() + 1
-        });
-        if round == 0 {
-            assert_eq!(
-                co.stack_bounds(),
-                (bottom, top),
-                "the pooled stack is reused"
-            );
-        }
-        assert_eq!(co.enter(), Status::Yielded);
-        assert_eq!(co.enter(), Status::Finished(round * 10 + 1));
-    }
-}
-
-#[test]
 fn pool_is_bounded_and_trimmable() {
     pool::trim();
     pool::set_capacity(4);

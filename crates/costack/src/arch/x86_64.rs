@@ -26,7 +26,7 @@
 //!
 //! ## The two saved stack pointers
 //!
-//! A coroutine's [`Context`] holds two words, at fixed offsets that the assembly uses:
+//! A coroutine's `Context` holds two words, at fixed offsets that the assembly uses:
 //!
 //! * `sp` (offset 0): the coroutine's stack pointer while it is suspended. The word at `[sp]` is
 //!   the address where it resumes.
@@ -53,7 +53,7 @@
 //!
 //! ## A fresh coroutine
 //!
-//! A new stack is prepared so that its resume address is [`costack_trampoline`] and `sp + 8` is
+//! A new stack is prepared so that its resume address is `costack_trampoline` and `sp + 8` is
 //! 16-byte aligned. The trampoline records `link`, keeps the context pointer in `rbx` (callee
 //! saved, so every frame above can recover it), and calls the Rust entry function. When that
 //! returns, the closure is done and every value on the stack dropped; the trampoline then
@@ -79,6 +79,9 @@
 //! enterer sees. The cargo feature `fp-state` saves and restores both registers around every
 //! switch (in Rust, around the assembly), giving each coroutine its own environment as the ABI
 //! describes; the `ucontext` backend always does, because `swapcontext` does.
+//!
+//! May import: nothing of the crate; its trampoline calls the entry function
+//! `coroutine::switch::coroutine_main` by symbol.
 
 use core::arch::{asm, global_asm};
 
@@ -253,5 +256,5 @@ global_asm!(
     "ret",                              // back into the enterer, after its `call`
     ".cfi_endproc",
     ".size costack_trampoline, .-costack_trampoline",
-    entry = sym crate::coroutine::coroutine_main,
+    entry = sym crate::coroutine::switch::coroutine_main,
 );

@@ -1,6 +1,6 @@
 //! The context-switch backends.
 //!
-//! Both offer the same four operations on a [`Context`] that lives at the start of every
+//! Both offer the same three operations on a `Context` that lives at the start of every
 //! coroutine's control block:
 //!
 //! * `Context::init(top, bottom)` prepares a fresh coroutine whose stack lies in
@@ -11,10 +11,14 @@
 //! * `suspend(ctx)` switches from the running coroutine back to its enterer, returning when it is
 //!   entered again.
 //!
-//! [`asm`] is the default on x86_64: hand-written assembly that saves only callee-saved state.
-//! [`ucontext`] (cargo feature `ucontext`, and the default where no assembly backend exists) uses
+//! `asm` is the default on x86_64: hand-written assembly that saves only callee-saved state.
+//! `ucontext` (cargo feature `ucontext`, and the default where no assembly backend exists) uses
 //! libc's `getcontext`/`makecontext`/`swapcontext`: portable, and the yardstick, since every
 //! `swapcontext` makes two `rt_sigprocmask` system calls.
+//!
+//! May import: its two backends only; they call up to `coroutine::switch::coroutine_main`, the
+//! entry function of every coroutine, by path (the trampoline's target), and import nothing else of
+//! the crate.
 
 #[cfg(all(target_arch = "x86_64", not(feature = "ucontext")))]
 pub(crate) mod asm;

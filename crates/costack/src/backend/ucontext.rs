@@ -8,6 +8,9 @@
 //! Each coroutine keeps two `ucontext_t`s: its own (while suspended) and its enterer's (while it
 //! runs). `makecontext` can only pass `int` arguments, so the context pointer is split into two
 //! 32-bit halves for the entry function.
+//!
+//! May import: nothing of the crate but the entry function it calls,
+//! `coroutine::switch::coroutine_main`.
 
 use core::mem::MaybeUninit;
 
@@ -72,7 +75,7 @@ impl Context {
 /// The first function every coroutine runs: rebuilds the context pointer and calls the main.
 extern "C" fn entry(hi: u32, lo: u32) {
     let ctx = (((hi as usize) << 32) | lo as usize) as *mut Context;
-    crate::coroutine::coroutine_main(ctx);
+    crate::coroutine::switch::coroutine_main(ctx);
     // SAFETY: the coroutine is finished and its frames are gone; `link` holds the enterer's
     // context saved by `resume`, and this stack is never resumed again.
     unsafe {

@@ -134,33 +134,20 @@
 //! [`lock`]: CoMutex::lock
 //! [`CoHandle`]: crate::CoHandle
 //! [`CoHandle::wake`]: crate::CoHandle::wake
+//!
+//! May import: its own files, on floors: `waiter` and `relock` at the bottom, the locks above
+//! them (and `queue`, whose `wait_with` takes any `Relock` guard, uses only the trait). `waiter`
+//! alone reaches into the core (`park` and the routed wake-up).
 
 mod mutex;
 mod queue;
+mod relock;
 mod rwlock;
 mod semaphore;
 mod waiter;
 
 pub use mutex::{CoMutex, CoMutexGuard};
 pub use queue::CoQueue;
+pub use relock::Relock;
 pub use rwlock::{CoRwLock, CoRwLockReadGuard, CoRwLockWriteGuard};
 pub use semaphore::{CoSemaphore, CoSemaphorePermit};
-
-/// A guard that [`CoQueue::wait_with`] can release while the coroutine waits and take back
-/// after: [`CoMutexGuard`], [`CoRwLockReadGuard`], [`CoRwLockWriteGuard`] and
-/// [`CoSemaphorePermit`]. Implemented only by those (the trait is sealed).
-pub trait Relock: sealed::Sealed {}
-
-pub(crate) mod sealed {
-    /// The workings of [`Relock`](super::Relock), hidden from users.
-    pub trait Sealed: Sized {
-        /// What is left of the guard while the lock is released: enough to take it again.
-        type Unlocked;
-
-        /// Releases the lock.
-        fn unlock_for_wait(self) -> Self::Unlocked;
-
-        /// Takes the lock again, waiting if need be.
-        fn relock_after_wait(unlocked: Self::Unlocked) -> Self;
-    }
-}

@@ -1,6 +1,8 @@
 //! [`CoMutex`]: mutual exclusion between coroutines, with FIFO hand-off.
+//!
+//! May import: `waiter` and `relock` (its guards are `Relock`).
 
-use super::waiter::{Parked, WaitList, Waiter, Wakeups};
+use super::waiter::{Parked, WaitList, Waiter};
 use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::marker::PhantomData;
@@ -196,9 +198,7 @@ impl<T: ?Sized> CoMutex<T> {
     #[inline(never)]
     fn hand_off(&self) {
         // `locked` stays set: the lock passes to the waiter without ever being free.
-        let mut wakeups = Wakeups::new();
-        self.waiters.grant_front(&mut wakeups);
-        wakeups.finish();
+        self.waiters.grant_one();
     }
 }
 
@@ -270,7 +270,7 @@ impl<T: ?Sized + fmt::Display> fmt::Display for CoMutexGuard<'_, T> {
     }
 }
 
-impl<'a, T: ?Sized + 'a> super::sealed::Sealed for CoMutexGuard<'a, T> {
+impl<'a, T: ?Sized + 'a> super::relock::sealed::Sealed for CoMutexGuard<'a, T> {
     type Unlocked = &'a CoMutex<T>;
 
     fn unlock_for_wait(self) -> &'a CoMutex<T> {
@@ -282,4 +282,4 @@ impl<'a, T: ?Sized + 'a> super::sealed::Sealed for CoMutexGuard<'a, T> {
     }
 }
 
-impl<'a, T: ?Sized + 'a> super::Relock for CoMutexGuard<'a, T> {}
+impl<'a, T: ?Sized + 'a> super::relock::Relock for CoMutexGuard<'a, T> {}

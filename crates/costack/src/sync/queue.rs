@@ -1,7 +1,9 @@
 //! [`CoQueue`]: a queue of waiting coroutines, the condition variable of coroutines.
+//!
+//! May import: `waiter` and `relock`.
 
-use super::waiter::{Parked, WaitList, Waiter, Wakeups};
-use super::Relock;
+use super::relock::Relock;
+use super::waiter::{Parked, WaitList, Waiter};
 use std::fmt;
 
 /// A FIFO queue of suspended coroutines: the building block for waiting on a condition
@@ -173,10 +175,7 @@ impl CoQueue {
         if self.waiters.is_empty() {
             return false;
         }
-        let mut wakeups = Wakeups::new();
-        self.waiters.grant_front(&mut wakeups);
-        wakeups.finish();
-        true
+        self.waiters.grant_one()
     }
 
     /// Wakes every coroutine waiting now, in queue order, and returns how many.
@@ -190,22 +189,14 @@ impl CoQueue {
         // Waking from outside a coroutine runs the woken ones on the spot, and they may queue
         // again: serve only those waiting now, detached into a batch on this frame. Nodes can
         // still leave the batch if their coroutine is dropped meanwhile.
-        let mut wakeups = Wakeups::new();
-        let mut n = 0;
-        {
-            let batch = Batch {
-                list: WaitList::new(),
-                home: &self.waiters,
-            };
-            // SAFETY: `batch` stays in this block's frame, unmoved, until it is dropped at the
-            // end of the block; its destructor empties it.
-            unsafe { self.waiters.move_all_to(&batch.list) };
-            while batch.list.grant_front(&mut wakeups) {
-                n += 1;
-            }
-        }
-        wakeups.finish();
-        n
+        let batch = Batch {
+            list: WaitList::new(),
+            home: &self.waiters,
+        };
+        // SAFETY: `batch` stays in this frame, unmoved, until it is dropped at the end of the
+        // function; its destructor empties it.
+        unsafe { self.waiters.move_all_to(&batch.list) };
+        batch.list.grant_while(|_| true)
     }
 
     /// Whether no coroutine is waiting.

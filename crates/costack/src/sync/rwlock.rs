@@ -1,6 +1,8 @@
 //! [`CoRwLock`]: many readers or one writer, FIFO-fair, with upgrade and downgrade.
+//!
+//! May import: `waiter` and `relock` (its guards are `Relock`).
 
-use super::waiter::{Parked, WaitList, Waiter, Wakeups};
+use super::waiter::{Parked, WaitList, Waiter};
 use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::marker::PhantomData;
@@ -279,24 +281,22 @@ impl<T: ?Sized> CoRwLock<T> {
     #[cold]
     #[inline(never)]
     fn dispatch(&self) {
-        let mut wakeups = Wakeups::new();
         // Re-read everything on each round: outside a coroutine, each grant runs the waiter.
-        while let Some(want) = self.waiters.front_want() {
+        self.waiters.grant_while(|want| {
             let s = self.state.get();
             if want == WANT_WRITE {
                 if s != 0 {
-                    break;
+                    return false;
                 }
                 self.state.set(WRITER);
             } else {
                 if s >= MAX_READERS {
-                    break;
+                    return false;
                 }
                 self.state.set(s + 1);
             }
-            self.waiters.grant_front(&mut wakeups);
-        }
-        wakeups.finish();
+            true
+        });
     }
 }
 
@@ -495,7 +495,7 @@ impl<T: ?Sized + fmt::Display> fmt::Display for CoRwLockWriteGuard<'_, T> {
     }
 }
 
-impl<'a, T: ?Sized + 'a> super::sealed::Sealed for CoRwLockReadGuard<'a, T> {
+impl<'a, T: ?Sized + 'a> super::relock::sealed::Sealed for CoRwLockReadGuard<'a, T> {
     type Unlocked = &'a CoRwLock<T>;
 
     fn unlock_for_wait(self) -> &'a CoRwLock<T> {
@@ -507,9 +507,9 @@ impl<'a, T: ?Sized + 'a> super::sealed::Sealed for CoRwLockReadGuard<'a, T> {
     }
 }
 
-impl<'a, T: ?Sized + 'a> super::Relock for CoRwLockReadGuard<'a, T> {}
+impl<'a, T: ?Sized + 'a> super::relock::Relock for CoRwLockReadGuard<'a, T> {}
 
-impl<'a, T: ?Sized + 'a> super::sealed::Sealed for CoRwLockWriteGuard<'a, T> {
+impl<'a, T: ?Sized + 'a> super::relock::sealed::Sealed for CoRwLockWriteGuard<'a, T> {
     type Unlocked = &'a CoRwLock<T>;
 
     fn unlock_for_wait(self) -> &'a CoRwLock<T> {
@@ -521,4 +521,4 @@ impl<'a, T: ?Sized + 'a> super::sealed::Sealed for CoRwLockWriteGuard<'a, T> {
     }
 }
 
-impl<'a, T: ?Sized + 'a> super::Relock for CoRwLockWriteGuard<'a, T> {}
+impl<'a, T: ?Sized + 'a> super::relock::Relock for CoRwLockWriteGuard<'a, T> {}

@@ -1,6 +1,8 @@
 //! [`CoSemaphore`]: a counting semaphore for coroutines, FIFO so large requests are not starved.
+//!
+//! May import: `waiter` and `relock` (its guards are `Relock`).
 
-use super::waiter::{Parked, WaitList, Waiter, Wakeups};
+use super::waiter::{Parked, WaitList, Waiter};
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
@@ -188,17 +190,15 @@ impl CoSemaphore {
     #[cold]
     #[inline(never)]
     fn dispatch(&self) {
-        let mut wakeups = Wakeups::new();
         // Re-read everything on each round: outside a coroutine, each grant runs the waiter.
-        while let Some(want) = self.waiters.front_want() {
+        self.waiters.grant_while(|want| {
             let p = self.permits.get();
             if p < want {
-                break;
+                return false;
             }
             self.permits.set(p - want);
-            self.waiters.grant_front(&mut wakeups);
-        }
-        wakeups.finish();
+            true
+        });
     }
 }
 
@@ -250,7 +250,7 @@ impl fmt::Debug for CoSemaphorePermit<'_> {
     }
 }
 
-impl<'a> super::sealed::Sealed for CoSemaphorePermit<'a> {
+impl<'a> super::relock::sealed::Sealed for CoSemaphorePermit<'a> {
     type Unlocked = (&'a CoSemaphore, usize);
 
     fn unlock_for_wait(self) -> (&'a CoSemaphore, usize) {
@@ -262,4 +262,4 @@ impl<'a> super::sealed::Sealed for CoSemaphorePermit<'a> {
     }
 }
 
-impl super::Relock for CoSemaphorePermit<'_> {}
+impl super::relock::Relock for CoSemaphorePermit<'_> {}

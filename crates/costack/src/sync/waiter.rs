@@ -3,17 +3,24 @@
 //!
 //! # The protocol
 //!
-//! A coroutine that must wait puts a [`Waiter`] on its own stack and links it into the lock's
-//! [`WaitList`] through a [`Parked`] guard, then yields until a waker sets the node's `granted`
+//! A coroutine that must wait puts a `Waiter` on its own stack and links it into the lock's
+//! `WaitList` through a `Parked` guard, then yields until a waker sets the node's `granted`
 //! flag. A waker (an unlock, a release, `wake_next`) first updates the lock's state on the
 //! waiter's behalf — the lock is *handed* to it — then pops the node, sets `granted` and wakes
-//! the coroutine ([`WaitList::grant_front`]). Because the hand-off happens before the waiter
-//! runs again, nobody can barge in between, and the woken coroutine has nothing to re-check.
+//! the coroutine. Because the hand-off happens before the waiter runs again, nobody can barge in
+//! between, and the woken coroutine has nothing to re-check.
+//!
+//! Every lock hands off through one loop, `WaitList::grant_while`: while there is a first
+//! waiter, the lock's own `admit` step decides whether it may go and updates the state on its
+//! behalf, and the loop grants and wakes it. (`WaitList::grant_one` is that loop for exactly one
+//! waiter, for a mutex's hand-off and a queue's `wake_next`.) The locks differ only in `admit`:
+//! the semaphore takes the permits the waiter wants, the rwlock lets in a writer if the lock is
+//! free or readers while no writer holds it, a queue's `wake_all` admits everyone.
 //!
 //! A node holds an *unowned* pointer to its coroutine's header. A strong handle would be a
 //! reference cycle (the handle would live on the very stack it keeps alive), so the coroutine
 //! could never be dropped. The pointer is valid while the node is linked because the node lives
-//! on that coroutine's stack, and the [`Parked`] guard unlinks it before the stack goes away:
+//! on that coroutine's stack, and the `Parked` guard unlinks it before the stack goes away:
 //! when a suspended coroutine is dropped, the core unwinds its stack and the guard's destructor
 //! runs. The destructor then tells the lock what it lost — a queued request that vanished, or a
 //! hand-off that its recipient never took — so the lock can pass it on.
@@ -21,7 +28,7 @@
 //! # Waiting and waking: the resume contract
 //!
 //! The wait is a [`Park`] of the waiting coroutine, [`until`](Park::until) its node's `granted`
-//! flag is set; a waker wakes it through the contract's routing ([`wake_routed`]). So the locks
+//! flag is set; a waker wakes it through the contract's routing (`wake_routed`). So the locks
 //! work wherever a coroutine runs: in a plain coroutine entered from `main` (the core's
 //! deferred wake-ups resume it), in an event loop's task (the loop resumes it), in a coroutine
 //! hosted by an executor (the executor polls it again), or nested inside any of these (the
@@ -40,10 +47,14 @@
 //! state. Outside any coroutine a target without a driver is entered at once and may do
 //! anything before the wake returns — including dropping other waiters of the same list. The
 //! locks therefore re-read their state after every wake, never keep a node pointer across one,
-//! and collect a panic of a coroutine entered this way in [`Wakeups`] to continue it after the
+//! and collect a panic of a coroutine entered this way in `Wakeups` to continue it after the
 //! remaining waiters have been served.
+//!
+//! May import: `coroutine::{header, wake}` and `park`. Every lock of `sync` imports it; it imports
+//! none of them.
 
-use crate::coroutine::{wake_routed, Header};
+use crate::coroutine::header::Header;
+use crate::coroutine::wake::wake_routed;
 use crate::park::Park;
 use std::any::Any;
 use std::cell::Cell;
@@ -218,6 +229,40 @@ impl WaitList {
         node.list.set(ptr::null());
     }
 
+    /// The one dispatch loop of every lock: while there is a first waiter and `admit(want)`
+    /// says it may have what it asks for — after updating the lock's state on its behalf —
+    /// unlinks it, marks it granted and wakes it ([`grant_front`](Self::grant_front)). Returns
+    /// how many were granted. A panic of a waiter entered directly (outside any coroutine)
+    /// continues once the loop is over (see [`Wakeups`]).
+    ///
+    /// `admit` runs again before every grant and must re-read the lock's state: outside a
+    /// coroutine each grant runs the waiter before the next round.
+    #[inline(always)]
+    pub(crate) fn grant_while(&self, mut admit: impl FnMut(usize) -> bool) -> usize {
+        let mut wakeups = Wakeups::new();
+        let mut n = 0;
+        while let Some(want) = self.front_want() {
+            if !admit(want) {
+                break;
+            }
+            self.grant_front(&mut wakeups);
+            n += 1;
+        }
+        wakeups.finish();
+        n
+    }
+
+    /// Grants the first waiter, if there is one, what the caller has already set aside for it
+    /// (a mutex's hand-off, a queue's wake): [`grant_while`](Self::grant_while) for exactly one
+    /// waiter, without a loop. Returns whether there was one.
+    #[inline(always)]
+    pub(crate) fn grant_one(&self) -> bool {
+        let mut wakeups = Wakeups::new();
+        let granted = self.grant_front(&mut wakeups);
+        wakeups.finish();
+        granted
+    }
+
     /// Unlinks the first node, marks it granted and wakes its coroutine. Returns whether there
     /// was one.
     ///
@@ -225,7 +270,7 @@ impl WaitList {
     /// coroutine the waiter runs before this returns, so the caller must re-read any state it
     /// needs afterwards.
     #[inline]
-    pub(crate) fn grant_front(&self, wakeups: &mut Wakeups) -> bool {
+    fn grant_front(&self, wakeups: &mut Wakeups) -> bool {
         let Some(node) = NonNull::new(self.head.get() as *mut Waiter) else {
             return false;
         };
@@ -274,13 +319,13 @@ impl WaitList {
 
 /// Wakes coroutines for a lock, and keeps the first panic of a coroutine that it entered
 /// directly (outside any coroutine) to continue it once the lock has served everyone it should.
-pub(crate) struct Wakeups {
+struct Wakeups {
     panic: Option<Box<dyn Any + Send>>,
 }
 
 impl Wakeups {
     #[inline]
-    pub(crate) fn new() -> Wakeups {
+    fn new() -> Wakeups {
         Wakeups { panic: None }
     }
 
@@ -313,7 +358,7 @@ impl Wakeups {
     /// panic out of a destructor would abort the process, so the payload is dropped, as the
     /// core does for wake-ups.
     #[inline]
-    pub(crate) fn finish(mut self) {
+    fn finish(mut self) {
         if let Some(p) = self.panic.take() {
             if !std::thread::panicking() {
                 resume_unwind(p);

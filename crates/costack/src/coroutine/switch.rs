@@ -1,0 +1,553 @@
+//! The switch path: entering a coroutine and settling what it left when it switched back,
+//! yielding and parking, the loop that runs deferred wake-ups, and which coroutine runs now.
+//!
+//! # Entering and switching back
+//!
+//! The enterer marks the coroutine RUNNING, makes it the current one and switches to its stack
+//! (`switch_into`). The coroutine switches back by yielding, parking or finishing; a plain
+//! yield writes no state, so the enterer's one load and compare after the switch tells the fast
+//! path (a yield) from the rest, which `settle` sorts out: a finish, a panic, deferred
+//! wake-ups to run (`run_wakeups`, QEMU's `co_queue_wakeup` loop), or a park that the enterer
+//! must wait with (see [`park`](crate::park)).
+//!
+//! May import: `header` and `id` (the control block it switches), `backend` (the switch
+//! itself), `trace`, `asan`. Not the handles, the pool or the overflow handler.
+
+use super::header::{CoHandle, Header};
+use super::id::CoId;
+use super::state::{
+    FINISHED, HELD, NOT_ENTERABLE, ORPHANED, PANICKED, PARKED, RUNNING, SCHEDULED, STATE_MASK,
+    SUSPENDED, WAKEUPS,
+};
+use crate::backend::{self, Context};
+use crate::trace::trace_event;
+use std::any::Any;
+use std::cell::Cell;
+use std::fmt;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::ptr::{self, NonNull};
+
+thread_local! {
+    /// The running coroutine's header, or null when the thread runs on its own stack.
+    /// A `const` Cell of a raw pointer: no lazy initialisation and no destructor, so it is a
+    /// plain `fs:`-relative load and stays usable while other thread-locals are destroyed.
+    static CURRENT: Cell<*const Header> = const { Cell::new(ptr::null()) };
+}
+
+/// The running coroutine's header (null outside any coroutine).
+#[inline(always)]
+pub(crate) fn current_header() -> *const Header {
+    CURRENT.with(|c| c.get())
+}
+
+/// Makes `h` the running coroutine (null: the thread's own stack).
+#[inline(always)]
+fn set_current(h: *const Header) {
+    CURRENT.with(|c| c.set(h))
+}
+
+/// The outermost coroutine of the running chain — the one its enterer (the thread: `main`, an
+/// event loop, an executor's poll, a wake-up loop) entered — or null outside any coroutine.
+pub(crate) fn current_root() -> *const Header {
+    let mut h = current_header();
+    if h.is_null() {
+        return h;
+    }
+    loop {
+        // SAFETY: the running coroutine and its callers (the chain) are live: each enterer
+        // keeps what it entered alive while it runs.
+        let c = unsafe { (*h).caller() };
+        if c.is_null() {
+            return h;
+        }
+        h = c;
+    }
+}
+
+/// The payload that unwinds a suspended coroutine whose last handle was dropped.
+///
+/// Code that catches panics inside a coroutine (`catch_unwind`) may see it; it should let it
+/// continue (`resume_unwind`), as the coroutine cannot be suspended again.
+struct ForcedUnwind;
+
+/// The entry function of every coroutine, called by the backend's trampoline on the fresh
+/// stack. Runs the closure and records how it ended; when it returns, the backend switches to
+/// the enterer for the last time.
+pub(crate) extern "C" fn coroutine_main(ctx: *mut Context) {
+    // SAFETY: `ctx` is the first field of a `#[repr(C)]` Header, which stays alive while the
+    // coroutine runs (the enterer holds a strong reference).
+    let h = unsafe { &*(ctx as *const Header) };
+    #[cfg(feature = "asan")]
+    h.asan().arrived();
+    // SAFETY: the slot holds the closure, written by create() and not yet taken.
+    let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { h.run_closure() }));
+    let mut end = FINISHED | (h.state() & WAKEUPS);
+    if let Err(payload) = outcome {
+        if !payload.is::<ForcedUnwind>() {
+            h.set_panic(payload);
+            end |= PANICKED;
+        }
+    }
+    h.set_state(end);
+    trace_event!(terminate, h.id());
+    #[cfg(feature = "asan")]
+    h.asan().leaving_for_good();
+}
+
+/// Switches into `h` and back once. Returns `true` when the enterer has more to do — the
+/// coroutine finished, queued deferred wake-ups, or parked — and must call [`settle`]; after a
+/// plain yield (the fast path) the coroutine is already marked suspended.
+///
+/// The yield side writes no state: the enterer marks the coroutine RUNNING before the switch and
+/// SUSPENDED after it, unless the coroutine changed its state meanwhile (finished, parked, or set
+/// the WAKEUPS flag), which one load and compare detects.
+///
+/// # Safety
+/// `h` must be a live header of this thread.
+///
+/// `NESTED`: `h` becomes part of the running chain (its `caller` is the enterer), so a wait in
+/// it is a wait of the enterer's chain. Without, it is entered as a chain of its own (the
+/// deferred wake-up loop).
+#[inline(always)]
+unsafe fn switch_into<const NESTED: bool>(h: &Header) -> bool {
+    let state = h.state();
+    if state & NOT_ENTERABLE != 0 {
+        cannot_enter(h, state);
+    }
+    let prev = current_header();
+    h.set_caller(if NESTED { prev } else { ptr::null() });
+    h.set_state(RUNNING);
+    set_current(h);
+    trace_event!(enter, DisplayPtr(prev), h.id());
+    #[cfg(feature = "asan")]
+    let fake = crate::asan::entering(h.stack_bounds().0, h.stack_size());
+    // SAFETY: the state check above guarantees the coroutine is not running anywhere and was
+    // prepared by init_header; it only switches back through suspend/finish on its own ctx.
+    unsafe { backend::resume(h.ctx()) };
+    #[cfg(feature = "asan")]
+    crate::asan::returned(fake);
+    set_current(prev);
+    if h.state() == RUNNING {
+        h.set_state(SUSPENDED);
+        false
+    } else {
+        true
+    }
+}
+
+/// What a coroutine left for its enterer when it switched back (see [`switch_into`]).
+struct Settled {
+    finished: bool,
+    wakeups: bool,
+}
+
+/// Clears the flags `h` set while it ran (but PARKED, which stays while it waits) and says
+/// whether it finished and queued wake-ups.
+#[inline]
+fn settle(h: &Header) -> Settled {
+    let s = h.state();
+    let finished = s & STATE_MASK == FINISHED;
+    h.set_state(if finished {
+        FINISHED
+    } else {
+        SUSPENDED | (s & PARKED)
+    });
+    Settled {
+        finished,
+        wakeups: s & WAKEUPS != 0,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn cannot_enter(h: &Header, state: u8) -> ! {
+    let what = if state & ORPHANED != 0 {
+        "the thread is exiting and its thread-locals are being destroyed, so coroutines \
+         suspended on it are never resumed (they are leaked)"
+    } else {
+        match state & STATE_MASK {
+            RUNNING => {
+                "it is already entered (running, or on the chain of coroutines that entered \
+                 the running one)"
+            }
+            FINISHED => "it has finished",
+            _ if state & HELD != 0 => {
+                "it is waiting, and the coroutine that entered it waits with it and enters it \
+                 again when the wait ends (wake it instead)"
+            }
+            _ => "it is scheduled by a deferred wake-up and will be entered by that",
+        }
+    };
+    panic!("costack: cannot enter coroutine {}: {what}", NameId(h));
+}
+
+/// Enters `h`, runs the deferred wake-ups it queued, continues its panic if it panicked, and —
+/// inside a coroutine — waits with it if it parked.
+///
+/// # Safety
+/// `h` must be a live header of this thread, kept alive by the caller during the call.
+#[inline]
+pub(super) unsafe fn enter_header(h: &Header) {
+    // SAFETY: forwarded contract.
+    if unsafe { switch_into::<true>(h) } && h.state() != FINISHED {
+        // Not a plain yield, nor a plain return (no panic, no wake-ups queued).
+        // SAFETY: forwarded contract.
+        unsafe { after_enter_slow(h) }
+    }
+}
+
+/// The enterer's work after a coroutine finished, queued wake-ups or parked: run the wake-ups,
+/// continue the coroutine's panic (or else a woken one's), if any; and if it parked while the
+/// enterer is itself a coroutine, wait with it (the contract in [`park`](crate::park): a wait
+/// suspends the whole chain up to whoever resumes its outermost coroutine), entering it again
+/// each time the enterer is resumed, until it yields plainly or finishes.
+///
+/// # Safety
+/// `h` must be a live header of this thread, kept alive by the caller during the call.
+#[inline(never)]
+unsafe fn after_enter_slow(h: &Header) {
+    loop {
+        let settled = settle(h);
+        let mut pending_panic = None;
+        if settled.wakeups {
+            // SAFETY: `h` is live; its queue holds strong references.
+            pending_panic = unsafe { run_wakeups(h) };
+        }
+        if settled.finished {
+            if let Some(payload) = h.take_panic() {
+                drop(pending_panic);
+                resume_unwind(payload);
+            }
+        }
+        if let Some(payload) = pending_panic {
+            resume_unwind(payload);
+        }
+        // Re-read: the wake-ups may have entered `h` again meanwhile.
+        let parked = h.state() & (STATE_MASK | PARKED | NOT_ENTERABLE) == SUSPENDED | PARKED;
+        if !parked || current_header().is_null() {
+            return; // our caller sees a yield (or the end)
+        }
+        // SAFETY: forwarded contract; we run inside a coroutine (checked above).
+        if !unsafe { wait_with(h) } {
+            return;
+        }
+        // SAFETY: forwarded contract.
+        if !unsafe { switch_into::<true>(h) } || h.state() == FINISHED {
+            return;
+        }
+    }
+}
+
+/// The running coroutine, which entered `h` and found it parked, waits with it: it marks `h`
+/// HELD (so that nobody else enters it, and so that a wake of `h` is routed to us through
+/// `caller`), parks itself, and when it is resumed says whether `h` is to be entered again.
+///
+/// # Safety
+/// `h` is a live, suspended and parked header of this thread that the running coroutine
+/// entered (its `caller`), and keeps alive during the call.
+#[cold]
+#[inline(never)]
+unsafe fn wait_with(h: &Header) -> bool {
+    debug_assert_eq!(h.caller(), current_header());
+    /// Lets go of `h` however the wait ends (also when our coroutine is unwound meanwhile).
+    struct Unhold<'a>(&'a Header);
+    impl Drop for Unhold<'_> {
+        fn drop(&mut self) {
+            self.0.set_state(self.0.state() & !HELD);
+        }
+    }
+    h.set_state(h.state() | HELD);
+    let unhold = Unhold(h);
+    park_current();
+    drop(unhold);
+    // HELD kept everyone else out, so `h` is still suspended where it parked, unless the thread
+    // began to exit meanwhile.
+    h.state() & (STATE_MASK | ORPHANED) == SUSPENDED
+}
+
+/// Parks the running coroutine: like [`yield_now`], but marked as a wait of the resume contract,
+/// so that its enterer waits with it (if the enterer is a coroutine) or learns that it waits
+/// for a wake-up rather than yielded to be entered again soon (a driver).
+///
+/// # Panics
+/// Outside any coroutine; and, continuing its forced unwind, in a coroutine being dropped.
+#[inline(always)]
+pub(crate) fn park_current() {
+    suspend_running::<true>();
+}
+
+/// The one way the running coroutine switches back to its enterer: a plain yield
+/// ([`yield_now`]) or, with `PARK`, a park ([`park_current`]), which differ only in the flag
+/// the enterer finds (see [`switch_into`]). Continues a forced unwind before and after the
+/// switch: a coroutine being dropped cannot suspend.
+#[inline(always)]
+fn suspend_running<const PARK: bool>() {
+    let cur = current_header();
+    if cur.is_null() {
+        if PARK {
+            park_outside();
+        }
+        yield_outside();
+    }
+    // SAFETY: CURRENT only holds the header of the running coroutine, which its enterer keeps
+    // alive while it runs.
+    let h = unsafe { &*cur };
+    if h.is_cancelled() {
+        forced_unwind();
+    }
+    if PARK {
+        // The enterer reads the flag after the switch (see `switch_into`).
+        h.set_state(h.state() | PARKED);
+    }
+    // A plain yield changes no state: the enterer marks us suspended when the switch returns.
+    trace_event!(yield, h.id(), DisplayPtr(h.caller()));
+    #[cfg(feature = "asan")]
+    h.asan().leaving();
+    // SAFETY: we run on `h`'s stack (it is CURRENT) and were entered by a resume on its ctx.
+    unsafe { backend::suspend(h.ctx()) };
+    #[cfg(feature = "asan")]
+    h.asan().arrived();
+    if h.is_cancelled() {
+        forced_unwind();
+    }
+}
+
+#[cold]
+#[inline(never)]
+pub(crate) fn park_outside() -> ! {
+    panic!("costack: a wait was started outside of any coroutine: there is nothing to suspend")
+}
+
+/// Continues the forced unwind of `h`, the running coroutine, if it is being dropped (its code
+/// caught the unwind with `catch_unwind` and went on to wait again); does nothing otherwise.
+#[inline(always)]
+pub(crate) fn continue_cancel(h: &Header) {
+    if h.is_cancelled() {
+        forced_unwind();
+    }
+}
+
+/// A FIFO of scheduled coroutines, linked through `wake_next`; each entry owns a strong ref.
+struct WakeList {
+    head: *const Header,
+    tail: *const Header,
+}
+
+impl WakeList {
+    /// Takes `h`'s queue of deferred wake-ups.
+    fn take(h: &Header) -> WakeList {
+        let (head, tail) = h.take_wake_queue();
+        WakeList { head, tail }
+    }
+
+    /// Puts `front` before the entries of `self`.
+    fn prepend(&mut self, front: WakeList) {
+        if front.head.is_null() {
+            return;
+        }
+        // SAFETY: list entries are live headers (each holds a strong ref).
+        unsafe { (*front.tail).set_wake_next(self.head) };
+        if self.head.is_null() {
+            self.tail = front.tail;
+        }
+        self.head = front.head;
+        std::mem::forget(front);
+    }
+
+    /// Takes the first entry with its strong reference.
+    fn pop(&mut self) -> Option<CoHandle> {
+        let h = NonNull::new(self.head as *mut Header)?;
+        // SAFETY: list entries are live headers.
+        let hr = unsafe { h.as_ref() };
+        self.head = hr.wake_next();
+        hr.set_wake_next(ptr::null());
+        if self.head.is_null() {
+            self.tail = ptr::null();
+        }
+        hr.set_state(hr.state() & !SCHEDULED);
+        // SAFETY: the entry's strong reference moves into the handle.
+        Some(unsafe { CoHandle::adopt(h) })
+    }
+}
+
+impl Drop for WakeList {
+    /// Only reached while unwinding from a destructor that panicked in the wake-up loop: the
+    /// remaining wake-ups are dropped (their coroutines stay suspended, or are freed).
+    fn drop(&mut self) {
+        while let Some(co) = self.pop() {
+            drop(co);
+        }
+    }
+}
+
+/// Enters, in order, every coroutine that `first` woke, and every one those woke in turn
+/// (QEMU's `co_queue_wakeup` loop). Returns the first panic of a woken coroutine, if any.
+///
+/// # Safety
+/// `first` must be a live header of this thread.
+#[inline(never)]
+unsafe fn run_wakeups(first: &Header) -> Option<Box<dyn Any + Send>> {
+    let mut pending = WakeList::take(first);
+    let mut first_panic = None;
+    while let Some(co) = pending.pop() {
+        let h = co.header();
+        if h.state() & NOT_ENTERABLE != 0 {
+            continue; // it woke itself and then finished
+        }
+        // SAFETY: `co` keeps `h` alive; it is not scheduled any more and, having been
+        // suspended when it was woken, is not on the chain. It is entered as a chain of its
+        // own (no `caller`): a wait in it is its own, not ours.
+        if unsafe { switch_into::<false>(h) } {
+            let settled = settle(h);
+            if settled.wakeups {
+                pending.prepend(WakeList::take(h));
+            }
+            if settled.finished {
+                if let Some(p) = h.take_panic() {
+                    first_panic.get_or_insert(p);
+                }
+            }
+        }
+        drop(co);
+    }
+    first_panic
+}
+
+/// Suspends the running coroutine and returns to whoever entered it. Returns when the coroutine
+/// is entered again.
+///
+/// # Panics
+/// Outside any coroutine. Also (with a private payload that unwinds the coroutine) when the
+/// coroutine is resumed only to be dropped: see [`Coroutine`](crate::Coroutine).
+///
+/// ```
+/// use costack::{yield_now, Coroutine, Status};
+///
+/// fn deep(n: u32) -> u32 {
+///     if n == 0 {
+///         yield_now(); // from any depth
+///         return 0;
+///     }
+///     1 + deep(n - 1)
+/// }
+/// let co = Coroutine::new(|| deep(100));
+/// assert_eq!(co.enter(), Status::Yielded);
+/// assert_eq!(co.enter(), Status::Finished(100));
+/// ```
+#[inline]
+pub fn yield_now() {
+    suspend_running::<false>();
+}
+
+#[cold]
+#[inline(never)]
+fn yield_outside() -> ! {
+    panic!("costack::yield_now() called outside of any coroutine: there is nothing to yield to")
+}
+
+#[cold]
+#[inline(never)]
+fn forced_unwind() -> ! {
+    resume_unwind(Box::new(ForcedUnwind))
+}
+
+/// Whether the caller runs inside a coroutine.
+#[inline]
+pub fn in_coroutine() -> bool {
+    !current_header().is_null()
+}
+
+/// A handle to the running coroutine, or `None` outside any coroutine.
+///
+/// The handle can be stored and used later, by other code on this thread, to enter the
+/// coroutine again after it yields: this is how locks and event loops resume coroutines.
+///
+/// ```
+/// use costack::{current, Coroutine};
+///
+/// let co = Coroutine::new(|| current().unwrap().id());
+/// let id = co.id();
+/// assert_eq!(co.enter().finished(), Some(id));
+/// assert!(current().is_none());
+/// ```
+#[inline]
+pub fn current() -> Option<CoHandle> {
+    let h = NonNull::new(current_header() as *mut Header)?;
+    // SAFETY: CURRENT is a live header; the new handle takes a strong reference.
+    Some(unsafe { CoHandle::from_header(h) })
+}
+
+/// The id of the running coroutine, or `None` outside any coroutine. Cheaper than
+/// `current().map(|c| c.id())`: no handle is made.
+#[inline]
+pub fn current_id() -> Option<CoId> {
+    let h = current_header();
+    // SAFETY: CURRENT is null or the live running coroutine.
+    (!h.is_null()).then(|| unsafe { (*h).id() })
+}
+
+/// Unwinds a suspended coroutine: enters it with `cancel` set, so that its `yield_now` starts a
+/// forced unwind that runs every destructor on its stack. Returns a panic that escaped from a
+/// destructor (or was raised instead of the unwind), if the caller may continue it.
+///
+/// # Safety
+/// `h` is a live, suspended header of this thread.
+#[cold]
+#[inline(never)]
+pub(super) unsafe fn unwind_suspended(h: &Header) -> Option<Box<dyn Any + Send>> {
+    h.set_cancelled();
+    // SAFETY: forwarded contract; our reference keeps it alive.
+    let settled = if unsafe { switch_into::<true>(h) } {
+        settle(h)
+    } else {
+        Settled {
+            finished: false,
+            wakeups: false,
+        }
+    };
+    let woken_panic = if settled.wakeups {
+        // SAFETY: live header.
+        unsafe { run_wakeups(h) }
+    } else {
+        None
+    };
+    if !settled.finished {
+        abort_with("a coroutine being dropped suspended itself again while unwinding");
+    }
+    let p = h.take_panic().or(woken_panic);
+    // Continuing a panic from inside another unwind would abort the process; drop it then.
+    p.filter(|_| !std::thread::panicking())
+}
+
+#[cold]
+pub(super) fn abort_with(msg: &str) -> ! {
+    eprintln!("costack: fatal: {msg}");
+    std::process::abort()
+}
+
+/// Formats a header pointer as its coroutine's id, or `main` for null.
+#[cfg_attr(not(feature = "trace"), allow(dead_code))]
+struct DisplayPtr(*const Header);
+
+impl fmt::Display for DisplayPtr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_null() {
+            f.write_str("main")
+        } else {
+            // SAFETY: non-null header pointers on the chain are live.
+            fmt::Display::fmt(unsafe { &(*self.0).id() }, f)
+        }
+    }
+}
+
+/// Formats a coroutine as `co1.2 "name"`.
+pub(super) struct NameId<'a>(pub(super) &'a Header);
+
+impl fmt::Display for NameId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.name() {
+            Some(n) => write!(f, "{} \"{}\"", self.0.id(), n),
+            None => write!(f, "{}", self.0.id()),
+        }
+    }
+}
