@@ -73,9 +73,7 @@
 //! * [`bridge`]: await any `Future` from a coroutine; host a coroutine in an async executor.
 //! * [`introspect`]: the live coroutines of a thread, for logs and debuggers.
 
-#![warn(missing_docs)]
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod arch;
 #[cfg(feature = "asan")]
