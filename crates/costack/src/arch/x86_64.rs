@@ -54,8 +54,9 @@
 //! ## A fresh coroutine
 //!
 //! A new stack is prepared so that its resume address is `costack_trampoline` and `sp + 8` is
-//! 16-byte aligned. The trampoline records `link`, keeps the context pointer in `rbx` (callee
-//! saved, so every frame above can recover it), and calls the Rust entry function. When that
+//! 16-byte aligned, with the entry function given to `init` stored in the word below it. The
+//! trampoline records `link`, keeps the context pointer in `rbx` (callee saved, so every frame
+//! above can recover it), and calls the entry function through that word. When that
 //! returns, the closure is done and every value on the stack dropped; the trampoline then
 //! switches to the enterer one last time and the stack is never resumed.
 //!
@@ -80,8 +81,8 @@
 //! switch (in Rust, around the assembly), giving each coroutine its own environment as the ABI
 //! describes; the `ucontext` backend always does, because `swapcontext` does.
 //!
-//! May import: nothing of the crate; its trampoline calls the entry function
-//! `coroutine::switch::coroutine_main` by symbol.
+//! May import: nothing of the crate. The entry function every coroutine starts in comes from the
+//! caller of `init`, so this file does not name it.
 
 use core::arch::{asm, global_asm};
 
@@ -95,6 +96,10 @@ pub(crate) struct Context {
     link: *mut u8,
 }
 
+/// The function a fresh coroutine starts in, given its context pointer; when it returns, the
+/// coroutine is finished.
+pub(crate) type Entry = extern "C" fn(*mut Context);
+
 impl Context {
     /// A context that has not been prepared yet.
     pub(crate) const fn new() -> Context {
@@ -104,19 +109,26 @@ impl Context {
         }
     }
 
-    /// Prepares a fresh coroutine whose stack frames start below `top`.
+    /// Prepares a fresh coroutine whose stack frames start below `top`; its first resume calls
+    /// `entry` with this context's address.
     ///
     /// # Safety
     /// `top` must point into (or one past) a writable stack region with room below it for the
     /// coroutine's frames, and `self` must stay at this address until the coroutine finishes.
-    pub(crate) unsafe fn init(&mut self, top: *mut u8, _bottom: *mut u8) {
+    pub(crate) unsafe fn init(&mut self, top: *mut u8, _bottom: *mut u8, entry: Entry) {
         // 16-byte align, then leave one word for the resume address so that `sp + 8` is 16-byte
-        // aligned when the trampoline calls into Rust.
+        // aligned when the trampoline calls into Rust; the entry function goes in the word
+        // below, where the trampoline reads it before its `call` (which overwrites only the
+        // resume address word).
         let aligned = (top as usize) & !15;
         let sp = (aligned - 16 + 8) as *mut usize;
-        // SAFETY: the caller guarantees `top` is the end of writable stack memory; `sp` lies
-        // 8 bytes below its 16-aligned version.
-        unsafe { sp.write(costack_trampoline as *const () as usize) };
+        // SAFETY: the caller guarantees `top` is the end of writable stack memory with room
+        // below it; `sp` lies 8 bytes below its 16-aligned version and `sp - 1` 8 bytes below
+        // that, both inside the stack.
+        unsafe {
+            sp.write(costack_trampoline as *const () as usize);
+            sp.sub(1).write(entry as usize);
+        }
         self.sp = sp.cast();
         self.link = core::ptr::null_mut();
     }
@@ -228,7 +240,7 @@ extern "C" {
 }
 
 // The trampoline. Entered by `call [rax]` from `resume` with rdi = ctx and rax = ctx.sp, on the
-// enterer's stack. DWARF CFI describes the enterer as this frame's caller (see module docs):
+// enterer's stack; `init` left the entry function at [rax - 8]. DWARF CFI describes the enterer as this frame's caller (see module docs):
 //   DW_CFA_def_cfa_expression: DW_OP_breg3 (rbx) +8; DW_OP_deref; DW_OP_plus_uconst 24
 //   return address (rip) at CFA-24, rbx at CFA-16, rbp at CFA-8.
 global_asm!(
@@ -245,16 +257,15 @@ global_asm!(
     ".cfi_offset rip, -24",
     ".cfi_offset rbx, -16",
     ".cfi_offset rbp, -8",
-    "mov [rdi + 8], rsp",               // ctx.link = the enterer's stack pointer
-    "lea rsp, [rax + 8]",               // onto the fresh stack; rsp is now 16-byte aligned
-    "mov rbx, rdi",                     // keep ctx in a callee-saved register for the CFI
-    "xor ebp, ebp",                     // no frame-pointer chain below this frame
-    "call {entry}",                     // coroutine_main(ctx): runs the closure, returns
+    "mov [rdi + 8], rsp",       // ctx.link = the enterer's stack pointer
+    "lea rsp, [rax + 8]",       // onto the fresh stack; rsp is now 16-byte aligned
+    "mov rbx, rdi",             // keep ctx in a callee-saved register for the CFI
+    "xor ebp, ebp",             // no frame-pointer chain below this frame
+    "call qword ptr [rax - 8]", // entry(ctx), stored by init: runs the closure, returns
     // Finished: leave for good. Returning from `entry` popped the predictor's entry for the
     // `call` above, so this `ret` pops the enterer's and is predicted right.
-    "mov rsp, [rbx + 8]",               // the enterer's stack (ctx.link)
-    "ret",                              // back into the enterer, after its `call`
+    "mov rsp, [rbx + 8]", // the enterer's stack (ctx.link)
+    "ret",                // back into the enterer, after its `call`
     ".cfi_endproc",
     ".size costack_trampoline, .-costack_trampoline",
-    entry = sym crate::coroutine::switch::coroutine_main,
 );

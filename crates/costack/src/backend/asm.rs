@@ -5,4 +5,4 @@
 //!
 //! May import: `arch`.
 
-pub(crate) use crate::arch::x86_64::{resume, suspend, Context};
+pub(crate) use crate::arch::x86_64::{resume, suspend, Context, Entry};

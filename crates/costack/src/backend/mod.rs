@@ -3,9 +3,10 @@
 //! Both offer the same three operations on a `Context` that lives at the start of every
 //! coroutine's control block:
 //!
-//! * `Context::init(top, bottom)` prepares a fresh coroutine whose stack lies in
-//!   `bottom..top`; its first resume calls `coroutine_main` with the context pointer, and when
-//!   that returns the coroutine is finished and switches to its enterer for the last time.
+//! * `Context::init(top, bottom, entry)` prepares a fresh coroutine whose stack lies in
+//!   `bottom..top`; its first resume calls `entry` (an `Entry`: the coroutine module's main
+//!   function) with the context pointer, and when that returns the coroutine is finished and
+//!   switches to its enterer for the last time.
 //! * `resume(ctx)` switches from the enterer into the coroutine, returning when it yields or
 //!   finishes.
 //! * `suspend(ctx)` switches from the running coroutine back to its enterer, returning when it is
@@ -16,9 +17,8 @@
 //! libc's `getcontext`/`makecontext`/`swapcontext`: portable, and the yardstick, since every
 //! `swapcontext` makes two `rt_sigprocmask` system calls.
 //!
-//! May import: its two backends only; they call up to `coroutine::switch::coroutine_main`, the
-//! entry function of every coroutine, by path (the trampoline's target), and import nothing else of
-//! the crate.
+//! May import: its two backends only, which import nothing else of the crate (the entry function
+//! is a parameter of `init`, so the switch never names the code above it).
 
 #[cfg(all(target_arch = "x86_64", not(feature = "ucontext")))]
 pub(crate) mod asm;

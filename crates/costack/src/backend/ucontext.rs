@@ -9,10 +9,13 @@
 //! runs). `makecontext` can only pass `int` arguments, so the context pointer is split into two
 //! 32-bit halves for the entry function.
 //!
-//! May import: nothing of the crate but the entry function it calls,
-//! `coroutine::switch::coroutine_main`.
+//! May import: nothing of the crate (the entry function comes from the caller of `init`).
 
 use core::mem::MaybeUninit;
+
+/// The function a fresh coroutine starts in, given its context pointer; when it returns, the
+/// coroutine is finished.
+pub(crate) type Entry = extern "C" fn(*mut Context);
 
 /// The two saved machine contexts of one coroutine.
 #[repr(C)]
@@ -21,6 +24,8 @@ pub(crate) struct Context {
     co: MaybeUninit<libc::ucontext_t>,
     /// The enterer's context while the coroutine runs.
     link: MaybeUninit<libc::ucontext_t>,
+    /// What the first resume runs (set by `init`).
+    main: Option<Entry>,
 }
 
 impl core::fmt::Debug for Context {
@@ -35,15 +40,18 @@ impl Context {
         Context {
             co: MaybeUninit::uninit(),
             link: MaybeUninit::uninit(),
+            main: None,
         }
     }
 
-    /// Prepares a fresh coroutine whose stack is `bottom..top`.
+    /// Prepares a fresh coroutine whose stack is `bottom..top`; its first resume calls `main`
+    /// with this context's address.
     ///
     /// # Safety
     /// `bottom..top` must be writable stack memory not used by anything else, and `self` must
     /// stay at this address until the coroutine finishes.
-    pub(crate) unsafe fn init(&mut self, top: *mut u8, bottom: *mut u8) {
+    pub(crate) unsafe fn init(&mut self, top: *mut u8, bottom: *mut u8, main: Entry) {
+        self.main = Some(main);
         let ctx = self as *mut Context as usize;
         // SAFETY: getcontext fills the ucontext_t we own; makecontext only rewrites it to run
         // `entry` on the given stack, which the caller guarantees is ours.
@@ -72,10 +80,14 @@ impl Context {
     }
 }
 
-/// The first function every coroutine runs: rebuilds the context pointer and calls the main.
+/// The first function every coroutine runs: rebuilds the context pointer and calls the main
+/// function `init` was given.
 extern "C" fn entry(hi: u32, lo: u32) {
     let ctx = (((hi as usize) << 32) | lo as usize) as *mut Context;
-    crate::coroutine::switch::coroutine_main(ctx);
+    // SAFETY: `ctx` is the context `init` prepared (its address, passed through makecontext),
+    // which stays put until the coroutine finishes; nothing else touches `main`.
+    let main = unsafe { (*ctx).main }.expect("costack: context entered before init");
+    main(ctx);
     // SAFETY: the coroutine is finished and its frames are gone; `link` holds the enterer's
     // context saved by `resume`, and this stack is never resumed again.
     unsafe {

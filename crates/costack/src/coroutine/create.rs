@@ -12,7 +12,7 @@ use super::handle::{arm_exit_guard, Status};
 use super::header::{CoHandle, Header};
 use super::id::CoId;
 use super::state::FINISHED;
-use super::switch::enter_header;
+use super::switch::{coroutine_main, enter_header};
 use crate::pool;
 use crate::stack::{page_size, Stack, StackError, DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
 use std::fmt;
@@ -124,8 +124,17 @@ impl Builder {
         // SAFETY: `hdr` is the control-block location of an unused stack whose `stack` field is
         // set; the layout leaves the header, slot and MIN_FREE_STACK bytes inside it (checked
         // above).
-        let h =
-            unsafe { Header::init::<F, R>(hdr, f, next_id(), self.name, slot_size, slot_align) };
+        let h = unsafe {
+            Header::init::<F, R>(
+                hdr,
+                coroutine_main,
+                f,
+                next_id(),
+                self.name,
+                slot_size,
+                slot_align,
+            )
+        };
         Ok(Coroutine {
             // SAFETY: the new coroutine's one reference is the handle's.
             handle: unsafe { CoHandle::adopt(h) },

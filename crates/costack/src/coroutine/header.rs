@@ -17,7 +17,7 @@
 
 use super::id::CoId;
 use super::state::{READY, STATE_MASK};
-use crate::backend::Context;
+use crate::backend::{Context, Entry};
 use crate::stack::Stack;
 use std::any::Any;
 use std::cell::{Cell, UnsafeCell};
@@ -119,7 +119,8 @@ impl Header {
     /// Every field but `stack` is written here, one by one: `stack` was set when the stack was
     /// mapped and stays put while the stack goes round the pool, so a pooled create neither
     /// reads nor rewrites it. The new coroutine has one reference (the caller's) and is linked
-    /// into this thread's live list.
+    /// into this thread's live list. Its first entry runs `entry` (the switch path's
+    /// `coroutine_main`, passed in by the creator so that this floor does not import the switch).
     ///
     /// # Safety
     /// `hdr` must be [`Header::location`] of an unused stack whose `stack` field is set, large
@@ -128,6 +129,7 @@ impl Header {
     #[inline]
     pub(crate) unsafe fn init<F, R>(
         hdr: *mut Header,
+        entry: Entry,
         f: F,
         id: CoId,
         name: Option<Box<str>>,
@@ -170,7 +172,7 @@ impl Header {
             set!(live_next, Cell::new(ptr::null()));
             #[cfg(feature = "asan")]
             set!(asan, crate::asan::FiberState::new());
-            (*(*hdr).ctx.get()).init(slot, bottom);
+            (*(*hdr).ctx.get()).init(slot, bottom, entry);
             (*hdr).link_live();
             NonNull::new_unchecked(hdr)
         }
