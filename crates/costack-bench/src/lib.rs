@@ -17,8 +17,6 @@
 //! It is also where the workspace README's Rust examples run as doctests: this crate is never
 //! published, so it may include a file from outside its own folder.
 
-#![warn(missing_docs)]
-
 pub mod catalog;
 pub mod parse;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
