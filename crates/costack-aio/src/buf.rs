@@ -61,6 +61,7 @@ thread_local! {
 }
 
 /// The class of a buffer of capacity `cap`, if it is one of ours.
+#[inline]
 fn class_of(cap: usize) -> Option<usize> {
     let shift = cap.trailing_zeros();
     (cap.is_power_of_two() && (MIN_SHIFT..=MAX_SHIFT).contains(&shift))
@@ -69,15 +70,18 @@ fn class_of(cap: usize) -> Option<usize> {
 
 impl Pool {
     /// How many idle buffers class `c` keeps.
+    #[inline]
     fn keep(c: usize) -> usize {
         (CLASS_BYTES >> (c as u32 + MIN_SHIFT)).max(2)
     }
 
+    #[inline]
     fn take(&mut self, c: usize) -> Option<Vec<u8>> {
         self.classes[c].pop()
     }
 
     /// Whether class `c` keeps another idle buffer.
+    #[inline]
     fn has_room(&self, c: usize) -> bool {
         self.classes[c].len() < Pool::keep(c)
     }

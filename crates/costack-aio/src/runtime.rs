@@ -310,6 +310,7 @@ impl Inner {
 
     /// Adds the coroutine `co` as a task, names the loop as its driver, and queues it to be
     /// entered; returns its id.
+    #[inline]
     pub(crate) fn add_task(&self, co: CoHandle, shared: Rc<dyn TaskShared>) -> u64 {
         co.set_driver(Some(self.driver.clone() as Rc<dyn Driver>));
         let id = co.id().as_u64();

@@ -59,7 +59,17 @@ pub(crate) struct Wait {
 /// could wake it. In a task being dropped (its forced unwind was caught), the unwind continues.
 #[inline]
 pub(crate) fn begin_wait() -> Option<Wait> {
-    let park = Park::try_new()?;
+    Park::try_new().map(begin_wait_in)
+}
+
+/// [`begin_wait`] for a caller that holds the contract's [`Park`] already: one that first tried
+/// to do its work without waiting (the page-cache fast path of `File`) and starts the wait only
+/// when it must, so that work which does not wait never looks up the loop or the task.
+///
+/// # Panics
+/// As [`begin_wait`], if the root of the running chain is not a task of this thread's loop.
+#[inline]
+pub(crate) fn begin_wait_in(park: Park) -> Wait {
     let id = park.root_id().as_u64();
     let Some(inner) = current_loop() else {
         not_a_task()
@@ -67,12 +77,12 @@ pub(crate) fn begin_wait() -> Option<Wait> {
     let Some((key, timeout)) = inner.begin_task_wait(id) else {
         not_a_task()
     };
-    Some(Wait {
+    Wait {
         inner,
         key,
         timeout,
         park,
-    })
+    }
 }
 
 /// The id of the task at the root of the running chain, if that root is a task of this

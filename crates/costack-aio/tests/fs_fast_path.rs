@@ -250,3 +250,29 @@ fn writes_give_the_same_results_with_the_fast_path_on_and_off() {
     assert_eq!(errs, (Some(libc::EBADF), Some(libc::EBADF)));
     std::fs::remove_file(path).unwrap();
 }
+
+/// Reading cached data is not a wait: in a coroutine that no task entered (where a wait panics,
+/// as nothing could wake it) a read the page cache serves completes.
+#[test]
+fn a_cached_read_completes_in_a_coroutine_no_task_entered() {
+    let data = pattern(4096);
+    let path = temp_file("plain", &data);
+    let f = File::open(&path).unwrap(); // outside any loop: a plain blocking open
+    if !nowait_reads_work(&std::fs::File::open(&path).unwrap()) {
+        require::skip_or_fail("this file system does not read cached data with RWF_NOWAIT");
+        return;
+    }
+    let mut first = [0u8; 16];
+    assert_eq!(f.read_at(&mut first, 0).unwrap(), 16); // and now it is cached for sure
+    let co = costack::Coroutine::new(move || {
+        let mut buf = vec![0u8; 4096];
+        let n = f.read_at(&mut buf, 0).unwrap();
+        buf.truncate(n);
+        buf
+    });
+    match co.enter() {
+        costack::Status::Finished(got) => assert!(got == data),
+        costack::Status::Yielded => panic!("a cached read suspended a plain coroutine"),
+    }
+    std::fs::remove_file(path).unwrap();
+}

@@ -10,7 +10,8 @@ use crate::buf;
 use crate::op::sys::MAX_RW;
 use crate::op::{read, write, Op};
 use crate::request::run_in_task;
-use crate::wait::Wait;
+use crate::wait::{begin_wait_in, Wait};
+use costack::Park;
 use std::io;
 
 /// Errors after which the `RWF_NOWAIT` calls are not tried again on a `File`: the file (a pipe,
@@ -116,9 +117,15 @@ impl File {
         r
     }
 
-    /// A read in a task: the fast path, then the ring or the pool for what it did not give.
+    /// A read in a coroutine: the fast path, then the ring or the pool for what it did not give
+    /// (the wait begins only then, so a read served from the page cache never looks up the loop).
     #[inline]
-    pub(super) fn read_in_task(&self, w: Wait, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    pub(super) fn read_in_task(
+        &self,
+        park: Park,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> io::Result<usize> {
         let len = buf.len().min(MAX_RW);
         let done = match self.read_nowait(&mut buf[..len], offset) {
             // All of it, or up to the end of the file.
@@ -126,6 +133,7 @@ impl File {
             Some(n) => n,
             None => 0,
         };
+        let w = begin_wait_in(park);
         if done == 0 {
             return self.read_slow(w, buf, offset);
         }
@@ -135,15 +143,17 @@ impl File {
         Ok(done + rest.unwrap_or(0))
     }
 
-    /// A write in a task: the fast path, then the ring or the pool for what it did not take.
+    /// A write in a coroutine: the fast path, then the ring or the pool for what it did not
+    /// take (the wait begins only then).
     #[inline]
-    pub(super) fn write_in_task(&self, w: Wait, buf: &[u8], offset: u64) -> io::Result<usize> {
+    pub(super) fn write_in_task(&self, park: Park, buf: &[u8], offset: u64) -> io::Result<usize> {
         let len = buf.len().min(MAX_RW);
         let done = match self.write_nowait(&buf[..len], offset) {
             Some(n) if n == len => return Ok(n),
             Some(n) => n,
             None => 0,
         };
+        let w = begin_wait_in(park);
         if done == 0 {
             return self.write_slow(w, buf, offset);
         }

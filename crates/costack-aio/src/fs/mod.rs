@@ -108,6 +108,10 @@
 //! system takes buffered writes that way; the first `EOPNOTSUPP` turns that off for the `File`.
 //! Results and errors are the same either way.
 //!
+//! Work the page cache can do is not a wait, so it also completes in a coroutine that no task
+//! entered (where a request that must wait panics, as every wait of this crate does: nothing
+//! could wake it), and it does not look up the loop at all.
+//!
 //! [`File::set_fast_path(false)`](File::set_fast_path) sends every request through the ring or
 //! the pool. Do that when copying on the loop's thread is the wrong trade: large transfers
 //! (each cached megabyte copied there delays every other task of the loop), files opened with
@@ -126,7 +130,8 @@
 use crate::op::sys::{check_offset, einval, MAX_RW};
 use crate::op::{read, write, Op};
 use crate::request::{run_here, run_in_task};
-use crate::wait::begin_wait;
+use crate::wait::{begin_wait, begin_wait_in};
+use costack::Park;
 use std::cell::Cell;
 use std::ffi::CString;
 use std::fmt;
@@ -311,8 +316,8 @@ impl File {
     /// The kernel's: `EBADF` if the file is not open for reading, `EISDIR`, `EIO`, …
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         check_offset(offset)?;
-        match begin_wait() {
-            Some(w) => self.read_in_task(w, buf, offset),
+        match Park::try_new() {
+            Some(park) => self.read_in_task(park, buf, offset),
             None => read::blocking(self.raw(), buf, offset),
         }
     }
@@ -327,8 +332,8 @@ impl File {
     /// The kernel's: `EBADF` if the file is not open for writing, `ENOSPC`, `EFBIG`, `EIO`, …
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         check_offset(offset)?;
-        match begin_wait() {
-            Some(w) => self.write_in_task(w, buf, offset),
+        match Park::try_new() {
+            Some(park) => self.write_in_task(park, buf, offset),
             None => write::blocking(self.raw(), buf, offset),
         }
     }
@@ -408,7 +413,7 @@ impl File {
         if let Err(e) = check_offset(offset) {
             return (Err(e), buf);
         }
-        let Some(w) = begin_wait() else {
+        let Some(park) = Park::try_new() else {
             let r = read::blocking(self.raw(), &mut buf, offset);
             return (r, buf);
         };
@@ -419,11 +424,13 @@ impl File {
             }
             Some(n) => {
                 // Part of it was cached: the rest through a bounce buffer.
+                let w = begin_wait_in(park);
                 let rest = self.read_slow(w, &mut buf[n..len], offset + n as u64);
                 return (Ok(n + rest.unwrap_or(0)), buf);
             }
             None => {}
         }
+        let w = begin_wait_in(park);
         let (r, op) = run_in_task(w, Some(&self.fd), Op::Read { buf, len, offset });
         let Op::Read { buf, .. } = op else {
             unreachable!()
@@ -438,7 +445,7 @@ impl File {
         if let Err(e) = check_offset(offset) {
             return (Err(e), buf);
         }
-        let Some(w) = begin_wait() else {
+        let Some(park) = Park::try_new() else {
             let r = write::blocking(self.raw(), &buf, offset);
             return (r, buf);
         };
@@ -446,11 +453,13 @@ impl File {
         match self.write_nowait(&buf[..len], offset) {
             Some(n) if n == len => return (Ok(n), buf),
             Some(n) if n > 0 => {
+                let w = begin_wait_in(park);
                 let rest = self.write_slow(w, &buf[n..len], offset + n as u64);
                 return (Ok(n + rest.unwrap_or(0)), buf);
             }
             _ => {}
         }
+        let w = begin_wait_in(park);
         let (r, op) = run_in_task(w, Some(&self.fd), Op::Write { buf, len, offset });
         let Op::Write { buf, .. } = op else {
             unreachable!()
