@@ -12,6 +12,7 @@ use crate::op::{read, write, Op};
 use crate::request::run_in_task;
 use crate::wait::{begin_wait_in, Wait};
 use costack::Park;
+use std::cell::Cell;
 use std::io;
 
 /// Errors after which the `RWF_NOWAIT` calls are not tried again on a `File`: the file (a pipe,
@@ -23,40 +24,67 @@ fn nowait_unsupported(e: &io::Error) -> bool {
     )
 }
 
-impl File {
-    /// The fast path of a read: one `preadv2(RWF_NOWAIT)` into `buf`. `None` if it is off or
-    /// failed (the caller then takes the slow path, which reports any error the same way).
-    #[inline]
-    pub(super) fn read_nowait(&self, buf: &mut [u8], offset: u64) -> Option<usize> {
-        if !(self.fast.get() && self.nowait_reads.get()) {
-            return None;
-        }
-        match read::nowait(self.raw(), buf, offset) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                if nowait_unsupported(&e) {
-                    self.nowait_reads.set(false);
-                }
-                None
+/// Runs one `RWF_NOWAIT` call if the fast path is on and `works` (the per-direction flag of a
+/// `File`); `None` if it is off or failed (the caller then takes the slow path, which reports any
+/// error the same way), and `works` cleared for good after an error that says the file cannot be
+/// used that way.
+#[inline]
+fn try_nowait(
+    on: bool,
+    works: &Cell<bool>,
+    call: impl FnOnce() -> io::Result<usize>,
+) -> Option<usize> {
+    if !(on && works.get()) {
+        return None;
+    }
+    match call() {
+        Ok(n) => Some(n),
+        Err(e) => {
+            if nowait_unsupported(&e) {
+                works.set(false);
             }
+            None
         }
     }
+}
 
-    /// The fast path of a write: one `pwritev2(RWF_NOWAIT)` from `buf`, as
-    /// [`read_nowait`](File::read_nowait).
+/// What the page cache gave a read of `len` bytes.
+enum Cached {
+    /// All of it, or all there is up to the end of the file: the read is done.
+    Done(usize),
+    /// The first `n` bytes; the rest must come from the device.
+    Part(usize),
+    /// Nothing (not cached, or the fast path is off): the whole read must wait.
+    Nothing,
+}
+
+impl File {
+    /// The fast path of a read: one `preadv2(RWF_NOWAIT)` into `buf`.
+    #[inline]
+    pub(super) fn read_nowait(&self, buf: &mut [u8], offset: u64) -> Option<usize> {
+        try_nowait(self.fast.get(), &self.nowait_reads, || {
+            read::nowait(self.raw(), buf, offset)
+        })
+    }
+
+    /// The fast path of a write: one `pwritev2(RWF_NOWAIT)` from `buf`.
     #[inline]
     pub(super) fn write_nowait(&self, buf: &[u8], offset: u64) -> Option<usize> {
-        if !(self.fast.get() && self.nowait_writes.get()) {
-            return None;
-        }
-        match write::nowait(self.raw(), buf, offset) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                if nowait_unsupported(&e) {
-                    self.nowait_writes.set(false);
-                }
-                None
+        try_nowait(self.fast.get(), &self.nowait_writes, || {
+            write::nowait(self.raw(), buf, offset)
+        })
+    }
+
+    /// Reads what the page cache holds of `buf` (at most `MAX_RW` bytes) at `offset`, and says
+    /// whether that is the whole read.
+    #[inline]
+    fn read_cached(&self, buf: &mut [u8], offset: u64) -> Cached {
+        match self.read_nowait(buf, offset) {
+            Some(n) if n == buf.len() || n == 0 || self.ends_at(offset + n as u64) => {
+                Cached::Done(n)
             }
+            Some(n) => Cached::Part(n),
+            None => Cached::Nothing,
         }
     }
 
@@ -127,11 +155,10 @@ impl File {
         offset: u64,
     ) -> io::Result<usize> {
         let len = buf.len().min(MAX_RW);
-        let done = match self.read_nowait(&mut buf[..len], offset) {
-            // All of it, or up to the end of the file.
-            Some(n) if n == len || n == 0 || self.ends_at(offset + n as u64) => return Ok(n),
-            Some(n) => n,
-            None => 0,
+        let done = match self.read_cached(&mut buf[..len], offset) {
+            Cached::Done(n) => return Ok(n),
+            Cached::Part(n) => n,
+            Cached::Nothing => 0,
         };
         let w = begin_wait_in(park);
         if done == 0 {
@@ -159,5 +186,59 @@ impl File {
         }
         let rest = self.write_slow(w, &buf[done..len], offset + done as u64);
         Ok(done + rest.unwrap_or(0))
+    }
+
+    /// An owned read in a coroutine: the fast path into `buf` itself, then the ring or the pool
+    /// with `buf` (no copy), or a bounce buffer for the rest of a partly cached read.
+    #[inline]
+    pub(super) fn read_owned_in_task(
+        &self,
+        park: Park,
+        mut buf: Vec<u8>,
+        offset: u64,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        let len = buf.len().min(MAX_RW);
+        match self.read_cached(&mut buf[..len], offset) {
+            Cached::Done(n) => return (Ok(n), buf),
+            Cached::Part(n) => {
+                let w = begin_wait_in(park);
+                let rest = self.read_slow(w, &mut buf[n..len], offset + n as u64);
+                return (Ok(n + rest.unwrap_or(0)), buf);
+            }
+            Cached::Nothing => {}
+        }
+        let w = begin_wait_in(park);
+        let (r, op) = run_in_task(w, Some(&self.fd), Op::Read { buf, len, offset });
+        let Op::Read { buf, .. } = op else {
+            unreachable!()
+        };
+        (r, buf)
+    }
+
+    /// An owned write in a coroutine: the fast path from `buf`, then the ring or the pool with
+    /// `buf` (no copy), or a bounce buffer for the rest of a partly taken write.
+    #[inline]
+    pub(super) fn write_owned_in_task(
+        &self,
+        park: Park,
+        buf: Vec<u8>,
+        offset: u64,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        let len = buf.len().min(MAX_RW);
+        match self.write_nowait(&buf[..len], offset) {
+            Some(n) if n == len => return (Ok(n), buf),
+            Some(n) if n > 0 => {
+                let w = begin_wait_in(park);
+                let rest = self.write_slow(w, &buf[n..len], offset + n as u64);
+                return (Ok(n + rest.unwrap_or(0)), buf);
+            }
+            _ => {}
+        }
+        let w = begin_wait_in(park);
+        let (r, op) = run_in_task(w, Some(&self.fd), Op::Write { buf, len, offset });
+        let Op::Write { buf, .. } = op else {
+            unreachable!()
+        };
+        (r, buf)
     }
 }

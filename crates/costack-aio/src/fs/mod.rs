@@ -127,10 +127,10 @@
 //! Operations floor, above `request`: imports `op`, `request`, `buf` and the wait protocol
 //! (`wait`).
 
-use crate::op::sys::{check_offset, einval, MAX_RW};
+use crate::op::sys::{check_offset, einval};
 use crate::op::{read, write, Op};
 use crate::request::{run_here, run_in_task};
-use crate::wait::{begin_wait, begin_wait_in};
+use crate::wait::begin_wait;
 use costack::Park;
 use std::cell::Cell;
 use std::ffi::CString;
@@ -417,25 +417,7 @@ impl File {
             let r = read::blocking(self.raw(), &mut buf, offset);
             return (r, buf);
         };
-        let len = buf.len().min(MAX_RW);
-        match self.read_nowait(&mut buf[..len], offset) {
-            Some(n) if n == len || n == 0 || self.ends_at(offset + n as u64) => {
-                return (Ok(n), buf)
-            }
-            Some(n) => {
-                // Part of it was cached: the rest through a bounce buffer.
-                let w = begin_wait_in(park);
-                let rest = self.read_slow(w, &mut buf[n..len], offset + n as u64);
-                return (Ok(n + rest.unwrap_or(0)), buf);
-            }
-            None => {}
-        }
-        let w = begin_wait_in(park);
-        let (r, op) = run_in_task(w, Some(&self.fd), Op::Read { buf, len, offset });
-        let Op::Read { buf, .. } = op else {
-            unreachable!()
-        };
-        (r, buf)
+        self.read_owned_in_task(park, buf, offset)
     }
 
     /// Writes `buf[..]` at `offset` straight from `buf` (no copy) and gives the buffer back
@@ -449,22 +431,7 @@ impl File {
             let r = write::blocking(self.raw(), &buf, offset);
             return (r, buf);
         };
-        let len = buf.len().min(MAX_RW);
-        match self.write_nowait(&buf[..len], offset) {
-            Some(n) if n == len => return (Ok(n), buf),
-            Some(n) if n > 0 => {
-                let w = begin_wait_in(park);
-                let rest = self.write_slow(w, &buf[n..len], offset + n as u64);
-                return (Ok(n + rest.unwrap_or(0)), buf);
-            }
-            _ => {}
-        }
-        let w = begin_wait_in(park);
-        let (r, op) = run_in_task(w, Some(&self.fd), Op::Write { buf, len, offset });
-        let Op::Write { buf, .. } = op else {
-            unreachable!()
-        };
-        (r, buf)
+        self.write_owned_in_task(park, buf, offset)
     }
 
     /// Flushes the file's data and metadata to the device (`fsync(2)`).

@@ -5,8 +5,8 @@
 
 use super::File;
 use crate::buf;
-use crate::op::sys::{check_offset, retry, IOV_MAX, MAX_RW};
-use crate::op::Op;
+use crate::op::sys::{check_offset, MAX_RW};
+use crate::op::{read, write, Op};
 use crate::request::run_in_task;
 use crate::wait::begin_wait;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -21,19 +21,7 @@ impl File {
     pub fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<usize> {
         check_offset(offset)?;
         let Some(w) = begin_wait() else {
-            let n = bufs.len().min(IOV_MAX) as libc::c_int;
-            let iov = bufs.as_ptr().cast::<libc::iovec>();
-            // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix, and each slice is
-            // valid for writes of its length for the whole call.
-            let r = retry(|| unsafe { libc::preadv(self.raw(), iov, n, offset as i64) });
-            return match r {
-                // A descriptor that cannot seek reads its stream.
-                Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
-                    // SAFETY: as above.
-                    retry(|| unsafe { libc::readv(self.raw(), iov, n) })
-                }
-                r => r,
-            };
+            return read::blocking_vectored(self.raw(), bufs, offset);
         };
         let total = bufs
             .iter()
@@ -76,19 +64,7 @@ impl File {
     pub fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<usize> {
         check_offset(offset)?;
         let Some(w) = begin_wait() else {
-            let n = bufs.len().min(IOV_MAX) as libc::c_int;
-            let iov = bufs.as_ptr().cast::<libc::iovec>();
-            // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and each slice is valid
-            // for reads of its length for the whole call.
-            let r = retry(|| unsafe { libc::pwritev(self.raw(), iov, n, offset as i64) });
-            return match r {
-                // A descriptor that cannot seek writes its stream.
-                Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
-                    // SAFETY: as above.
-                    retry(|| unsafe { libc::writev(self.raw(), iov, n) })
-                }
-                r => r,
-            };
+            return write::blocking_vectored(self.raw(), bufs, offset);
         };
         let total = bufs
             .iter()

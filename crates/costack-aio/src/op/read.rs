@@ -2,9 +2,9 @@
 //!
 //! Ground floor: imports only [`sys`](super::sys).
 
-use super::sys::{cvt, retry, MAX_RW};
+use super::sys::{retry, IOV_MAX, MAX_RW};
 use io_uring::{opcode, squeue, types};
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::os::fd::RawFd;
 
 /// The ring's opcode for this request.
@@ -41,13 +41,28 @@ pub(crate) fn nowait(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len().min(MAX_RW),
     };
-    loop {
-        // SAFETY: the iovec describes `buf`, which is writable and exclusively borrowed for
-        // the whole (synchronous) call.
-        let r = unsafe { libc::preadv2(fd, &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
-        match cvt(r as isize) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            r => return r,
+    // SAFETY: the iovec describes `buf`, which is writable and exclusively borrowed for the
+    // whole (synchronous) call.
+    retry(|| unsafe { libc::preadv2(fd, &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) })
+}
+
+/// `preadv(2)` into `bufs` (at most `IOV_MAX` of them); on a descriptor that cannot seek,
+/// `readv(2)`.
+pub(crate) fn blocking_vectored(
+    fd: RawFd,
+    bufs: &mut [IoSliceMut<'_>],
+    offset: u64,
+) -> io::Result<usize> {
+    let n = bufs.len().min(IOV_MAX) as libc::c_int;
+    let iov = bufs.as_ptr().cast::<libc::iovec>();
+    // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix, and each slice is valid for
+    // writes of its length for the whole call.
+    let r = retry(|| unsafe { libc::preadv(fd, iov, n, offset as i64) });
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
+            // SAFETY: as above.
+            retry(|| unsafe { libc::readv(fd, iov, n) })
         }
+        r => r,
     }
 }

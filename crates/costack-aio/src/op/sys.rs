@@ -14,7 +14,7 @@ pub(crate) const IOV_MAX: usize = 1024;
 pub(crate) const CREATE_MODE: libc::mode_t = 0o666;
 
 /// A system call's return value as a result (`-1` means `errno`).
-pub(crate) fn cvt(r: isize) -> io::Result<usize> {
+fn cvt(r: isize) -> io::Result<usize> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -3,9 +3,9 @@
 //!
 //! Ground floor: imports only [`sys`](super::sys).
 
-use super::sys::{cvt, retry, MAX_RW};
+use super::sys::{retry, IOV_MAX, MAX_RW};
 use io_uring::{opcode, squeue, types};
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 
 /// The ring's opcode for this request.
@@ -42,13 +42,24 @@ pub(crate) fn nowait(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
         iov_base: buf.as_ptr().cast_mut().cast(),
         iov_len: buf.len().min(MAX_RW),
     };
-    loop {
-        // SAFETY: the iovec describes `buf`, which stays borrowed for the whole (synchronous)
-        // call; the kernel only reads from it.
-        let r = unsafe { libc::pwritev2(fd, &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
-        match cvt(r as isize) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            r => return r,
+    // SAFETY: the iovec describes `buf`, which stays borrowed for the whole (synchronous) call;
+    // the kernel only reads from it.
+    retry(|| unsafe { libc::pwritev2(fd, &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) })
+}
+
+/// `pwritev(2)` from `bufs` (at most `IOV_MAX` of them); on a descriptor that cannot seek,
+/// `writev(2)`.
+pub(crate) fn blocking_vectored(fd: RawFd, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<usize> {
+    let n = bufs.len().min(IOV_MAX) as libc::c_int;
+    let iov = bufs.as_ptr().cast::<libc::iovec>();
+    // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and each slice is valid for
+    // reads of its length for the whole call.
+    let r = retry(|| unsafe { libc::pwritev(fd, iov, n, offset as i64) });
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
+            // SAFETY: as above.
+            retry(|| unsafe { libc::writev(fd, iov, n) })
         }
+        r => r,
     }
 }
