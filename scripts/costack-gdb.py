@@ -6,17 +6,25 @@
 #   (gdb) costack bt ADDRESS    # backtrace of the suspended coroutine whose control block is there
 #   (gdb) costack bt-all        # backtraces of every suspended coroutine of this thread
 #
-# It needs a live process (it calls costack_gdb_live_head() in it) and a costack built with the
-# assembly backend. A suspended coroutine's saved stack pointer `sp` (at offset
-# COSTACK_GDB_LAYOUT[0] of its control block) points at its resume address, with the saved rbx
-# and rbp above it; the registers as they were at the yield are rip = resume + 10 (past the four
-# resume instructions), rsp = sp + 24, rbx = [sp + 8], rbp = [sp + 16]. The command loads those
-# into the selected frame, runs `bt`, and puts the real registers back.
+# It needs a live process (it calls costack_gdb_live_head() in it; a process under qemu-user's
+# gdb stub works too) and a costack built with the assembly backend. The switch context sits at
+# offset COSTACK_GDB_LAYOUT[0] of a coroutine's control block; its first word is the suspended
+# coroutine's saved stack pointer `sp`. The registers as they were at the yield are rebuilt from
+# it as each CPU's switch left them (src/arch/<cpu>.rs), with the program counter just past the
+# resume code that the next enter runs, where the compiler's unwind information is right again:
+#
+#   x86_64   resume address at [sp]; rip = it + 4 instructions, rsp = sp + 24,
+#            rbx = [sp + 8], rbp = [sp + 16]
+#   aarch64  resume address at ctx + 8; pc = it + 4 instructions, sp = sp + 16,
+#            x29 = [sp], x19 = [sp + 8]
+#   riscv64  resume address at ctx + 8; pc = it + 6 instructions, sp = sp + 16,
+#            s0 = [sp], s1 = [sp + 8]
+#
+# The command loads those into the selected frame, runs `bt`, and puts the real registers back.
 
 import gdb
 
 STATES = {0: "ready", 1: "suspended", 2: "entered", 3: "finished"}
-RESUME_CODE_LEN = 10  # mov [rdi+8], rsp; lea rsp, [rax+8]; pop rbx; pop rbp
 
 
 class _CLanguage(object):
@@ -57,15 +65,43 @@ def _live():
     return out
 
 
+def _after(pc, count):
+    """The address just past `count` instructions from `pc` (their lengths vary on x86_64 and
+    with RISC-V's compressed instructions)."""
+    insns = gdb.selected_frame().architecture().disassemble(pc, count=count)
+    return insns[-1]["addr"] + insns[-1]["length"]
+
+
+def _yield_registers(ctx):
+    """The registers of the suspended coroutine whose switch context is at `ctx`."""
+    arch = gdb.selected_frame().architecture().name()
+    sp = _u64(ctx)
+    if "x86-64" in arch:
+        return {
+            "rip": _after(_u64(sp), 4),  # mov [rdi+8], rsp; lea rsp, [rax+8]; pop rbx; pop rbp
+            "rsp": sp + 24,
+            "rbx": _u64(sp + 8),
+            "rbp": _u64(sp + 16),
+        }
+    if arch.startswith("aarch64"):
+        return {
+            "pc": _after(_u64(ctx + 8), 4),  # mov; stp (link); mov sp, x9; ldp x29, x19
+            "sp": sp + 16,
+            "x29": _u64(sp),
+            "x19": _u64(sp + 8),
+        }
+    if arch.startswith("riscv"):
+        return {
+            "pc": _after(_u64(ctx + 8), 6),  # sd; sd (link); mv sp, t0; ld s0; ld s1; addi sp
+            "sp": sp + 16,
+            "s0": _u64(sp),
+            "s1": _u64(sp + 8),
+        }
+    raise gdb.GdbError("costack: no register layout for architecture %s" % arch)
+
+
 def _bt(hdr):
-    sp_off = _layout()[0]
-    sp = _u64(hdr + sp_off)
-    regs = {
-        "rip": _u64(sp) + RESUME_CODE_LEN,
-        "rsp": sp + 24,
-        "rbx": _u64(sp + 8),
-        "rbp": _u64(sp + 16),
-    }
+    regs = _yield_registers(hdr + _layout()[0])
     gdb.execute("select-frame 0")
     frame = gdb.selected_frame()
     saved = {r: int(frame.read_register(r)) & 0xFFFFFFFFFFFFFFFF for r in regs}

@@ -87,8 +87,9 @@ pub extern "C" fn costack_gdb_live_head() -> *const u8 {
     Header::first_live().cast()
 }
 
-/// For debuggers: byte offsets inside a coroutine's control block, in this order: the saved
-/// stack pointer (its resume address is at `[sp]`, `rbx` at `[sp + 8]`, `rbp` at
-/// `[sp + 16]`), the next live coroutine, the id (u64), the state byte.
+/// For debuggers: byte offsets inside a coroutine's control block, in this order: the switch
+/// context, whose first word is the saved stack pointer (what it points at depends on the CPU:
+/// `scripts/costack-gdb.py` rebuilds the registers for each), the next live coroutine, the id
+/// (u64), the state byte.
 #[no_mangle]
 pub static COSTACK_GDB_LAYOUT: [usize; 4] = Header::DEBUGGER_OFFSETS;

@@ -66,9 +66,9 @@
 //! * [`generator`]: values out on yield and in on resume; an `Iterator`.
 //! * [`pool`]: the per-thread pool that makes creating a coroutine allocation-free.
 //! * [`stack`]: mmap'd stacks with a guard page, and the errors when they cannot be had.
-//! * `backend`: the context switch, hand-written assembly on x86_64 (see the `arch` module's
-//!   source for the design and stack diagrams) or libc's `swapcontext` with the `ucontext`
-//!   feature; [`BACKEND`] names the one compiled in.
+//! * `backend`: the context switch, hand-written assembly on x86_64, aarch64 and riscv64 (see
+//!   the `arch` module's source for the designs and stack diagrams) or libc's `swapcontext`
+//!   with the `ucontext` feature and on other CPUs; [`BACKEND`] names the one compiled in.
 //! * [`trace`]: `tracing` events for enter, yield and terminate (feature `trace`).
 //! * [`bridge`]: await any `Future` from a coroutine; host a coroutine in an async executor.
 //! * [`introspect`]: the live coroutines of a thread, for logs and debuggers.
@@ -104,5 +104,6 @@ pub use stack::{StackError, StackErrorKind, DEFAULT_STACK_SIZE};
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-/// The context-switch backend compiled in: `"asm"` (default on x86_64) or `"ucontext"`.
+/// The context-switch backend compiled in: `"asm"` (default on x86_64, aarch64 and riscv64) or
+/// `"ucontext"`.
 pub const BACKEND: &str = backend::NAME;

@@ -7,9 +7,12 @@
 //!
 //! * runs on an alternate signal stack (the faulting stack is exhausted by definition; std gives
 //!   its own threads one, and we give one to any other thread that creates a coroutine),
-//! * recognises only a fault inside the guard page of the coroutine running on this thread —
-//!   it reads the running coroutine from a plain thread-local pointer, which is safe in a signal
-//!   handler — and then prints which coroutine (id, name) overflowed a stack of what size, and
+//! * recognises only an overflow of the coroutine running on this thread — it reads the running
+//!   coroutine from a plain thread-local pointer, which is safe in a signal handler: the fault
+//!   address (`si_addr`) lies in its guard page, or the interrupted stack pointer (read from the
+//!   signal's machine context, where each CPU keeps it differently) has gone below its stack
+//!   into the guard page or under it, as a frame larger than the guard leaves it — and then
+//!   prints which coroutine (id, name) overflowed a stack of what size, with both addresses, and
 //!   aborts,
 //! * hands every other fault to the handler that was installed before it, so Rust's own report
 //!   for an overflowing *thread* stack, or a debugger's or a sanitizer's handler, keeps working.
@@ -132,11 +135,50 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, uctx: *mut l
         // SAFETY: the running coroutine's header is live while it runs (its enterer holds it).
         let h: &Header = unsafe { &*cur };
         let (guard, guard_len) = h.guard_range();
-        if addr >= guard && addr < guard + guard_len {
-            report_and_abort(h, addr);
+        let bottom = guard + guard_len;
+        // SAFETY: the kernel passes the interrupted context for SA_SIGINFO handlers.
+        let sp = unsafe { interrupted_sp(uctx) };
+        let in_guard = addr >= guard && addr < bottom;
+        // Below the usable stack, but no further below the guard than the stack is large: a
+        // stack pointer that far away is on some other stack the coroutine switched to.
+        let sp_under =
+            sp.is_some_and(|sp| sp < bottom && sp >= guard.saturating_sub(h.stack_size()));
+        if in_guard || sp_under {
+            report_and_abort(h, addr, sp);
         }
     }
     chain(sig, info, uctx);
+}
+
+/// The stack pointer of the code the signal interrupted, from the machine context the kernel
+/// saved; `None` on a CPU whose layout this file does not know.
+///
+/// # Safety
+/// `uctx` must be the context pointer given to an `SA_SIGINFO` handler.
+unsafe fn interrupted_sp(uctx: *mut libc::c_void) -> Option<usize> {
+    let uc = uctx.cast::<libc::ucontext_t>();
+    if uc.is_null() {
+        return None;
+    }
+    // SAFETY: the caller guarantees `uc` is the kernel's saved context for this signal.
+    let mc = unsafe { &(*uc).uc_mcontext };
+    // The CPU's stack-pointer slot of glibc's `mcontext_t`.
+    #[cfg(target_arch = "x86_64")]
+    return Some(mc.gregs[libc::REG_RSP as usize] as usize);
+    #[cfg(target_arch = "aarch64")]
+    return Some(mc.sp as usize);
+    // x2 is sp (`__gregs[0]` holds the pc in x0's place).
+    #[cfg(target_arch = "riscv64")]
+    return Some(mc.__gregs[2] as usize);
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )))]
+    {
+        let _ = mc;
+        None
+    }
 }
 
 /// Passes a fault that is not ours to the previous handler.
@@ -210,7 +252,7 @@ impl Buf {
     }
 }
 
-fn report_and_abort(h: &Header, addr: usize) -> ! {
+fn report_and_abort(h: &Header, addr: usize, sp: Option<usize>) -> ! {
     let mut b = Buf {
         bytes: [0; 512],
         len: 0,
@@ -229,7 +271,16 @@ fn report_and_abort(h: &Header, addr: usize) -> ! {
     b.push_dec((h.stack_size() / 1024) as u64);
     b.push(b" KiB (fault at ");
     b.push_hex(addr as u64);
-    b.push(b", in its guard page); aborting. Give it a larger stack with Builder::stack_size.\n");
+    if let Some(sp) = sp {
+        b.push(b", stack pointer ");
+        b.push_hex(sp as u64);
+    }
+    b.push(b", stack ");
+    let (bottom, top) = h.stack_bounds();
+    b.push_hex(bottom as u64);
+    b.push(b"..");
+    b.push_hex(top as u64);
+    b.push(b"); aborting. Give it a larger stack with Builder::stack_size.\n");
     // SAFETY: write(2) and abort(3) are async-signal-safe; the buffer is ours.
     unsafe {
         libc::write(2, b.bytes.as_ptr().cast(), b.len);

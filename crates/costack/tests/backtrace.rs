@@ -1,6 +1,6 @@
 //! A backtrace taken inside a coroutine continues into the frames of the code that entered it
 //! (the assembly backend's trampoline carries unwind information for that).
-#![cfg(all(target_arch = "x86_64", not(feature = "ucontext")))]
+#![cfg(costack_asm)]
 
 use costack::Coroutine;
 

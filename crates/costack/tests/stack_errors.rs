@@ -45,6 +45,9 @@ fn out_of_address_space_is_reported() {
         }
         Some(_) => {}
         None => {
+            if require::skip_under_emulation("qemu-user does not apply RLIMIT_AS to the guest") {
+                return;
+            }
             let (ok, out) = run_child("out_of_address_space_is_reported", "address-space");
             assert!(ok, "{out}");
             assert!(
@@ -88,6 +91,11 @@ fn map_count_limit_is_named() {
         }
         Some(_) => {}
         None => {
+            if require::skip_under_emulation(
+                "qemu-user reports the host's map-count exhaustion as out of memory",
+            ) {
+                return;
+            }
             // Where every test must run, a limit too high to exhaust is lowered to the kernel's
             // default for the child's run, if we may (root), and restored afterwards.
             let max = max_map_count();

@@ -1,6 +1,16 @@
-//! Architecture-specific context switches.
+//! Architecture-specific context switches, one file per CPU, each with its design and stack
+//! layout at the top: `x86_64` (System V), `aarch64` (AAPCS64) and `riscv64` (LP64D). All three
+//! share one shape — the enterer branches-with-link into the coroutine and the coroutine returns
+//! to it, saving only the callee-saved registers — and offer the same `Context`, `Entry`,
+//! `resume` and `suspend` to the `asm` backend.
 //!
 //! May import: nothing of the crate.
 
-#[cfg(all(target_arch = "x86_64", not(feature = "ucontext")))]
+#[cfg(all(costack_asm, target_arch = "x86_64"))]
 pub(crate) mod x86_64;
+
+#[cfg(all(costack_asm, target_arch = "aarch64"))]
+pub(crate) mod aarch64;
+
+#[cfg(all(costack_asm, target_arch = "riscv64"))]
+pub(crate) mod riscv64;

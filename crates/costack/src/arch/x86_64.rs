@@ -96,6 +96,10 @@ pub(crate) struct Context {
     link: *mut u8,
 }
 
+/// The most stack, below the `top` given to [`Context::init`], that `init` uses before the
+/// coroutine's first frame (alignment and the words it stores).
+pub(crate) const INIT_STACK: usize = 32;
+
 /// The function a fresh coroutine starts in, given its context pointer; when it returns, the
 /// coroutine is finished.
 pub(crate) type Entry = extern "C" fn(*mut Context);

@@ -5,4 +5,9 @@
 //!
 //! May import: `arch`.
 
-pub(crate) use crate::arch::x86_64::{resume, suspend, Context, Entry};
+#[cfg(target_arch = "aarch64")]
+pub(crate) use crate::arch::aarch64::{resume, suspend, Context, Entry, INIT_STACK};
+#[cfg(target_arch = "riscv64")]
+pub(crate) use crate::arch::riscv64::{resume, suspend, Context, Entry, INIT_STACK};
+#[cfg(target_arch = "x86_64")]
+pub(crate) use crate::arch::x86_64::{resume, suspend, Context, Entry, INIT_STACK};

@@ -12,27 +12,28 @@
 //! * `suspend(ctx)` switches from the running coroutine back to its enterer, returning when it is
 //!   entered again.
 //!
-//! `asm` is the default on x86_64: hand-written assembly that saves only callee-saved state.
-//! `ucontext` (cargo feature `ucontext`, and the default where no assembly backend exists) uses
-//! libc's `getcontext`/`makecontext`/`swapcontext`: portable, and the yardstick, since every
-//! `swapcontext` makes two `rt_sigprocmask` system calls.
+//! `asm` is the default on x86_64, aarch64 and riscv64: hand-written assembly that saves only
+//! callee-saved state. `ucontext` (cargo feature `ucontext`, and the default on any other CPU)
+//! uses libc's `getcontext`/`makecontext`/`swapcontext`: portable, and the yardstick, since
+//! every `swapcontext` makes two `rt_sigprocmask` system calls. The build script sets the cfg
+//! `costack_asm` when the assembly backend is the one compiled in.
 //!
 //! May import: its two backends only, which import nothing else of the crate (the entry function
 //! is a parameter of `init`, so the switch never names the code above it).
 
-#[cfg(all(target_arch = "x86_64", not(feature = "ucontext")))]
+#[cfg(costack_asm)]
 pub(crate) mod asm;
-#[cfg(all(target_arch = "x86_64", not(feature = "ucontext")))]
+#[cfg(costack_asm)]
 pub(crate) use asm::*;
 
-#[cfg(any(not(target_arch = "x86_64"), feature = "ucontext"))]
+#[cfg(not(costack_asm))]
 pub(crate) mod ucontext;
-#[cfg(any(not(target_arch = "x86_64"), feature = "ucontext"))]
+#[cfg(not(costack_asm))]
 pub(crate) use ucontext::*;
 
 /// The name of the backend compiled in: `"asm"` or `"ucontext"`.
-#[cfg(all(target_arch = "x86_64", not(feature = "ucontext")))]
+#[cfg(costack_asm)]
 pub const NAME: &str = "asm";
 /// The name of the backend compiled in: `"asm"` or `"ucontext"`.
-#[cfg(any(not(target_arch = "x86_64"), feature = "ucontext"))]
+#[cfg(not(costack_asm))]
 pub const NAME: &str = "ucontext";

@@ -6,13 +6,15 @@
 //! coroutine also sets up the overflow handler and the thread-exit policy.
 //!
 //! May import: everything else in `coroutine` (`header`, `id`, `switch`, `handle`), the `pool`,
-//! the `overflow` handler and `stack`. Nothing in `coroutine` imports this file.
+//! the `overflow` handler, `stack` and the backend's `INIT_STACK`. Nothing in `coroutine`
+//! imports this file.
 
 use super::handle::{arm_exit_guard, Status};
 use super::header::{CoHandle, Header};
 use super::id::CoId;
 use super::state::FINISHED;
 use super::switch::{coroutine_main, enter_header};
+use crate::backend::INIT_STACK;
 use crate::pool;
 use crate::stack::{page_size, Stack, StackError, DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
 use std::fmt;
@@ -104,7 +106,8 @@ impl Builder {
         let size = round_stack_size(self.stack_size);
         let slot_size = size_of::<F>().max(size_of::<R>());
         let slot_align = align_of::<F>().max(align_of::<R>()).max(16);
-        let needed = size_of::<Header>() + 64 + slot_size + slot_align + MIN_FREE_STACK;
+        let needed =
+            size_of::<Header>() + 64 + slot_size + slot_align + INIT_STACK + MIN_FREE_STACK;
         if slot_size > size / 2 || needed > size {
             panic!(
                 "costack: a coroutine closure or result of {slot_size} bytes does not fit in a \

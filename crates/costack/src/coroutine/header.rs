@@ -595,12 +595,8 @@ mod tests {
 
     #[test]
     fn header_fits_comfortably() {
-        // The ucontext backend keeps two ucontext_t (about 1 KiB each) in it.
-        let limit = if cfg!(feature = "ucontext") {
-            4096
-        } else {
-            512
-        };
-        assert!(size_of::<Header>() <= limit, "{}", size_of::<Header>());
+        // Every backend keeps its saved contexts on the stacks, not in the control block (the
+        // ucontext backend's `ucontext_t` is 4 560 bytes on aarch64), so it stays in one page.
+        assert!(size_of::<Header>() <= 512, "{}", size_of::<Header>());
     }
 }

@@ -24,3 +24,23 @@ pub fn skip_or_fail(reason: &str) {
     }
     eprintln!("SKIPPED {test}: {reason} (set {REQUIRE_ALL_TESTS}=1 to fail instead)");
 }
+
+/// Whether the tests run under a CPU emulator (qemu-user, `scripts/cross.sh` sets
+/// `COSTACK_EMULATED=1`), which does not emulate some kernel limits.
+pub fn emulated() -> bool {
+    std::env::var_os("COSTACK_EMULATED").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Skips a test that needs something the emulator lacks, loudly, even where every test must
+/// run; returns whether it skipped (only ever under emulation).
+pub fn skip_under_emulation(reason: &str) -> bool {
+    if !emulated() {
+        return false;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    eprintln!("SKIPPED UNDER EMULATION {test}: {reason}");
+    true
+}

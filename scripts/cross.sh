@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Builds and tests the `costack` crate for another CPU, running the test binaries under
+# qemu-user. Run from anywhere; the repository root is found from this file.
+#
+#   scripts/cross.sh install                  installs the cross toolchains (Debian packages)
+#   scripts/cross.sh aarch64 [CARGO_ARGS...]  cargo test -p costack for aarch64-unknown-linux-gnu
+#   scripts/cross.sh riscv64 [CARGO_ARGS...]  the same for riscv64gc-unknown-linux-gnu
+#
+# Extra arguments go to `cargo test` (e.g. `--features ucontext`, `--test core`). The toolchain
+# and emulator set-up is in scripts/cross-env.sh.
+#
+# Emulation: qemu-user runs each test binary. Tests that re-execute their own binary read the
+# same emulator prefix from `COSTACK_TEST_RUNNER` (binfmt_misc is not available in containers).
+# qemu-user does not emulate RLIMIT_AS or the map-count limit; the tests that need them say so
+# and skip under emulation only (`COSTACK_EMULATED=1`). Proptest models run fewer cases
+# (`PROPTEST_CASES`, 32 unless set).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/cross-env.sh
+
+install() {
+  local need=()
+  dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
+  for p in rustc-web rust-web-src libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu \
+    gcc-riscv64-linux-gnu libc6-dev-riscv64-cross qemu-user gdb-multiarch; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+  if [ "${#need[@]}" -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  fi
+}
+
+# run_tests CARGO_ARGS...: builds the tests first and fails on any compiler warning (clippy is
+# not available for these targets here, so this is their lint), then runs them.
+run_tests() {
+  local log
+  log=$(mktemp)
+  cargo test --no-run "$@" 2>&1 | tee "$log"
+  if grep -q '^warning' "$log"; then
+    echo "cross.sh: the build for $CROSS_TRIPLE has warnings (above)" >&2
+    rm -f "$log"
+    exit 1
+  fi
+  rm -f "$log"
+  cargo test "$@"
+}
+
+case "${1:-}" in
+  install)
+    install
+    ;;
+  aarch64 | riscv64)
+    cross_env "$1"
+    shift
+    export COSTACK_TEST_RUNNER="$CROSS_RUNNER"
+    export COSTACK_EMULATED=1
+    export PROPTEST_CASES="${PROPTEST_CASES:-32}"
+    run_tests "${CROSS_FLAGS[@]}" -p costack --target "$CROSS_TRIPLE" "$@"
+    ;;
+  *)
+    echo "usage: $0 install | aarch64 [CARGO_TEST_ARGS...] | riscv64 [CARGO_TEST_ARGS...]" >&2
+    exit 2
+    ;;
+esac
