@@ -133,7 +133,8 @@ of a block (\`-d in_asm,exec,nochain\`), and \`scripts/qemu-insns.py\` gives
 (I(2N) − I(N)) / N. The method is checked on x86_64, where the same binary under callgrind
 $(agreement).
 Guest instructions only: the ucontext backend's two \`rt_sigprocmask\` system calls per switch
-cost far more in the kernel than these counts show.
+cost far more in the kernel than these counts show. The callgrind table above comes from the last
+\`scripts/bench.sh\` run; where it and this section disagree, compare their dates.
 
 | operation | x86_64 | aarch64 | riscv64 |
 |---|--:|--:|--:|
