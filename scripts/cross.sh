@@ -13,7 +13,7 @@
 # same emulator prefix from `COSTACK_TEST_RUNNER` (binfmt_misc is not available in containers).
 # qemu-user does not emulate RLIMIT_AS or the map-count limit; the tests that need them say so
 # and skip under emulation only (`COSTACK_EMULATED=1`). Proptest models run fewer cases
-# (`PROPTEST_CASES`, 32 unless set).
+# (`PROPTEST_CASES`, 300 unless set, against 3 000 natively).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cross-env.sh
@@ -55,7 +55,7 @@ case "${1:-}" in
     shift
     export COSTACK_TEST_RUNNER="$CROSS_RUNNER"
     export COSTACK_EMULATED=1
-    export PROPTEST_CASES="${PROPTEST_CASES:-32}"
+    export PROPTEST_CASES="${PROPTEST_CASES:-300}"
     run_tests "${CROSS_FLAGS[@]}" -p costack --target "$CROSS_TRIPLE" "$@"
     ;;
   *)

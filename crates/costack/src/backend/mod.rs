@@ -6,7 +6,10 @@
 //! * `Context::init(top, bottom, entry)` prepares a fresh coroutine whose stack lies in
 //!   `bottom..top`; its first resume calls `entry` (an `Entry`: the coroutine module's main
 //!   function) with the context pointer, and when that returns the coroutine is finished and
-//!   switches to its enterer for the last time.
+//!   switches to its enterer for the last time. `INIT_STACK` says how much of the stack below
+//!   `top` it uses before the coroutine's first frame (32 bytes for the assembly switches, a
+//!   whole `ucontext_t` for the portable one), so that creation can check the stack is large
+//!   enough.
 //! * `resume(ctx)` switches from the enterer into the coroutine, returning when it yields or
 //!   finishes.
 //! * `suspend(ctx)` switches from the running coroutine back to its enterer, returning when it is
