@@ -23,12 +23,13 @@
 //! ## The context
 //!
 //! Unlike x86_64's `call`, `blr` leaves the return address in a register, not on the stack, so
-//! the enterer's side of the switch lives in the `Context` itself. Four words, at fixed offsets
-//! that the assembly uses (`ldp`/`stp` move them in pairs):
+//! the enterer's side of the switch lives in the `Context` itself (`link_register.rs`, shared
+//! with riscv64). Four words, at fixed offsets that the assembly uses (`ldp`/`stp` move them in
+//! pairs):
 //!
 //! * `sp` (offset 0) and `pc` (offset 8): the coroutine's stack pointer and resume address while
 //!   it is suspended.
-//! * `link_sp` (offset 16) and `link_lr` (offset 24): the enterer's stack pointer and return
+//! * `link_sp` (offset 16) and `link_ret` (offset 24): the enterer's stack pointer and return
 //!   address while the coroutine runs.
 //!
 //! ```text
@@ -38,15 +39,15 @@
 //!   | saved x19                |              | saved x19                |
 //!   | saved x29                | <- link_sp   | saved x29                | <- sp
 //!   +--------------------------+              +--------------------------+
-//!   link_lr: after the enterer's `blr`        pc: after the coroutine's last yield
+//!   link_ret: after the enterer's `blr`       pc: after the coroutine's last yield
 //! ```
 //!
 //! Enter (`resume`): store `x29`, `x19` below `sp`; load `sp`/`pc` of the context into `x9`/`x10`;
-//! `blr x10`. The resume code stores the enterer's `sp` and `lr` into `link_sp`/`link_lr`, moves
+//! `blr x10`. The resume code stores the enterer's `sp` and `lr` into `link_sp`/`link_ret`, moves
 //! `sp` to `x9`, loads the coroutine's `x29`/`x19` and carries on after its last yield.
 //!
 //! Yield (`suspend`): store `x29`, `x19`; store `sp` and the resume address into `sp`/`pc`; load
-//! `sp` and `lr` from `link_sp`/`link_lr`; `ret` into the enterer, which loads its own `x29`/`x19`.
+//! `sp` and `lr` from `link_sp`/`link_ret`; `ret` into the enterer, which loads its own `x29`/`x19`.
 //!
 //! A round trip (enter and yield) is 15 instructions of switch, 9 of them loads and stores of
 //! register pairs.
@@ -54,7 +55,7 @@
 //! ## A fresh coroutine
 //!
 //! `init` sets `pc` to `costack_trampoline` and `sp` to 16 bytes below the 16-byte aligned top of
-//! the stack, where it stores the entry function. The trampoline records `link_sp`/`link_lr`,
+//! the stack, where it stores the entry function. The trampoline records `link_sp`/`link_ret`,
 //! moves onto the stack, keeps the context pointer in `x19` (callee saved, so every frame above
 //! preserves it), clears `x29` (no frame chain below this frame) and calls the entry function.
 //! When that returns the closure is done and every value on the stack dropped; the trampoline
@@ -65,7 +66,7 @@
 //! The trampoline's DWARF call-frame information says that its caller is the enterer: the
 //! canonical frame address is `[x19 + 16] + 16` (the enterer's `sp` before it stored `x29` and
 //! `x19`), `x29` is at CFA-16, `x19` at CFA-8, and the return address (`x30`) is stored at
-//! `x19 + 24` (`link_lr`, a `DW_CFA_expression` rule). So `std::backtrace`, panics with
+//! `x19 + 24` (`link_ret`, a `DW_CFA_expression` rule). So `std::backtrace`, panics with
 //! `RUST_BACKTRACE=1` and gdb walk from the coroutine's frames into the code that entered it.
 //!
 //! ## Floating-point control state
@@ -75,63 +76,13 @@
 //! and restores FPCR around every switch (glibc's `swapcontext`, the `ucontext` backend, saves it
 //! too).
 //!
-//! May import: nothing of the crate. The entry function every coroutine starts in comes from the
-//! caller of `init`, so this file does not name it.
+//! May import: `link_register` (the context, shared with the other CPU whose calls return
+//! through a register). The entry function every coroutine starts in comes from the caller of
+//! `init`, so this file does not name it.
 
 use core::arch::{asm, global_asm};
 
-/// Saved stack pointers and resume addresses of one coroutine; see the module documentation.
-#[repr(C)]
-#[derive(Debug)]
-pub(crate) struct Context {
-    /// The suspended coroutine's stack pointer.
-    sp: *mut u8,
-    /// Where the suspended coroutine continues.
-    pc: usize,
-    /// The enterer's stack pointer while the coroutine runs.
-    link_sp: *mut u8,
-    /// The enterer's return address while the coroutine runs.
-    link_lr: usize,
-}
-
-/// The most stack, below the `top` given to [`Context::init`], that `init` uses before the
-/// coroutine's first frame (alignment and the words it stores).
-pub(crate) const INIT_STACK: usize = 32;
-
-/// The function a fresh coroutine starts in, given its context pointer; when it returns, the
-/// coroutine is finished.
-pub(crate) type Entry = extern "C" fn(*mut Context);
-
-impl Context {
-    /// A context that has not been prepared yet.
-    pub(crate) const fn new() -> Context {
-        Context {
-            sp: core::ptr::null_mut(),
-            pc: 0,
-            link_sp: core::ptr::null_mut(),
-            link_lr: 0,
-        }
-    }
-
-    /// Prepares a fresh coroutine whose stack frames start below `top`; its first resume calls
-    /// `entry` with this context's address.
-    ///
-    /// # Safety
-    /// `top` must point into (or one past) a writable stack region with room below it for the
-    /// coroutine's frames, and `self` must stay at this address until the coroutine finishes.
-    pub(crate) unsafe fn init(&mut self, top: *mut u8, _bottom: *mut u8, entry: Entry) {
-        // AAPCS64 wants `sp` 16-byte aligned at all times; the entry function sits in the
-        // 16-byte slot at the top, where the trampoline reads it.
-        let sp = (((top as usize) & !15) - 16) as *mut usize;
-        // SAFETY: the caller guarantees `top` is the end of writable stack memory with room
-        // below it; `sp` lies 16 to 31 bytes below `top`, inside the stack.
-        unsafe { sp.write(entry as usize) };
-        self.sp = sp.cast();
-        self.pc = costack_trampoline as *const () as usize;
-        self.link_sp = core::ptr::null_mut();
-        self.link_lr = 0;
-    }
-}
+pub(crate) use super::link_register::{Context, Entry, INIT_STACK};
 
 /// Switches from the enterer into the coroutine whose context is `ctx`, and returns when that
 /// coroutine yields or finishes.
@@ -142,8 +93,6 @@ impl Context {
 /// switch back through [`suspend`] with the same `ctx`, or by returning from its entry function.
 #[inline(always)]
 pub(crate) unsafe fn resume(ctx: *mut Context) {
-    #[cfg(feature = "fp-state")]
-    let fp = FpState::save();
     // SAFETY: see the function's contract. Every register but sp/x19/x29 is declared clobbered
     // because the coroutine runs arbitrary code before it switches back; x19 and x29 are saved
     // on our stack by hand (AArch64 Linux has no red zone, and `sp` stays 16-byte aligned).
@@ -160,8 +109,6 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
             clobber_abi("C"),
         );
     }
-    #[cfg(feature = "fp-state")]
-    fp.restore();
 }
 
 /// Suspends the running coroutine (whose context is `ctx`) and returns to its enterer; returns
@@ -169,11 +116,9 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
 ///
 /// # Safety
 /// Must be called on the coroutine's own stack, while it runs, with its own `ctx`, whose
-/// `link_sp`/`link_lr` were set by the [`resume`] that entered it.
+/// `link_sp`/`link_ret` were set by the [`resume`] that entered it.
 #[inline(always)]
 pub(crate) unsafe fn suspend(ctx: *mut Context) {
-    #[cfg(feature = "fp-state")]
-    let fp = FpState::save();
     // SAFETY: see the function's contract. When we are resumed, x0 holds `ctx` again (the
     // enterer passes it) and x9 our saved sp; every other register holds the enterer's values,
     // so all but sp/x19/x29 are declared clobbered and x19/x29 are reloaded from our stack.
@@ -190,7 +135,7 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
             // enterer's return address.
             "2:",
             "mov x11, sp",
-            "stp x11, x30, [x0, #16]",   // ctx.link_sp, ctx.link_lr
+            "stp x11, x30, [x0, #16]",   // ctx.link_sp, ctx.link_ret
             "mov sp, x9",                // onto our stack
             "ldp x29, x19, [sp], #16",
             inout("x0") ctx => _,
@@ -199,20 +144,18 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
             clobber_abi("C"),
         );
     }
-    #[cfg(feature = "fp-state")]
-    fp.restore();
 }
 
 /// The callee-saved floating-point control state: FPCR.
 #[cfg(feature = "fp-state")]
-struct FpState {
+pub(crate) struct FpState {
     fpcr: u64,
 }
 
 #[cfg(feature = "fp-state")]
 impl FpState {
     #[inline(always)]
-    fn save() -> FpState {
+    pub(crate) fn save() -> FpState {
         let fpcr: u64;
         // SAFETY: reading FPCR has no side effect.
         unsafe { asm!("mrs {}, fpcr", out(reg) fpcr, options(nomem, nostack, preserves_flags)) };
@@ -220,7 +163,7 @@ impl FpState {
     }
 
     #[inline(always)]
-    fn restore(&self) {
+    pub(crate) fn restore(&self) {
         // SAFETY: writing back a value read from FPCR on this thread.
         unsafe {
             asm!("msr fpcr, {}", in(reg) self.fpcr, options(nomem, nostack, preserves_flags))
@@ -228,16 +171,11 @@ impl FpState {
     }
 }
 
-extern "C" {
-    /// The first resume address of every coroutine (defined in the `global_asm!` below).
-    fn costack_trampoline();
-}
-
 // The trampoline. Entered by `blr x10` from `resume` with x0 = ctx, x9 = ctx.sp (the slot that
 // holds the entry function) and lr = the enterer's return address, on the enterer's stack.
 // DWARF CFI describes the enterer as this frame's caller (see module docs):
 //   DW_CFA_def_cfa_expression: DW_OP_breg19 (x19) +16; DW_OP_deref; DW_OP_plus_uconst 16
-//   DW_CFA_expression x30: DW_OP_breg19 +24 (ctx.link_lr); x29 at CFA-16, x19 at CFA-8.
+//   DW_CFA_expression x30: DW_OP_breg19 +24 (ctx.link_ret); x29 at CFA-16, x19 at CFA-8.
 global_asm!(
     ".text",
     ".p2align 4",
@@ -254,7 +192,7 @@ global_asm!(
     ".cfi_offset x29, -16",
     ".cfi_offset x19, -8",
     "mov x11, sp",
-    "stp x11, x30, [x0, #16]", // ctx.link_sp, ctx.link_lr
+    "stp x11, x30, [x0, #16]", // ctx.link_sp, ctx.link_ret
     "mov sp, x9",              // onto the fresh stack (16-byte aligned)
     "mov x19, x0",             // keep ctx in a callee-saved register for the CFI
     "mov x29, xzr",            // no frame-pointer chain below this frame

@@ -19,11 +19,12 @@
 //!
 //! ## The context
 //!
-//! Four words, at fixed offsets that the assembly uses:
+//! The one in `link_register.rs`, shared with aarch64: four words, at fixed offsets that the
+//! assembly uses:
 //!
 //! * `sp` (offset 0) and `pc` (offset 8): the coroutine's stack pointer and resume address while
 //!   it is suspended.
-//! * `link_sp` (offset 16) and `link_ra` (offset 24): the enterer's stack pointer and return
+//! * `link_sp` (offset 16) and `link_ret` (offset 24): the enterer's stack pointer and return
 //!   address while the coroutine runs.
 //!
 //! ```text
@@ -33,15 +34,15 @@
 //!   | saved s1                 |              | saved s1                 |
 //!   | saved s0                 | <- link_sp   | saved s0                 | <- sp
 //!   +--------------------------+              +--------------------------+
-//!   link_ra: after the enterer's `jalr`       pc: after the coroutine's last yield
+//!   link_ret: after the enterer's `jalr`      pc: after the coroutine's last yield
 //! ```
 //!
 //! Enter (`resume`): store `s0`, `s1` below `sp`; load `sp`/`pc` of the context into `t0`/`t1`;
-//! `jalr ra, t1`. The resume code stores the enterer's `sp` and `ra` into `link_sp`/`link_ra`,
+//! `jalr ra, t1`. The resume code stores the enterer's `sp` and `ra` into `link_sp`/`link_ret`,
 //! moves `sp` to `t0`, loads the coroutine's `s0`/`s1` and carries on after its last yield.
 //!
 //! Yield (`suspend`): store `s0`, `s1`; store `sp` and the resume address into `sp`/`pc`; load
-//! `sp` and `ra` from `link_sp`/`link_ra`; `ret` into the enterer, which loads its own `s0`/`s1`.
+//! `sp` and `ra` from `link_sp`/`link_ret`; `ret` into the enterer, which loads its own `s0`/`s1`.
 //!
 //! A round trip (enter and yield) is 26 instructions of switch (RISC-V has no paired loads and
 //! stores, and the resume address takes two instructions to form).
@@ -49,7 +50,7 @@
 //! ## A fresh coroutine
 //!
 //! `init` sets `pc` to `costack_trampoline` and `sp` to 16 bytes below the 16-byte aligned top of
-//! the stack, where it stores the entry function. The trampoline records `link_sp`/`link_ra`,
+//! the stack, where it stores the entry function. The trampoline records `link_sp`/`link_ret`,
 //! moves onto the stack, keeps the context pointer in `s1` (callee saved), clears `s0` (no frame
 //! chain below this frame) and calls the entry function. When that returns the closure is done
 //! and every value on the stack dropped; the trampoline loads the enterer's `sp` and `ra` and
@@ -60,7 +61,7 @@
 //! The trampoline's DWARF call-frame information says that its caller is the enterer: the
 //! canonical frame address is `[s1 + 16] + 16` (the enterer's `sp` before it stored `s0` and
 //! `s1`), `s0` is at CFA-16, `s1` at CFA-8, and the return address (`ra`) is stored at `s1 + 24`
-//! (`link_ra`, a `DW_CFA_expression` rule).
+//! (`link_ret`, a `DW_CFA_expression` rule).
 //!
 //! ## Floating-point control state
 //!
@@ -69,63 +70,13 @@
 //! it does MXCSR's and FPCR's control bits on the other CPUs (glibc's `swapcontext`, the
 //! `ucontext` backend, saves all of `fcsr`).
 //!
-//! May import: nothing of the crate. The entry function every coroutine starts in comes from the
-//! caller of `init`, so this file does not name it.
+//! May import: `link_register` (the context, shared with the other CPU whose calls return
+//! through a register). The entry function every coroutine starts in comes from the caller of
+//! `init`, so this file does not name it.
 
 use core::arch::{asm, global_asm};
 
-/// Saved stack pointers and resume addresses of one coroutine; see the module documentation.
-#[repr(C)]
-#[derive(Debug)]
-pub(crate) struct Context {
-    /// The suspended coroutine's stack pointer.
-    sp: *mut u8,
-    /// Where the suspended coroutine continues.
-    pc: usize,
-    /// The enterer's stack pointer while the coroutine runs.
-    link_sp: *mut u8,
-    /// The enterer's return address while the coroutine runs.
-    link_ra: usize,
-}
-
-/// The most stack, below the `top` given to [`Context::init`], that `init` uses before the
-/// coroutine's first frame (alignment and the words it stores).
-pub(crate) const INIT_STACK: usize = 32;
-
-/// The function a fresh coroutine starts in, given its context pointer; when it returns, the
-/// coroutine is finished.
-pub(crate) type Entry = extern "C" fn(*mut Context);
-
-impl Context {
-    /// A context that has not been prepared yet.
-    pub(crate) const fn new() -> Context {
-        Context {
-            sp: core::ptr::null_mut(),
-            pc: 0,
-            link_sp: core::ptr::null_mut(),
-            link_ra: 0,
-        }
-    }
-
-    /// Prepares a fresh coroutine whose stack frames start below `top`; its first resume calls
-    /// `entry` with this context's address.
-    ///
-    /// # Safety
-    /// `top` must point into (or one past) a writable stack region with room below it for the
-    /// coroutine's frames, and `self` must stay at this address until the coroutine finishes.
-    pub(crate) unsafe fn init(&mut self, top: *mut u8, _bottom: *mut u8, entry: Entry) {
-        // The psABI wants `sp` 16-byte aligned; the entry function sits in the 16-byte slot at
-        // the top, where the trampoline reads it.
-        let sp = (((top as usize) & !15) - 16) as *mut usize;
-        // SAFETY: the caller guarantees `top` is the end of writable stack memory with room
-        // below it; `sp` lies 16 to 31 bytes below `top`, inside the stack.
-        unsafe { sp.write(entry as usize) };
-        self.sp = sp.cast();
-        self.pc = costack_trampoline as *const () as usize;
-        self.link_sp = core::ptr::null_mut();
-        self.link_ra = 0;
-    }
-}
+pub(crate) use super::link_register::{Context, Entry, INIT_STACK};
 
 /// Switches from the enterer into the coroutine whose context is `ctx`, and returns when that
 /// coroutine yields or finishes.
@@ -136,8 +87,6 @@ impl Context {
 /// switch back through [`suspend`] with the same `ctx`, or by returning from its entry function.
 #[inline(always)]
 pub(crate) unsafe fn resume(ctx: *mut Context) {
-    #[cfg(feature = "fp-state")]
-    let fp = FpState::save();
     // SAFETY: see the function's contract. Every register but sp/s0/s1 (and the thread's gp/tp)
     // is declared clobbered because the coroutine runs arbitrary code before it switches back;
     // s0 and s1 are saved on our stack by hand, which stays 16-byte aligned.
@@ -162,8 +111,6 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
             clobber_abi("C"),
         );
     }
-    #[cfg(feature = "fp-state")]
-    fp.restore();
 }
 
 /// Suspends the running coroutine (whose context is `ctx`) and returns to its enterer; returns
@@ -171,11 +118,9 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
 ///
 /// # Safety
 /// Must be called on the coroutine's own stack, while it runs, with its own `ctx`, whose
-/// `link_sp`/`link_ra` were set by the [`resume`] that entered it.
+/// `link_sp`/`link_ret` were set by the [`resume`] that entered it.
 #[inline(always)]
 pub(crate) unsafe fn suspend(ctx: *mut Context) {
-    #[cfg(feature = "fp-state")]
-    let fp = FpState::save();
     // SAFETY: see the function's contract. When we are resumed, a0 holds `ctx` again (the
     // enterer passes it) and t0 our saved sp; every other register holds the enterer's values,
     // so all but sp/s0/s1 are declared clobbered and s0/s1 are reloaded from our stack.
@@ -194,7 +139,7 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
             // ra = the enterer's return address.
             "2:",
             "sd sp, 16(a0)",        // ctx.link_sp
-            "sd ra, 24(a0)",        // ctx.link_ra
+            "sd ra, 24(a0)",        // ctx.link_ret
             "mv sp, t0",            // onto our stack
             "ld s0, 0(sp)",
             "ld s1, 8(sp)",
@@ -208,20 +153,18 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
             clobber_abi("C"),
         );
     }
-    #[cfg(feature = "fp-state")]
-    fp.restore();
 }
 
 /// The floating-point rounding mode (`frm`), saved only with the `fp-state` feature.
 #[cfg(feature = "fp-state")]
-struct FpState {
+pub(crate) struct FpState {
     frm: usize,
 }
 
 #[cfg(feature = "fp-state")]
 impl FpState {
     #[inline(always)]
-    fn save() -> FpState {
+    pub(crate) fn save() -> FpState {
         let frm: usize;
         // SAFETY: reading the rounding-mode CSR has no side effect.
         unsafe { asm!("frrm {}", out(reg) frm, options(nomem, nostack, preserves_flags)) };
@@ -229,22 +172,17 @@ impl FpState {
     }
 
     #[inline(always)]
-    fn restore(&self) {
+    pub(crate) fn restore(&self) {
         // SAFETY: writing back a rounding mode read from `frm` on this thread.
         unsafe { asm!("fsrm {}", in(reg) self.frm, options(nomem, nostack, preserves_flags)) };
     }
-}
-
-extern "C" {
-    /// The first resume address of every coroutine (defined in the `global_asm!` below).
-    fn costack_trampoline();
 }
 
 // The trampoline. Entered by `jalr ra, 0(t1)` from `resume` with a0 = ctx, t0 = ctx.sp (the slot
 // that holds the entry function) and ra = the enterer's return address, on the enterer's stack.
 // DWARF CFI describes the enterer as this frame's caller (see module docs):
 //   DW_CFA_def_cfa_expression: DW_OP_breg9 (s1) +16; DW_OP_deref; DW_OP_plus_uconst 16
-//   DW_CFA_expression ra: DW_OP_breg9 +24 (ctx.link_ra); s0 at CFA-16, s1 at CFA-8.
+//   DW_CFA_expression ra: DW_OP_breg9 +24 (ctx.link_ret); s0 at CFA-16, s1 at CFA-8.
 global_asm!(
     ".text",
     ".p2align 2",
@@ -261,7 +199,7 @@ global_asm!(
     ".cfi_offset 8, -16", // s0
     ".cfi_offset 9, -8",  // s1
     "sd sp, 16(a0)",      // ctx.link_sp
-    "sd ra, 24(a0)",      // ctx.link_ra
+    "sd ra, 24(a0)",      // ctx.link_ret
     "mv sp, t0",          // onto the fresh stack (16-byte aligned)
     "mv s1, a0",          // keep ctx in a callee-saved register for the CFI
     "li s0, 0",           // no frame-pointer chain below this frame

@@ -78,8 +78,9 @@
 //! floating-point environment belongs to the *thread*, like the signal mask. A coroutine that
 //! changes the rounding mode should restore it before it yields; what it leaves is what its
 //! enterer sees. The cargo feature `fp-state` saves and restores both registers around every
-//! switch (in Rust, around the assembly), giving each coroutine its own environment as the ABI
-//! describes; the `ucontext` backend always does, because `swapcontext` does.
+//! switch (the backend does, around this file's assembly, with its `FpState`), giving each
+//! coroutine its own environment as the ABI describes; the `ucontext` backend always does,
+//! because `swapcontext` does.
 //!
 //! May import: nothing of the crate. The entry function every coroutine starts in comes from the
 //! caller of `init`, so this file does not name it.
@@ -147,8 +148,6 @@ impl Context {
 /// switch back through [`suspend`] with the same `ctx`, or by returning from `coroutine_main`.
 #[inline(always)]
 pub(crate) unsafe fn resume(ctx: *mut Context) {
-    #[cfg(feature = "fp-state")]
-    let fp = FpState::save();
     // SAFETY: see the function's contract. Every register but rsp/rbx/rbp is declared clobbered
     // because the coroutine runs arbitrary code before it switches back; rbx and rbp are saved
     // on our stack by hand. The stack is used (no `nostack`), so the compiler keeps the red zone
@@ -167,8 +166,6 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
             clobber_abi("sysv64"),
         );
     }
-    #[cfg(feature = "fp-state")]
-    fp.restore();
 }
 
 /// Suspends the running coroutine (whose context is `ctx`) and returns to its enterer; returns
@@ -179,8 +176,6 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
 /// was set by the [`resume`] that entered it.
 #[inline(always)]
 pub(crate) unsafe fn suspend(ctx: *mut Context) {
-    #[cfg(feature = "fp-state")]
-    let fp = FpState::save();
     // SAFETY: see the function's contract. When we are resumed, `rdi` holds `ctx` again (the
     // enterer passes it), `rax` our saved sp; every other register holds the enterer's values, so
     // all but rsp/rbx/rbp are declared clobbered and rbx/rbp are restored from our stack.
@@ -204,13 +199,11 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
             clobber_abi("sysv64"),
         );
     }
-    #[cfg(feature = "fp-state")]
-    fp.restore();
 }
 
 /// The callee-saved floating-point control state: MXCSR and the x87 control word.
 #[cfg(feature = "fp-state")]
-struct FpState {
+pub(crate) struct FpState {
     mxcsr: u32,
     x87cw: u16,
 }
@@ -218,7 +211,7 @@ struct FpState {
 #[cfg(feature = "fp-state")]
 impl FpState {
     #[inline(always)]
-    fn save() -> FpState {
+    pub(crate) fn save() -> FpState {
         let mut st = FpState { mxcsr: 0, x87cw: 0 };
         // SAFETY: stmxcsr/fnstcw store 4 and 2 bytes into fields of that size.
         unsafe {
@@ -229,7 +222,7 @@ impl FpState {
     }
 
     #[inline(always)]
-    fn restore(&self) {
+    pub(crate) fn restore(&self) {
         // SAFETY: loading values saved by `save` on this thread, so they are valid.
         unsafe {
             asm!("ldmxcsr [{}]", in(reg) &self.mxcsr, options(nostack, preserves_flags));

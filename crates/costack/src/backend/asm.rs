@@ -1,13 +1,48 @@
-//! The assembly backend: the architecture's hand-written switch (see `crate::arch`).
+//! The assembly backend: the CPU's hand-written switch (see `crate::arch`), with the `fp-state`
+//! feature's save and restore of the floating-point control state around it.
 //!
-//! It saves only what the ABI says a callee must preserve, keeps `call`/`ret` balanced, and
+//! It saves only what the ABI says a callee must preserve, keeps call and return balanced, and
 //! carries unwind information so that backtraces cross from a coroutine into its enterer.
 //!
 //! May import: `arch`.
 
 #[cfg(target_arch = "aarch64")]
-pub(crate) use crate::arch::aarch64::{resume, suspend, Context, Entry, INIT_STACK};
+use crate::arch::aarch64 as cpu;
 #[cfg(target_arch = "riscv64")]
-pub(crate) use crate::arch::riscv64::{resume, suspend, Context, Entry, INIT_STACK};
+use crate::arch::riscv64 as cpu;
 #[cfg(target_arch = "x86_64")]
-pub(crate) use crate::arch::x86_64::{resume, suspend, Context, Entry, INIT_STACK};
+use crate::arch::x86_64 as cpu;
+
+pub(crate) use cpu::{Context, Entry, INIT_STACK};
+
+/// Switches from the enterer into the coroutine whose context is `ctx`, and returns when that
+/// coroutine yields or finishes.
+///
+/// # Safety
+/// As the CPU's `resume`: `ctx` was prepared by `Context::init`, its coroutine is suspended or
+/// not started, and it switches back only through [`suspend`] or by finishing.
+#[inline(always)]
+pub(crate) unsafe fn resume(ctx: *mut Context) {
+    #[cfg(feature = "fp-state")]
+    let fp = cpu::FpState::save();
+    // SAFETY: the caller keeps the CPU switch's contract, which is this function's.
+    unsafe { cpu::resume(ctx) };
+    #[cfg(feature = "fp-state")]
+    fp.restore();
+}
+
+/// Suspends the running coroutine (whose context is `ctx`) and returns to its enterer; returns
+/// when the coroutine is entered again.
+///
+/// # Safety
+/// As the CPU's `suspend`: on the coroutine's own stack, while it runs, with its own `ctx`,
+/// entered by [`resume`].
+#[inline(always)]
+pub(crate) unsafe fn suspend(ctx: *mut Context) {
+    #[cfg(feature = "fp-state")]
+    let fp = cpu::FpState::save();
+    // SAFETY: the caller keeps the CPU switch's contract, which is this function's.
+    unsafe { cpu::suspend(ctx) };
+    #[cfg(feature = "fp-state")]
+    fp.restore();
+}
