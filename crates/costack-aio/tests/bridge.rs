@@ -40,10 +40,24 @@ fn a_wake_from_another_thread_resumes_the_task_on_its_home_loop() {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let s2 = shared.clone();
         let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(20));
-            let mut s = s2.lock().unwrap();
-            s.value = Some(42);
-            s.waker.take().expect("polled before").wake();
+            // Complete the future only once the task has polled it and is waiting (a fixed
+            // sleep here was too short under valgrind on a loaded machine).
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let mut s = s2.lock().unwrap();
+                if let Some(waker) = s.waker.take() {
+                    s.value = Some(42);
+                    drop(s);
+                    waker.wake();
+                    return;
+                }
+                drop(s);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the task never polled the future"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
         });
         let v = await_future(FromThread(shared));
         t.join().unwrap();
