@@ -41,6 +41,12 @@ pub fn skip_under_emulation(reason: &str) -> bool {
         .name()
         .unwrap_or("this test")
         .to_owned();
-    eprintln!("SKIPPED UNDER EMULATION {test}: {reason}");
+    // Straight to the process's stderr, past the test harness's capture, so that the skip shows
+    // in the log of a passing run.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED UNDER EMULATION {test}: {reason}"
+    );
     true
 }
