@@ -99,7 +99,13 @@ pub fn take(len: usize) -> Vec<u8> {
     // (A thread being torn down may have lost its pool already: then allocate.)
     let reused = POOL.try_with(|p| p.borrow_mut().take(c)).ok().flatten();
     let mut v = reused.unwrap_or_else(|| vec![0u8; cap]);
-    v.truncate(len);
+    // A pooled buffer keeps the length it was given back with: only bytes beyond that are
+    // written (zeroes), and none when a size repeats.
+    if v.len() < len {
+        v.resize(len, 0);
+    } else {
+        v.truncate(len);
+    }
     v
 }
 
@@ -107,15 +113,13 @@ pub fn take(len: usize) -> Vec<u8> {
 /// class (see the [module docs](self#size-classes)) or the class is full. Any `Vec<u8>` may be
 /// given, not only those from [`take`].
 #[inline]
-pub fn give(mut v: Vec<u8>) {
-    let cap = v.capacity();
-    let Some(c) = class_of(cap) else { return };
+pub fn give(v: Vec<u8>) {
+    let Some(c) = class_of(v.capacity()) else {
+        return;
+    };
     let _ = POOL.try_with(|p| {
         let mut p = p.borrow_mut();
         if p.has_room(c) {
-            // Only the tail beyond the length is written (for buffers used at their class
-            // size: nothing).
-            v.resize(cap, 0);
             p.classes[c].push(v);
         }
     });

@@ -7,7 +7,7 @@
 
 use crate::event_loop::EventLoop;
 use crate::mailbox::Remote;
-use crate::op::{io_uring_from_env, IoBackend};
+use crate::op::io_uring_from_env;
 use crate::reactor::Reactor;
 use crate::runtime::{has_current, set_current, Inner, Parts};
 use crate::uring::Uring;
@@ -112,13 +112,13 @@ impl LoopBuilder {
         let id = NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed);
         let (reactor, waker) = Reactor::new(self.events)?;
         let want_uring = self.io_uring.unwrap_or_else(io_uring_from_env);
-        let (io_backend, io_uring_error, uring) = if want_uring {
+        let (io_uring_error, uring) = if want_uring {
             match Uring::new().and_then(|u| reactor.watch_uring(u.eventfd()).map(|()| u)) {
-                Ok(u) => (IoBackend::IoUring, None, Some(u)),
-                Err(e) => (IoBackend::ThreadPool, Some(e.to_string()), None),
+                Ok(u) => (None, Some(u)),
+                Err(e) => (Some(e.to_string()), None),
             }
         } else {
-            (IoBackend::ThreadPool, None, None)
+            (None, None)
         };
         let inner = Inner::new(Parts {
             id,
@@ -126,7 +126,6 @@ impl LoopBuilder {
             remote: Remote::new(id, waker),
             stack_size: self.stack_size,
             blocking_threads: self.blocking_threads,
-            io_backend,
             io_uring_error,
             uring,
         });

@@ -100,7 +100,8 @@
 //!
 //! ## Floor plan (for readers of the source)
 //!
-//! Each file imports only from the floors below it; there is no import cycle.
+//! Each file imports from its own floor or the floors below it, never from above, and no two
+//! files import each other in a circle (`scripts/import-cycles.py` checks this in CI).
 //!
 //! * **Ground floor** — no imports from the crate but each other's ground-floor files: `key`
 //!   (the task key of one wait), the drivers' machinery — `reactor` (epoll), `timers` (the

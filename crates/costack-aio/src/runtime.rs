@@ -154,7 +154,6 @@ pub(crate) struct Parts {
     pub(crate) remote: Remote,
     pub(crate) stack_size: usize,
     pub(crate) blocking_threads: usize,
-    pub(crate) io_backend: IoBackend,
     pub(crate) io_uring_error: Option<String>,
     pub(crate) uring: Option<Uring>,
 }
@@ -177,8 +176,6 @@ pub(crate) struct Inner {
     pool: OnceCell<Arc<Pool>>,
     /// Messages taken from the remote queue, kept for their capacity.
     remote_buf: RefCell<Vec<Msg>>,
-    /// Which path file I/O takes (see the `fs` module).
-    io_backend: IoBackend,
     /// Why io_uring is not used, when it was wanted but could not be had.
     io_uring_error: Option<String>,
     /// The io_uring driver, when file I/O goes through the ring.
@@ -204,7 +201,6 @@ impl Inner {
             blocking_threads: p.blocking_threads,
             pool: OnceCell::new(),
             remote_buf: RefCell::new(Vec::new()),
-            io_backend: p.io_backend,
             io_uring_error: p.io_uring_error,
             uring: p.uring,
         })
@@ -234,9 +230,13 @@ impl Inner {
         &self.remote
     }
 
-    /// Which path file I/O takes.
+    /// Which path file I/O takes: the ring when there is one.
     pub(crate) fn io_backend(&self) -> IoBackend {
-        self.io_backend
+        if self.uring.is_some() {
+            IoBackend::IoUring
+        } else {
+            IoBackend::ThreadPool
+        }
     }
 
     /// Why io_uring is not used although it was allowed.

@@ -322,7 +322,7 @@ impl Uring {
         // `id` and stays valid until its completion is reaped (see `reap`; `orphan` does not
         // free a slot in flight, and a dropped loop waits for its requests or leaks them).
         let pushed = unsafe { self.ring.borrow_mut().submission().push(&sqe) };
-        pushed.expect("reserve() made room and nothing ran since");
+        pushed.expect("make_room() made room and nothing ran since");
         id
     }
 

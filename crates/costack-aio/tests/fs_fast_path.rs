@@ -276,3 +276,33 @@ fn a_cached_read_completes_in_a_coroutine_no_task_entered() {
     }
     std::fs::remove_file(path).unwrap();
 }
+
+/// With `O_DIRECT`, `RWF_NOWAIT` reads the device on the calling thread instead of stopping at
+/// the page cache, so a `File` wrapping such a descriptor starts with the fast path off (it would
+/// hold the whole loop); an ordinary one starts with it on.
+#[test]
+fn a_file_opened_with_o_direct_starts_with_the_fast_path_off() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = temp_file("direct", &pattern(8192));
+    let direct = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            require::skip_or_fail(&format!("this file system refuses O_DIRECT: {e}"));
+            return;
+        }
+    };
+    let plain = std::fs::File::open(&path).unwrap();
+    let lp = EventLoop::new();
+    let (direct_fast, plain_fast) = lp.block_on(move || {
+        let direct = File::from_std(direct);
+        let plain = File::from_std(plain);
+        (direct.fast_path(), plain.fast_path())
+    });
+    assert!(!direct_fast, "an O_DIRECT file kept the fast path");
+    assert!(plain_fast);
+    std::fs::remove_file(path).unwrap();
+}

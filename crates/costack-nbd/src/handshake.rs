@@ -44,14 +44,12 @@ pub const MAX_OPTION_DATA: u32 = 64 * 1024;
 pub const MAX_OPTION_SKIP: u32 = 32 * 1024 * 1024;
 
 /// What the handshake agreed on, for the transmission phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Negotiated {
     /// Structured replies are on.
     pub(crate) structured: bool,
     /// The id of `base:allocation` if it was selected for this export.
     pub(crate) meta: Option<u32>,
-    /// The transmission flags sent to the client.
-    pub(crate) flags: u16,
 }
 
 /// The transmission flags for `export`, given whether structured replies are on.
@@ -261,7 +259,6 @@ where
                 return Ok(Some(Negotiated {
                     structured: st.structured,
                     meta: st.meta.then_some(META_ID),
-                    flags,
                 }));
             }
             opt::ABORT => {
@@ -292,7 +289,6 @@ where
                     return Ok(Some(Negotiated {
                         structured: st.structured,
                         meta: st.meta.then_some(META_ID),
-                        flags: transmission_flags(export, st.structured),
                     }));
                 }
             }

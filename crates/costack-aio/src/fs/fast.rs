@@ -48,6 +48,18 @@ fn try_nowait(
     }
 }
 
+/// The result of a transfer whose first `done` bytes the fast path moved and whose rest went
+/// through the loop with result `rest`: that result when the fast path moved nothing, else a
+/// count, short if the rest failed (as `pread` reports an error only when nothing was read).
+#[inline]
+fn after_fast(done: usize, rest: io::Result<usize>) -> io::Result<usize> {
+    if done == 0 {
+        rest
+    } else {
+        Ok(done + rest.unwrap_or(0))
+    }
+}
+
 /// What the page cache gave a read of `len` bytes.
 enum Cached {
     /// All of it, or all there is up to the end of the file: the read is done.
@@ -91,13 +103,9 @@ impl File {
     /// Whether `pos` is at or past the end of this file, if it is a regular file (`fstat`, on
     /// the loop's thread): then a short fast read is all there is, as `pread` would say.
     pub(super) fn ends_at(&self, pos: u64) -> bool {
-        // SAFETY: `stat` is plain data; fstat fills it or fails.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `st` is a valid, writable `stat` for the whole call.
-        if unsafe { libc::fstat(self.raw(), &mut st) } < 0 {
-            return false;
-        }
-        (st.st_mode & libc::S_IFMT) == libc::S_IFREG && st.st_size as u64 <= pos
+        self.stat().is_ok_and(|st| {
+            (st.st_mode & libc::S_IFMT) == libc::S_IFREG && st.st_size as u64 <= pos
+        })
     }
 
     /// Reads `buf` at `offset` through the ring or the pool (a bounce buffer), in the task
@@ -161,13 +169,8 @@ impl File {
             Cached::Nothing => 0,
         };
         let w = begin_wait_in(park);
-        if done == 0 {
-            return self.read_slow(w, buf, offset);
-        }
-        // Part of it was cached: the rest as a read of its own, a short count if that fails
-        // (as `pread` reports an error after some bytes).
         let rest = self.read_slow(w, &mut buf[done..len], offset + done as u64);
-        Ok(done + rest.unwrap_or(0))
+        after_fast(done, rest)
     }
 
     /// A write in a coroutine: the fast path, then the ring or the pool for what it did not
@@ -181,11 +184,8 @@ impl File {
             None => 0,
         };
         let w = begin_wait_in(park);
-        if done == 0 {
-            return self.write_slow(w, buf, offset);
-        }
         let rest = self.write_slow(w, &buf[done..len], offset + done as u64);
-        Ok(done + rest.unwrap_or(0))
+        after_fast(done, rest)
     }
 
     /// An owned read in a coroutine: the fast path into `buf` itself, then the ring or the pool
@@ -203,7 +203,7 @@ impl File {
             Cached::Part(n) => {
                 let w = begin_wait_in(park);
                 let rest = self.read_slow(w, &mut buf[n..len], offset + n as u64);
-                return (Ok(n + rest.unwrap_or(0)), buf);
+                return (after_fast(n, rest), buf);
             }
             Cached::Nothing => {}
         }
@@ -230,7 +230,7 @@ impl File {
             Some(n) if n > 0 => {
                 let w = begin_wait_in(park);
                 let rest = self.write_slow(w, &buf[n..len], offset + n as u64);
-                return (Ok(n + rest.unwrap_or(0)), buf);
+                return (after_fast(n, rest), buf);
             }
             _ => {}
         }

@@ -114,8 +114,13 @@
 //!
 //! [`File::set_fast_path(false)`](File::set_fast_path) sends every request through the ring or
 //! the pool. Do that when copying on the loop's thread is the wrong trade: large transfers
-//! (each cached megabyte copied there delays every other task of the loop), files opened with
-//! `O_DIRECT` (there is no cache to hit), or to measure the backends themselves.
+//! (each cached megabyte copied there delays every other task of the loop), or to measure the
+//! backends themselves. A file opened with `O_DIRECT` starts with it off: there `RWF_NOWAIT`
+//! does not stop at the cache but reads the device on the loop's thread.
+//!
+//! Like a socket that has data, a cached read does not yield: a task that reads cached data in
+//! a loop keeps the event loop until it waits for something, so such a loop should call
+//! [`costack::yield_now`] now and then if other tasks must run meanwhile.
 //!
 //! # Modules behind `File`
 //!
@@ -139,6 +144,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -200,9 +206,15 @@ pub struct File {
 
 impl File {
     fn from_owned(fd: OwnedFd) -> File {
+        // With `O_DIRECT`, `RWF_NOWAIT` does not stop at the page cache: the kernel reads the
+        // device on the calling thread, which would hold the whole loop. Such files start with
+        // the fast path off.
+        // SAFETY: F_GETFL on a descriptor we own reads its status flags.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        let direct = flags >= 0 && flags & libc::O_DIRECT != 0;
         File {
             fd: Arc::new(fd),
-            fast: Cell::new(true),
+            fast: Cell::new(!direct),
             nowait_reads: Cell::new(true),
             nowait_writes: Cell::new(true),
             _not_send: PhantomData,
@@ -338,55 +350,49 @@ impl File {
         }
     }
 
-    /// Fills `buf` from `offset`, reading as often as it takes.
+    /// Fills `buf` from `offset`, reading as often as it takes (std's
+    /// [`FileExt::read_exact_at`] over
+    /// [`read_at`](File::read_at)).
     ///
     /// # Errors
     /// [`io::ErrorKind::UnexpectedEof`] if the file ends first (how much of `buf` was
     /// filled is then unspecified); the kernel's errors as [`read_at`](File::read_at).
-    pub fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
-        while !buf.is_empty() {
-            match self.read_at(buf, offset) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "failed to fill whole buffer",
-                    ))
-                }
-                Ok(n) => {
-                    buf = &mut buf[n..];
-                    offset += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
     }
 
-    /// Writes all of `buf` at `offset`, writing as often as it takes.
+    /// Fills all of the owned `buf` from `offset`: [`read_at_owned`](File::read_at_owned),
+    /// then [`read_exact_at`](File::read_exact_at) for whatever it left.
+    ///
+    /// # Errors
+    /// As [`read_exact_at`](File::read_exact_at).
+    pub fn read_exact_at_owned(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
+        let (r, mut buf) = self.read_at_owned(buf, offset);
+        let r = r.and_then(|n| self.read_exact_at(&mut buf[n..], offset + n as u64));
+        (r, buf)
+    }
+
+    /// Writes all of `buf` at `offset`, writing as often as it takes (std's
+    /// [`FileExt::write_all_at`] over
+    /// [`write_at`](File::write_at)).
     ///
     /// # Errors
     /// [`io::ErrorKind::WriteZero`] if a write makes no progress; the kernel's errors as
     /// [`write_at`](File::write_at) (`ENOSPC` once the file system is full: what was written
     /// before it stays written).
-    pub fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
-        while !buf.is_empty() {
-            match self.write_at(buf, offset) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "failed to write whole buffer",
-                    ))
-                }
-                Ok(n) => {
-                    buf = &buf[n..];
-                    offset += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+    pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+
+    /// Writes all of the owned `buf` at `offset`: [`write_at_owned`](File::write_at_owned),
+    /// then [`write_all_at`](File::write_all_at) for whatever it left.
+    ///
+    /// # Errors
+    /// As [`write_all_at`](File::write_all_at).
+    pub fn write_all_at_owned(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
+        let (r, buf) = self.write_at_owned(buf, offset);
+        let r = r.and_then(|n| self.write_all_at(&buf[n..], offset + n as u64));
+        (r, buf)
     }
 
     /// Reads up to `buf.len()` bytes at `offset` straight into `buf` (no copy) and gives the
@@ -502,13 +508,18 @@ impl File {
     /// The kernel's.
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> io::Result<u64> {
+        self.stat().map(|st| st.st_size as u64)
+    }
+
+    /// `fstat(2)` of the file, on the calling thread.
+    fn stat(&self) -> io::Result<libc::stat> {
         // SAFETY: `stat` is plain data; fstat fills it or fails.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: `st` is a valid, writable `stat` for the whole call.
         if unsafe { libc::fstat(self.raw(), &mut st) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(st.st_size as u64)
+        Ok(st)
     }
 
     /// Truncates or extends the file to `len` bytes (`ftruncate(2)`); an extension reads as
@@ -543,5 +554,17 @@ impl From<std::fs::File> for File {
 impl fmt::Debug for File {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("File").field("fd", &self.raw()).finish()
+    }
+}
+
+/// std's positional-I/O trait, so that code written against it works on a `File` (in a task,
+/// each call is the inherent method's: the page cache first, then the loop).
+impl FileExt for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        File::read_at(self, buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        File::write_at(self, buf, offset)
     }
 }

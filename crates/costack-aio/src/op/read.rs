@@ -2,7 +2,7 @@
 //!
 //! Ground floor: imports only [`sys`](super::sys).
 
-use super::sys::{retry, IOV_MAX, MAX_RW};
+use super::sys::{positional, retry, IOV_MAX, MAX_RW};
 use io_uring::{opcode, squeue, types};
 use std::io::{self, IoSliceMut};
 use std::os::fd::RawFd;
@@ -22,15 +22,13 @@ pub(crate) fn sqe(fd: types::Fd, buf: *mut u8, len: usize, offset: u64) -> squeu
 /// `pread(2)` into `buf`; on a descriptor that cannot seek, `read(2)` (as io_uring does).
 pub(crate) fn blocking(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let len = buf.len().min(MAX_RW);
-    // SAFETY: `buf` is valid for writes of `len` bytes for the whole call.
-    let r = retry(|| unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), len, offset as i64) });
-    match r {
-        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
-            // SAFETY: as above.
-            retry(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), len) })
-        }
-        r => r,
-    }
+    let p = buf.as_mut_ptr().cast();
+    positional(
+        // SAFETY: `buf` is valid for writes of `len` bytes for the whole call.
+        || unsafe { libc::pread(fd, p, len, offset as i64) },
+        // SAFETY: as above.
+        || unsafe { libc::read(fd, p, len) },
+    )
 }
 
 /// One `preadv2(.., RWF_NOWAIT)` into `buf`: what the page cache holds, without waiting for
@@ -55,14 +53,11 @@ pub(crate) fn blocking_vectored(
 ) -> io::Result<usize> {
     let n = bufs.len().min(IOV_MAX) as libc::c_int;
     let iov = bufs.as_ptr().cast::<libc::iovec>();
-    // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix, and each slice is valid for
-    // writes of its length for the whole call.
-    let r = retry(|| unsafe { libc::preadv(fd, iov, n, offset as i64) });
-    match r {
-        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
-            // SAFETY: as above.
-            retry(|| unsafe { libc::readv(fd, iov, n) })
-        }
-        r => r,
-    }
+    positional(
+        // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix, and each slice is valid for
+        // writes of its length for the whole call.
+        || unsafe { libc::preadv(fd, iov, n, offset as i64) },
+        // SAFETY: as above.
+        || unsafe { libc::readv(fd, iov, n) },
+    )
 }

@@ -32,6 +32,18 @@ pub(crate) fn retry(mut f: impl FnMut() -> isize) -> io::Result<usize> {
     }
 }
 
+/// The positional call `at` (retried on `EINTR`); on a descriptor that cannot seek (`ESPIPE`),
+/// the plain call `here` instead, as io_uring does with a pipe or a socket.
+pub(crate) fn positional(
+    at: impl FnMut() -> isize,
+    here: impl FnMut() -> isize,
+) -> io::Result<usize> {
+    match retry(at) {
+        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => retry(here),
+        r => r,
+    }
+}
+
 /// `EINVAL`.
 pub(crate) fn einval() -> io::Error {
     io::Error::from_raw_os_error(libc::EINVAL)

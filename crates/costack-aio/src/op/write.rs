@@ -3,7 +3,7 @@
 //!
 //! Ground floor: imports only [`sys`](super::sys).
 
-use super::sys::{retry, IOV_MAX, MAX_RW};
+use super::sys::{positional, retry, IOV_MAX, MAX_RW};
 use io_uring::{opcode, squeue, types};
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
@@ -23,15 +23,13 @@ pub(crate) fn sqe(fd: types::Fd, buf: *const u8, len: usize, offset: u64) -> squ
 /// `pwrite(2)` from `buf`; on a descriptor that cannot seek, `write(2)`.
 pub(crate) fn blocking(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
     let len = buf.len().min(MAX_RW);
-    // SAFETY: `buf` is valid for reads of `len` bytes for the whole call.
-    let r = retry(|| unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len, offset as i64) });
-    match r {
-        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
-            // SAFETY: as above.
-            retry(|| unsafe { libc::write(fd, buf.as_ptr().cast(), len) })
-        }
-        r => r,
-    }
+    let p = buf.as_ptr().cast();
+    positional(
+        // SAFETY: `buf` is valid for reads of `len` bytes for the whole call.
+        || unsafe { libc::pwrite(fd, p, len, offset as i64) },
+        // SAFETY: as above.
+        || unsafe { libc::write(fd, p, len) },
+    )
 }
 
 /// One `pwritev2(.., RWF_NOWAIT)` from `buf`: a write that the kernel can take without
@@ -52,14 +50,11 @@ pub(crate) fn nowait(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
 pub(crate) fn blocking_vectored(fd: RawFd, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<usize> {
     let n = bufs.len().min(IOV_MAX) as libc::c_int;
     let iov = bufs.as_ptr().cast::<libc::iovec>();
-    // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and each slice is valid for
-    // reads of its length for the whole call.
-    let r = retry(|| unsafe { libc::pwritev(fd, iov, n, offset as i64) });
-    match r {
-        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {
-            // SAFETY: as above.
-            retry(|| unsafe { libc::writev(fd, iov, n) })
-        }
-        r => r,
-    }
+    positional(
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and each slice is valid for
+        // reads of its length for the whole call.
+        || unsafe { libc::pwritev(fd, iov, n, offset as i64) },
+        // SAFETY: as above.
+        || unsafe { libc::writev(fd, iov, n) },
+    )
 }

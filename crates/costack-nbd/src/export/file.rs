@@ -55,7 +55,7 @@ pub enum WritePath {
 /// A file (or block device) export.
 #[derive(Debug)]
 pub(super) struct FileStore {
-    file: Arc<std::fs::File>,
+    file: std::fs::File,
     size: u64,
     writes: WritePath,
     /// `fallocate(PUNCH_HOLE)` / `ZERO_RANGE` work (cleared on the first `EOPNOTSUPP`).
@@ -84,7 +84,7 @@ impl FileStore {
             return Err(io::Error::last_os_error());
         }
         Ok(FileStore {
-            file: Arc::new(file),
+            file,
             size: end as u64,
             writes,
             can_punch: AtomicBool::new(true),
@@ -205,9 +205,9 @@ pub(super) fn backend(store: &Arc<FileStore>) -> io::Result<Rc<dyn Backend>> {
     Ok(Rc::new(FileBackend::new(store.clone())?))
 }
 
-/// A file store as one loop thread sees it: the shared store (for the non-blocking fast paths
-/// and metadata) and this thread's [`costack_aio::File`] on the same open file, for everything
-/// that has to wait.
+/// A file store as one loop thread sees it: the shared store (its size and capabilities, and
+/// the descriptor for inline writes and the `fallocate` calls) and this thread's
+/// [`costack_aio::File`] on the same open file, for reads, flushes and queued writes.
 struct FileBackend {
     store: Arc<FileStore>,
     aio: costack_aio::File,
@@ -228,39 +228,18 @@ impl Backend for FileBackend {
     }
 
     fn read_at_owned(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
-        let len = buf.len();
         // Cached data comes back at once (the `File`'s fast path); the rest through the ring or
         // the worker pool while the request's coroutine yields.
-        let (r, mut buf) = self.aio.read_at_owned(buf, offset);
-        match r {
-            Ok(n) if n == len => (Ok(()), buf),
-            Ok(0) => (Err(io::ErrorKind::UnexpectedEof.into()), buf),
-            Ok(n) => {
-                let r = self.aio.read_exact_at(&mut buf[n..], offset + n as u64);
-                (r, buf)
-            }
-            Err(e) => (Err(e), buf),
-        }
+        self.aio.read_exact_at_owned(buf, offset)
     }
 
     fn write_at_owned(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
         match self.store.writes {
             WritePath::Inline => {
-                let r = std::os::unix::fs::FileExt::write_all_at(&*self.store.file, &buf, offset);
+                let r = std::os::unix::fs::FileExt::write_all_at(&self.store.file, &buf, offset);
                 (r, buf)
             }
-            WritePath::Aio => {
-                let len = buf.len();
-                let (r, buf) = self.aio.write_at_owned(buf, offset);
-                match r {
-                    Ok(n) if n == len => (Ok(()), buf),
-                    Ok(n) => {
-                        let r = self.aio.write_all_at(&buf[n..], offset + n as u64);
-                        (r, buf)
-                    }
-                    Err(e) => (Err(e), buf),
-                }
-            }
+            WritePath::Aio => self.aio.write_all_at_owned(buf, offset),
         }
     }
 

@@ -44,7 +44,6 @@ struct Conn {
     slots: CoSemaphore,
     max_in_flight: usize,
     limits: Limits,
-    structured: bool,
     meta_id: u32,
 }
 
@@ -78,20 +77,18 @@ pub(super) fn transmission(
     max_in_flight: usize,
     stopping: &Cell<bool>,
 ) {
-    let max = max_in_flight;
     let conn = Rc::new(Conn {
         stream,
         backend: backend.clone(),
         out: Outbox::new(),
-        slots: CoSemaphore::new(max),
-        max_in_flight: max,
+        slots: CoSemaphore::new(max_in_flight),
+        max_in_flight,
         limits: Limits {
             size: backend.len(),
             read_only,
             structured: neg.structured,
             meta: neg.meta.is_some(),
         },
-        structured: neg.structured,
         meta_id: neg.meta.unwrap_or(0),
     });
     let mut input = InBuf::new();
@@ -156,7 +153,7 @@ pub(super) fn transmission(
         }
     }
     // Finish what is in flight: every slot comes back.
-    drop(conn.slots.acquire(max));
+    drop(conn.slots.acquire(max_in_flight));
     let _ = conn.stream.shutdown(Shutdown::Both);
 }
 
@@ -261,13 +258,16 @@ fn send_io_error(conn: &Conn, req: &Request, e: &io::Error) {
 /// Sends an error reply (with the message once structured replies are on).
 fn send_error(conn: &Conn, req: &Request, error: u32, msg: &str) {
     log!("{} error {error}: {msg}", cmd::name(req.typ));
-    send(conn, Reply::error(conn.structured, req.cookie, error, msg));
+    send(
+        conn,
+        Reply::error(conn.limits.structured, req.cookie, error, msg),
+    );
 }
 
 fn send_read(conn: &Conn, req: &Request, data: Vec<u8>) {
     send(
         conn,
-        Reply::read(conn.structured, req.cookie, req.offset, data),
+        Reply::read(conn.limits.structured, req.cookie, req.offset, data),
     );
 }
 

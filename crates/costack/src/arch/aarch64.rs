@@ -84,6 +84,21 @@ use core::arch::{asm, global_asm};
 
 pub(crate) use super::link_register::{Context, Entry, INIT_STACK};
 
+/// One half of the switch: `asm!` with the context pointer in `x0` and, declared clobbered,
+/// every register the other side may change — all but `sp`, `x19` and `x29` (saved by hand).
+/// Both halves must declare the same set, so they share it here.
+macro_rules! switch_asm {
+    ($ctx:expr; $($code:literal),* $(,)?) => {
+        asm!(
+            $($code,)*
+            inout("x0") $ctx => _,
+            out("x20") _, out("x21") _, out("x22") _, out("x23") _, out("x24") _,
+            out("x25") _, out("x26") _, out("x27") _, out("x28") _,
+            clobber_abi("C"),
+        )
+    };
+}
+
 /// Switches from the enterer into the coroutine whose context is `ctx`, and returns when that
 /// coroutine yields or finishes.
 ///
@@ -97,16 +112,12 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
     // because the coroutine runs arbitrary code before it switches back; x19 and x29 are saved
     // on our stack by hand (AArch64 Linux has no red zone, and `sp` stays 16-byte aligned).
     unsafe {
-        asm!(
+        switch_asm!(ctx;
             "stp x29, x19, [sp, #-16]!", // x29 and x19 cannot be clobbers: save them here
             "ldp x9, x10, [x0]",         // x9 = the coroutine's sp, x10 = its resume address
             "blr x10",                   // lr = the next instruction; into the coroutine
             // The coroutine has yielded or finished with a `ret` to here; sp is ours again.
             "ldp x29, x19, [sp], #16",
-            inout("x0") ctx => _,
-            out("x20") _, out("x21") _, out("x22") _, out("x23") _, out("x24") _,
-            out("x25") _, out("x26") _, out("x27") _, out("x28") _,
-            clobber_abi("C"),
         );
     }
 }
@@ -123,7 +134,7 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
     // enterer passes it) and x9 our saved sp; every other register holds the enterer's values,
     // so all but sp/x19/x29 are declared clobbered and x19/x29 are reloaded from our stack.
     unsafe {
-        asm!(
+        switch_asm!(ctx;
             "stp x29, x19, [sp, #-16]!",
             "adr x10, 2f",               // where the next enter continues us
             "mov x11, sp",
@@ -138,10 +149,6 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
             "stp x11, x30, [x0, #16]",   // ctx.link_sp, ctx.link_ret
             "mov sp, x9",                // onto our stack
             "ldp x29, x19, [sp], #16",
-            inout("x0") ctx => _,
-            out("x20") _, out("x21") _, out("x22") _, out("x23") _, out("x24") _,
-            out("x25") _, out("x26") _, out("x27") _, out("x28") _,
-            clobber_abi("C"),
         );
     }
 }

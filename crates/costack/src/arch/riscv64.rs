@@ -78,6 +78,24 @@ use core::arch::{asm, global_asm};
 
 pub(crate) use super::link_register::{Context, Entry, INIT_STACK};
 
+/// One half of the switch: `asm!` with the context pointer in `a0` and, declared clobbered,
+/// every register the other side may change — all but `sp`, `s0` and `s1` (saved by hand) and
+/// the thread's `gp`/`tp`. Both halves must declare the same set, so they share it here.
+macro_rules! switch_asm {
+    ($ctx:expr; $($code:literal),* $(,)?) => {
+        asm!(
+            $($code,)*
+            inout("a0") $ctx => _,
+            out("s2") _, out("s3") _, out("s4") _, out("s5") _, out("s6") _,
+            out("s7") _, out("s8") _, out("s9") _, out("s10") _, out("s11") _,
+            out("fs0") _, out("fs1") _, out("fs2") _, out("fs3") _, out("fs4") _,
+            out("fs5") _, out("fs6") _, out("fs7") _, out("fs8") _, out("fs9") _,
+            out("fs10") _, out("fs11") _,
+            clobber_abi("C"),
+        )
+    };
+}
+
 /// Switches from the enterer into the coroutine whose context is `ctx`, and returns when that
 /// coroutine yields or finishes.
 ///
@@ -91,7 +109,7 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
     // is declared clobbered because the coroutine runs arbitrary code before it switches back;
     // s0 and s1 are saved on our stack by hand, which stays 16-byte aligned.
     unsafe {
-        asm!(
+        switch_asm!(ctx;
             "addi sp, sp, -16",     // s0 and s1 cannot be clobbers: save them here
             "sd s0, 0(sp)",
             "sd s1, 8(sp)",
@@ -102,13 +120,6 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
             "ld s0, 0(sp)",
             "ld s1, 8(sp)",
             "addi sp, sp, 16",
-            inout("a0") ctx => _,
-            out("s2") _, out("s3") _, out("s4") _, out("s5") _, out("s6") _,
-            out("s7") _, out("s8") _, out("s9") _, out("s10") _, out("s11") _,
-            out("fs0") _, out("fs1") _, out("fs2") _, out("fs3") _, out("fs4") _,
-            out("fs5") _, out("fs6") _, out("fs7") _, out("fs8") _, out("fs9") _,
-            out("fs10") _, out("fs11") _,
-            clobber_abi("C"),
         );
     }
 }
@@ -125,7 +136,7 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
     // enterer passes it) and t0 our saved sp; every other register holds the enterer's values,
     // so all but sp/s0/s1 are declared clobbered and s0/s1 are reloaded from our stack.
     unsafe {
-        asm!(
+        switch_asm!(ctx;
             "addi sp, sp, -16",
             "sd s0, 0(sp)",
             "sd s1, 8(sp)",
@@ -144,13 +155,6 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
             "ld s0, 0(sp)",
             "ld s1, 8(sp)",
             "addi sp, sp, 16",
-            inout("a0") ctx => _,
-            out("s2") _, out("s3") _, out("s4") _, out("s5") _, out("s6") _,
-            out("s7") _, out("s8") _, out("s9") _, out("s10") _, out("s11") _,
-            out("fs0") _, out("fs1") _, out("fs2") _, out("fs3") _, out("fs4") _,
-            out("fs5") _, out("fs6") _, out("fs7") _, out("fs8") _, out("fs9") _,
-            out("fs10") _, out("fs11") _,
-            clobber_abi("C"),
         );
     }
 }
