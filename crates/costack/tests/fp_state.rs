@@ -1,11 +1,12 @@
 //! Floating-point control state across switches.
 //!
 //! With the `fp-state` feature, or on the `ucontext` backend (whose `swapcontext` saves it), the
-//! switch keeps the ABI's rule that the floating-point control bits (MXCSR's on x86_64, FPCR's on
-//! aarch64; `frm` on riscv64) are callee-saved: each coroutine has its own rounding mode, and a change inside a coroutine does not leak to its enterer.
+//! switch gives each coroutine its own floating-point control bits (MXCSR's on x86_64 and FPCR's
+//! on aarch64, callee-saved in their ABIs; the rounding mode `frm` on riscv64): each coroutine
+//! has its own rounding mode, and a change inside a coroutine does not leak to its enterer.
 //! By default the assembly backend leaves the floating-point environment to the thread (saving
-//! it would triple the cost of a switch on x86_64, see `src/arch/x86_64.rs`): a change made inside a
-//! coroutine is what its enterer sees after it yields. Both behaviours are tested here.
+//! it would triple the cost of a switch on x86_64, see `src/arch/x86_64.rs`): a change made
+//! inside a coroutine is what its enterer sees after it yields. Both behaviours are tested here.
 #![cfg(any(
     target_arch = "x86_64",
     target_arch = "aarch64",

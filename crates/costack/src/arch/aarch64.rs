@@ -23,14 +23,10 @@
 //! ## The context
 //!
 //! Unlike x86_64's `call`, `blr` leaves the return address in a register, not on the stack, so
-//! the enterer's side of the switch lives in the `Context` itself (`link_register.rs`, shared
-//! with riscv64). Four words, at fixed offsets that the assembly uses (`ldp`/`stp` move them in
-//! pairs):
-//!
-//! * `sp` (offset 0) and `pc` (offset 8): the coroutine's stack pointer and resume address while
-//!   it is suspended.
-//! * `link_sp` (offset 16) and `link_ret` (offset 24): the enterer's stack pointer and return
-//!   address while the coroutine runs.
+//! the enterer's side of the switch lives in the `Context` itself: the four words of
+//! `link_register.rs` (shared with riscv64), `sp`/`pc` of the suspended coroutine at offsets 0
+//! and 8 and `link_sp`/`link_ret` of the running coroutine's enterer at 16 and 24, each pair
+//! moved by one `ldp`/`stp`:
 //!
 //! ```text
 //!   enterer's stack (any stack)               coroutine's stack (suspended)

@@ -19,13 +19,9 @@
 //!
 //! ## The context
 //!
-//! The one in `link_register.rs`, shared with aarch64: four words, at fixed offsets that the
-//! assembly uses:
-//!
-//! * `sp` (offset 0) and `pc` (offset 8): the coroutine's stack pointer and resume address while
-//!   it is suspended.
-//! * `link_sp` (offset 16) and `link_ret` (offset 24): the enterer's stack pointer and return
-//!   address while the coroutine runs.
+//! The four words of `link_register.rs`, shared with aarch64: `sp`/`pc` of the suspended
+//! coroutine at offsets 0 and 8, `link_sp`/`link_ret` of the running coroutine's enterer at 16
+//! and 24.
 //!
 //! ```text
 //!   enterer's stack (any stack)               coroutine's stack (suspended)

@@ -15,6 +15,17 @@ use crate::arch::x86_64 as cpu;
 
 pub(crate) use cpu::{Context, Entry, INIT_STACK};
 
+/// Runs `switch`, one half of the CPU's switch, between a save of the floating-point control
+/// state and its restore when the `fp-state` feature asks for them; otherwise just `switch`.
+#[inline(always)]
+fn keeping_fp_state(switch: impl FnOnce()) {
+    #[cfg(feature = "fp-state")]
+    let fp = cpu::FpState::save();
+    switch();
+    #[cfg(feature = "fp-state")]
+    fp.restore();
+}
+
 /// Switches from the enterer into the coroutine whose context is `ctx`, and returns when that
 /// coroutine yields or finishes.
 ///
@@ -23,12 +34,8 @@ pub(crate) use cpu::{Context, Entry, INIT_STACK};
 /// not started, and it switches back only through [`suspend`] or by finishing.
 #[inline(always)]
 pub(crate) unsafe fn resume(ctx: *mut Context) {
-    #[cfg(feature = "fp-state")]
-    let fp = cpu::FpState::save();
     // SAFETY: the caller keeps the CPU switch's contract, which is this function's.
-    unsafe { cpu::resume(ctx) };
-    #[cfg(feature = "fp-state")]
-    fp.restore();
+    keeping_fp_state(|| unsafe { cpu::resume(ctx) });
 }
 
 /// Suspends the running coroutine (whose context is `ctx`) and returns to its enterer; returns
@@ -39,10 +46,6 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
 /// entered by [`resume`].
 #[inline(always)]
 pub(crate) unsafe fn suspend(ctx: *mut Context) {
-    #[cfg(feature = "fp-state")]
-    let fp = cpu::FpState::save();
     // SAFETY: the caller keeps the CPU switch's contract, which is this function's.
-    unsafe { cpu::suspend(ctx) };
-    #[cfg(feature = "fp-state")]
-    fp.restore();
+    keeping_fp_state(|| unsafe { cpu::suspend(ctx) });
 }
