@@ -43,8 +43,8 @@ const CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
 /// The idle bytes a class keeps.
 const CLASS_BYTES: usize = 4 << 20;
 
-/// The free buffers of one thread, by size class. Each stored buffer's length is its
-/// capacity, a class size.
+/// The free buffers of one thread, by size class: each stored buffer's capacity is its class
+/// size, and its length what it had when it was given back.
 ///
 /// The policy is in [`Pool::keep`]: a memory budget across classes, or trimming buffers idle
 /// for long, would go there and in [`Pool::has_room`], without changing the public functions.
@@ -101,11 +101,7 @@ pub fn take(len: usize) -> Vec<u8> {
     let mut v = reused.unwrap_or_else(|| vec![0u8; cap]);
     // A pooled buffer keeps the length it was given back with: only bytes beyond that are
     // written (zeroes), and none when a size repeats.
-    if v.len() < len {
-        v.resize(len, 0);
-    } else {
-        v.truncate(len);
-    }
+    v.resize(len, 0);
     v
 }
 
@@ -123,4 +119,69 @@ pub fn give(v: Vec<u8>) {
             p.classes[c].push(v);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The idle buffers of class `c` on this thread (each test runs on a thread of its own).
+    fn idle(c: usize) -> usize {
+        POOL.with(|p| p.borrow().classes[c].len())
+    }
+
+    #[test]
+    fn take_rounds_the_capacity_up_to_a_class() {
+        for (len, cap) in [
+            (0, 4096),
+            (100, 4096),
+            (4096, 4096),
+            (4097, 8192),
+            (MAX_CLASS, MAX_CLASS),
+        ] {
+            let v = take(len);
+            assert_eq!((v.len(), v.capacity()), (len, cap), "take({len})");
+        }
+        let big = take(MAX_CLASS + 1);
+        assert_eq!(big.len(), MAX_CLASS + 1);
+        assert_eq!(
+            class_of(big.capacity()),
+            None,
+            "above the classes: its own allocation"
+        );
+    }
+
+    #[test]
+    fn a_given_buffer_comes_back_with_its_bytes_and_zeroes_beyond_its_length() {
+        let mut v = take(4096);
+        v.fill(7);
+        let at = v.as_ptr();
+        give(v);
+        assert_eq!(idle(0), 1);
+        // Shorter: the same allocation, truncated.
+        let v = take(100);
+        assert_eq!((v.as_ptr(), v.len()), (at, 100));
+        assert!(v.iter().all(|&b| b == 7));
+        give(v);
+        // Longer than it was given back: the bytes it had, then zeroes.
+        let v = take(4000);
+        assert_eq!((v.as_ptr(), v.len()), (at, 4000));
+        assert!(v[..100].iter().all(|&b| b == 7));
+        assert!(v[100..].iter().all(|&b| b == 0));
+        assert_eq!(idle(0), 0);
+    }
+
+    #[test]
+    fn give_keeps_only_class_buffers_and_only_as_many_as_the_class_keeps() {
+        give(Vec::with_capacity(5000));
+        give(Vec::with_capacity(MAX_CLASS * 2));
+        assert!((0..CLASSES).all(|c| idle(c) == 0), "not a class: dropped");
+        let top = CLASSES - 1;
+        assert_eq!(Pool::keep(top), 2);
+        assert_eq!(Pool::keep(0), 1024);
+        for _ in 0..3 {
+            give(Vec::with_capacity(MAX_CLASS));
+        }
+        assert_eq!(idle(top), 2, "a full class drops the rest");
+    }
 }

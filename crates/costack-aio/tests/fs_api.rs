@@ -484,3 +484,57 @@ fn on_a_pipe_the_offset_is_ignored_on_every_path() {
         assert_eq!(&buf, b"cdef");
     });
 }
+
+/// `read_exact_at_owned` / `write_all_at_owned` move the whole buffer (the owned call, then the
+/// borrowed loop for the rest) and give it back whatever happens; `File` is std's `FileExt`.
+#[test]
+fn owned_exact_and_whole_transfers_and_std_file_ext() {
+    let p = TempPath::new("owned-exact");
+    let path = p.0.clone();
+    let pattern: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let check = move || {
+        let f = File::create(&path).unwrap();
+        let (r, buf) = f.write_all_at_owned(pattern.clone(), 0);
+        r.unwrap();
+        assert_eq!(buf, pattern, "the buffer comes back as it went");
+        let (r, buf) = f.read_exact_at_owned(vec![0u8; 10_000], 0);
+        r.unwrap();
+        assert_eq!(buf, pattern);
+        // Past the end: UnexpectedEof, and the buffer still comes back at its length.
+        let (r, buf) = f.read_exact_at_owned(vec![0u8; 200], 9_900);
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(buf.len(), 200);
+        // Code written against std's trait runs on a `File`.
+        fn through_std(f: &impl std::os::unix::fs::FileExt) -> Vec<u8> {
+            f.write_all_at(b"STD", 10).unwrap();
+            let mut five = [0u8; 5];
+            f.read_exact_at(&mut five, 9).unwrap();
+            assert_eq!(f.read_at(&mut [0u8; 8], 9_998).unwrap(), 2);
+            five.to_vec()
+        }
+        assert_eq!(through_std(&f), [pattern[9], b'S', b'T', b'D', pattern[13]]);
+    };
+    check.clone()();
+    EventLoop::new().block_on(check);
+}
+
+/// On a pipe the first owned read returns what has arrived, and `read_exact_at_owned` waits for
+/// the rest through the borrowed loop.
+#[test]
+fn read_exact_at_owned_waits_for_the_rest_of_a_pipe() {
+    let got = EventLoop::new().block_on(|| {
+        let (r, mut w) = pipe();
+        let r = File::from_std(r);
+        let writer = costack_aio::spawn(move || {
+            w.write_all(b"abc").unwrap();
+            costack_aio::sleep(Duration::from_millis(20));
+            w.write_all(b"def").unwrap();
+            w
+        });
+        let (res, buf) = r.read_exact_at_owned(vec![0u8; 6], 0);
+        drop(writer.join());
+        res.unwrap();
+        buf
+    });
+    assert_eq!(got, b"abcdef");
+}

@@ -40,7 +40,7 @@
 //! Yield (`suspend`): store `s0`, `s1`; store `sp` and the resume address into `sp`/`pc`; load
 //! `sp` and `ra` from `link_sp`/`link_ret`; `ret` into the enterer, which loads its own `s0`/`s1`.
 //!
-//! A round trip (enter and yield) is 26 instructions of switch (RISC-V has no paired loads and
+//! A round trip (enter and yield) is 25 instructions of switch (RISC-V has no paired loads and
 //! stores, and the resume address takes two instructions to form).
 //!
 //! ## A fresh coroutine
