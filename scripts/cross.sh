@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Builds and tests the `costack` crate for another CPU, running the test binaries under
-# qemu-user. Run from anywhere; the repository root is found from this file.
+# Builds and tests the `costack` crate for another CPU or system, running the test binaries
+# under qemu-user or wine. Run from anywhere; the repository root is found from this file.
 #
 #   scripts/cross.sh install                  installs the cross toolchains (Debian packages)
 #   scripts/cross.sh aarch64 [CARGO_ARGS...]  cargo test -p costack for aarch64-unknown-linux-gnu
 #   scripts/cross.sh riscv64 [CARGO_ARGS...]  the same for riscv64gc-unknown-linux-gnu
+#   scripts/cross.sh windows [CARGO_ARGS...]  the same for x86_64-pc-windows-gnu, under wine
+#   scripts/cross.sh windows-bench [CARGO_ARGS...] [-- BENCH_ARGS...]
+#                                             cargo bench of costack-bench's `windows` bench
+#   scripts/cross.sh windows-workspace        checks that `cargo build --workspace` for Windows
+#                                             stops at the Linux-only crates with their message
 #
 # Extra arguments go to `cargo test` (e.g. `--features ucontext`, `--test core`). The toolchain
 # and emulator set-up is in scripts/cross-env.sh.
@@ -14,6 +19,10 @@
 # qemu-user does not emulate RLIMIT_AS or the map-count limit; the tests that need them say so
 # and skip under emulation only (`COSTACK_EMULATED=1`). Proptest models run fewer cases
 # (`PROPTEST_CASES`, 300 unless set, against 3 000 natively).
+#
+# Windows: wine runs the x86_64 code natively, so proptest runs its full count; a test binary's
+# children are Windows processes started by wine (no runner); `COSTACK_UNDER_WINE=1` tells the
+# tests about what wine 8 does differently from Windows (they say where).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cross-env.sh
@@ -22,7 +31,8 @@ install() {
   local need=()
   dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
   for p in rustc-web rust-web-src libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu \
-    gcc-riscv64-linux-gnu libc6-dev-riscv64-cross qemu-user gdb-multiarch; do
+    gcc-riscv64-linux-gnu libc6-dev-riscv64-cross qemu-user gdb-multiarch \
+    gcc-mingw-w64-x86-64-posix mingw-w64-x86-64-dev wine64; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   if [ "${#need[@]}" -gt 0 ]; then
@@ -58,8 +68,36 @@ case "${1:-}" in
     export PROPTEST_CASES="${PROPTEST_CASES:-300}"
     run_tests "${CROSS_FLAGS[@]}" -p costack --target "$CROSS_TRIPLE" "$@"
     ;;
+  windows)
+    cross_env windows
+    shift
+    export COSTACK_UNDER_WINE=1
+    run_tests "${CROSS_FLAGS[@]}" -p costack --target "$CROSS_TRIPLE" "$@"
+    ;;
+  windows-bench)
+    cross_env windows
+    shift
+    export CRITERION_HOME="$CARGO_TARGET_DIR/criterion"
+    cargo bench "${CROSS_FLAGS[@]}" -p costack-bench --bench windows --target "$CROSS_TRIPLE" "$@"
+    ;;
+  windows-workspace)
+    cross_env windows
+    log=$(mktemp)
+    if cargo build "${CROSS_FLAGS[@]}" --workspace --target "$CROSS_TRIPLE" >"$log" 2>&1; then
+      echo "cross.sh: the workspace built for Windows; costack-aio/costack-nbd should refuse" >&2
+      exit 1
+    fi
+    if ! grep -q "costack-aio runs on Linux only for now" "$log" ||
+      grep -q "^error\[E" "$log"; then
+      cat "$log" >&2
+      echo "cross.sh: expected only the Linux-only crates' own message (above)" >&2
+      exit 1
+    fi
+    grep "runs on Linux only" "$log"
+    rm -f "$log"
+    ;;
   *)
-    echo "usage: $0 install | aarch64 [CARGO_TEST_ARGS...] | riscv64 [CARGO_TEST_ARGS...]" >&2
+    echo "usage: $0 install | aarch64|riscv64|windows [CARGO_TEST_ARGS...] | windows-bench | windows-workspace" >&2
     exit 2
     ;;
 esac

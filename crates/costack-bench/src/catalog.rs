@@ -9,9 +9,12 @@
 /// One build of this crate holds costack with exactly one context-switch
 /// backend, so the same benchmark code reports as `costack` (the assembly
 /// backend) or as `costack-ucontext` (built with this crate's `ucontext`
-/// feature, which selects costack's libc `swapcontext` backend).
+/// feature, which selects costack's libc `swapcontext` backend) or, on Windows,
+/// `costack-fibers` (feature `fibers`: costack on Windows Fibers).
 pub const COSTACK: &str = if cfg!(feature = "ucontext") {
     "costack-ucontext"
+} else if cfg!(feature = "fibers") {
+    "costack-fibers"
 } else {
     "costack"
 };

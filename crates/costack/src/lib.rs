@@ -65,10 +65,12 @@
 //!   (its enterer, an event loop, an executor), on which thread; cancel, panics, thread exit.
 //! * [`generator`]: values out on yield and in on resume; an `Iterator`.
 //! * [`pool`]: the per-thread pool that makes creating a coroutine allocation-free.
-//! * [`stack`]: mmap'd stacks with a guard page, and the errors when they cannot be had.
-//! * `backend`: the context switch, hand-written assembly on x86_64, aarch64 and riscv64 (see
-//!   the `arch` module's source for the designs and stack diagrams) or libc's `swapcontext`
-//!   with the `ucontext` feature and on other CPUs; [`BACKEND`] names the one compiled in.
+//! * [`stack`]: stacks with a guard below (`mmap` on Unix, `VirtualAlloc` on Windows), and the
+//!   errors when they cannot be had.
+//! * `backend`: the context switch, hand-written assembly on x86_64 (System V and Windows x64),
+//!   aarch64 and riscv64 (see the `arch` module's source for the designs and stack diagrams);
+//!   libc's `swapcontext` with the `ucontext` feature and on other CPUs (Unix); Windows Fibers
+//!   with the `fibers` feature (Windows). [`BACKEND`] names the one compiled in.
 //! * [`trace`]: `tracing` events for enter, yield and terminate (feature `trace`).
 //! * [`bridge`]: await any `Future` from a coroutine; host a coroutine in an async executor.
 //! * [`introspect`]: the live coroutines of a thread, for logs and debuggers.
@@ -83,6 +85,7 @@ pub mod bridge;
 pub mod coroutine;
 pub mod generator;
 pub mod introspect;
+mod local;
 mod overflow;
 pub mod park;
 pub mod pool;
@@ -104,6 +107,6 @@ pub use stack::{StackError, StackErrorKind, DEFAULT_STACK_SIZE};
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-/// The context-switch backend compiled in: `"asm"` (default on x86_64, aarch64 and riscv64) or
-/// `"ucontext"`.
+/// The context-switch backend compiled in: `"asm"` (default on x86_64, aarch64 and riscv64),
+/// `"ucontext"` (Unix) or `"fibers"` (Windows).
 pub const BACKEND: &str = backend::NAME;

@@ -55,7 +55,7 @@ struct Pool {
     len: usize,
     capacity: usize,
     watermark: usize,
-    #[cfg(feature = "stack-usage")]
+    #[cfg(costack_stack_usage)]
     max_used: usize,
 }
 
@@ -69,7 +69,7 @@ thread_local! {
             len: 0,
             capacity: DEFAULT_CAPACITY,
             watermark: DEFAULT_WATERMARK,
-            #[cfg(feature = "stack-usage")]
+            #[cfg(costack_stack_usage)]
             max_used: 0,
         })
     };
@@ -166,7 +166,7 @@ pub(crate) unsafe fn put(h: NonNull<Header>) {
             // Keep the page(s) holding the control block: it owns the stack.
             stack.release_memory(Header::RESERVED);
         } else {
-            #[cfg(feature = "stack-usage")]
+            #[cfg(costack_stack_usage)]
             stack.paint(stack.used(), Header::RESERVED);
         }
         match p.list_for(size) {
@@ -214,13 +214,13 @@ pub fn set_watermark(watermark: usize) {
 /// The largest stack use (high-water mark, in bytes) of any coroutine that has ended on this
 /// thread. Only with the `stack-usage` feature; `None` without it.
 pub fn max_stack_used() -> Option<usize> {
-    #[cfg(feature = "stack-usage")]
+    #[cfg(costack_stack_usage)]
     return with_pool(|p| p.max_used);
-    #[cfg(not(feature = "stack-usage"))]
+    #[cfg(not(costack_stack_usage))]
     None
 }
 
-#[cfg(feature = "stack-usage")]
+#[cfg(costack_stack_usage)]
 pub(crate) fn note_stack_used(used: usize) {
     with_pool(|p| p.max_used = p.max_used.max(used));
 }

@@ -2,6 +2,10 @@
 //! constructors panic with that message. Each case runs in a child process (this test binary
 //! re-executed), because exhausting a process-wide limit would break tests running beside it.
 
+// The limits exhausted here are Linux's (RLIMIT_AS, vm.max_map_count): on Windows only the
+// cases at the end run, and the Linux helpers are unused.
+#![cfg_attr(windows, allow(dead_code, unused_imports))]
+
 use costack::{Builder, Coroutine, StackErrorKind};
 
 const CHILD_ENV: &str = "COSTACK_STACK_ERROR_CHILD";
@@ -22,6 +26,7 @@ fn role() -> Option<String> {
     std::env::var(CHILD_ENV).ok()
 }
 
+#[cfg(unix)]
 #[test]
 fn out_of_address_space_is_reported() {
     match role().as_deref() {
@@ -64,6 +69,7 @@ fn out_of_address_space_is_reported() {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn map_count_limit_is_named() {
     match role().as_deref() {
@@ -175,4 +181,35 @@ impl Drop for LoweredMapCount {
             eprintln!("could not restore {MAX_MAP_COUNT} to {}: {e}", self.0);
         }
     }
+}
+
+/// Windows: a stack larger than the system can commit (64 TiB) is reported as out of memory,
+/// by name, from `try_create`, and as a panic with the same message from `create`.
+#[cfg(windows)]
+#[test]
+fn a_stack_windows_cannot_commit_is_reported() {
+    let err = Builder::new()
+        .stack_size(1 << 46)
+        .try_create(|| ())
+        .unwrap_err();
+    assert_eq!(err.kind(), StackErrorKind::OutOfMemory, "{err}");
+    assert_eq!(err.requested_size(), 1 << 46);
+    let text = err.to_string();
+    assert!(
+        text.starts_with("cannot create a 68719476736 KiB coroutine stack: out of memory"),
+        "{text}"
+    );
+    let r = std::panic::catch_unwind(|| Builder::new().stack_size(1 << 46).create(|| ()));
+    let msg = r.unwrap_err().downcast::<String>().unwrap();
+    assert!(msg.contains(&text), "{msg}");
+}
+
+/// A size that overflows the address space is refused before any system call, everywhere.
+#[test]
+fn a_stack_size_that_overflows_is_too_large() {
+    let err = Builder::new()
+        .stack_size(usize::MAX - 4096)
+        .try_create(|| ())
+        .unwrap_err();
+    assert_eq!(err.kind(), StackErrorKind::TooLarge, "{err}");
 }

@@ -2,7 +2,7 @@
 //! by the pool. Crashing cases run in a child process (this test binary, re-executed).
 
 use costack::{introspect, pool, yield_now, Builder, Coroutine};
-use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 
 const CHILD_ENV: &str = "COSTACK_STACK_SAFETY_CHILD";
 
@@ -15,6 +15,34 @@ fn run_child(test: &str, role: &str) -> (std::process::ExitStatus, String) {
 
 fn role() -> Option<String> {
     std::env::var(CHILD_ENV).ok()
+}
+
+/// Whether a child ended by `abort()`: SIGABRT on Unix; on Windows Rust's `abort` is a
+/// `__fastfail`, which ends the process with STATUS_STACK_BUFFER_OVERRUN.
+fn aborted(status: &ExitStatus) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        status.signal() == Some(libc::SIGABRT)
+    }
+    #[cfg(windows)]
+    {
+        status.code() == Some(0xC000_0409_u32 as i32)
+    }
+}
+
+/// Whether a child died of an invalid memory access that nothing handled: SIGSEGV on Unix,
+/// STATUS_ACCESS_VIOLATION on Windows.
+fn segfaulted(status: &ExitStatus) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        status.signal() == Some(libc::SIGSEGV)
+    }
+    #[cfg(windows)]
+    {
+        status.code() == Some(0xC000_0005_u32 as i32)
+    }
 }
 
 #[inline(never)]
@@ -35,19 +63,29 @@ fn coroutine_overflow_names_the_coroutine_and_aborts() {
         let _ = co.enter();
         unreachable!("the overflow must not return");
     }
+    if costack::BACKEND == "fibers" && std::env::var_os("COSTACK_UNDER_WINE").is_some() {
+        // wine 8 commits a fiber's whole stack and puts one guard page at its bottom, so the
+        // overflow is only seen on the last page, which cannot hold the exception dispatch:
+        // wine ends the thread ("stack overflow ... bytes"), as it does for an overflowing
+        // thread, before any handler runs. Windows grows a fiber's stack page by page and
+        // raises the overflow with the thread's guaranteed reserve still free.
+        eprintln!("SKIPPED UNDER WINE: a fiber's stack overflow cannot be delivered by wine 8");
+        return;
+    }
     let (status, out) = run_child(
         "coroutine_overflow_names_the_coroutine_and_aborts",
         "overflow",
     );
-    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}\n{out}");
+    assert!(aborted(&status), "{status:?}\n{out}");
     assert!(
         out.contains("costack: coroutine co")
             && out.contains("\"runaway\" overflowed its stack of 64 KiB"),
         "{out}"
     );
-    // The report gives the fault address, the stack pointer and the stack's bounds.
+    // The report gives the stack pointer and the stack's bounds (and the fault address, where
+    // the system says it: every SIGSEGV, not every Windows EXCEPTION_STACK_OVERFLOW).
     assert!(
-        out.contains(", stack pointer 0x") && out.contains(", stack 0x"),
+        out.contains("stack pointer 0x") && out.contains(", stack 0x"),
         "{out}"
     );
 }
@@ -57,10 +95,13 @@ fn coroutine_overflow_names_the_coroutine_and_aborts() {
 ///
 /// # Safety
 /// None: it crashes the process on purpose (in a child).
-#[cfg(any(
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    target_arch = "riscv64"
+#[cfg(all(
+    unix,
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )
 ))]
 unsafe fn fault_with_sp_at(sp: usize) -> ! {
     // SAFETY: none; see above. The asm never returns (the read faults, the handler aborts).
@@ -84,11 +125,15 @@ unsafe fn fault_with_sp_at(sp: usize) -> ! {
 
 /// A frame larger than the guard page leaves the stack pointer below the stack without touching
 /// the guard; the handler recognises the overflow from the interrupted stack pointer, which it
-/// reads from each CPU's machine context.
-#[cfg(any(
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    target_arch = "riscv64"
+/// reads from each CPU's machine context. (Unix: on Windows every frame larger than a page is
+/// probed page by page, `___chkstk_ms`, so an overflow always touches the guard band first.)
+#[cfg(all(
+    unix,
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )
 ))]
 #[test]
 fn overflow_is_recognised_from_the_stack_pointer() {
@@ -108,7 +153,7 @@ fn overflow_is_recognised_from_the_stack_pointer() {
         unreachable!("the fault must not return");
     }
     let (status, out) = run_child("overflow_is_recognised_from_the_stack_pointer", "sp-below");
-    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}\n{out}");
+    assert!(aborted(&status), "{status:?}\n{out}");
     assert!(
         out.contains("\"sp-below\" overflowed its stack of 64 KiB (fault at 0x0000000000000000, stack pointer 0x"),
         "{out}"
@@ -133,9 +178,16 @@ fn thread_stack_overflow_is_still_reported_by_rust() {
         "thread_stack_overflow_is_still_reported_by_rust",
         "thread-overflow",
     );
-    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}\n{out}");
-    assert!(out.contains("has overflowed its stack"), "{out}");
     assert!(!out.contains("costack: coroutine"), "{out}");
+    // Under wine 8 a thread that overflows its stack is ended by wine itself ("stack overflow
+    // ... bytes" in its log; the same without costack), before any handler runs, so Rust's
+    // report is not printed there: the child fails, and the coroutine handler stays out of it.
+    if std::env::var_os("COSTACK_UNDER_WINE").is_some() {
+        assert!(!status.success(), "{status:?}\n{out}");
+        return;
+    }
+    assert!(aborted(&status), "{status:?}\n{out}");
+    assert!(out.contains("has overflowed its stack"), "{out}");
 }
 
 #[test]
@@ -150,7 +202,11 @@ fn other_segfaults_go_to_the_previous_handler() {
         unreachable!();
     }
     let (status, out) = run_child("other_segfaults_go_to_the_previous_handler", "null-deref");
-    assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status:?}\n{out}");
+    // Under wine an unhandled fault starts wine's debugger, which reports it ("Unhandled
+    // exception: page fault ...") and, on a fiber's stack, crashes itself with another status.
+    let wine_reported = std::env::var_os("COSTACK_UNDER_WINE").is_some()
+        && out.contains("Unhandled exception: page fault on read access");
+    assert!(segfaulted(&status) || wine_reported, "{status:?}\n{out}");
     assert!(!out.contains("overflowed"), "{out}");
 }
 
@@ -193,7 +249,7 @@ fn introspection_lists_live_coroutines() {
     );
 }
 
-#[cfg(feature = "stack-usage")]
+#[cfg(all(feature = "stack-usage", not(costack_fibers)))]
 #[test]
 fn stack_usage_high_water_mark() {
     let co = Coroutine::new(|| {
@@ -216,7 +272,8 @@ fn stack_usage_high_water_mark() {
     );
 }
 
-#[cfg(not(feature = "stack-usage"))]
+/// Without the feature, or on the `fibers` backend (Windows allocates the stacks).
+#[cfg(any(not(feature = "stack-usage"), costack_fibers))]
 #[test]
 fn stack_usage_is_none_without_the_feature() {
     let co = Coroutine::new(|| ());
@@ -225,14 +282,14 @@ fn stack_usage_is_none_without_the_feature() {
 }
 
 /// The page size, which is not 4 KiB on every aarch64 kernel (some use 16 or 64 KiB).
-#[cfg(not(feature = "stack-usage"))]
+#[cfg(all(unix, not(feature = "stack-usage")))]
 fn page_size() -> usize {
     // SAFETY: sysconf only reads a system value.
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
 /// Counts the resident pages of `bottom..top` with mincore(2).
-#[cfg(not(feature = "stack-usage"))]
+#[cfg(all(unix, not(feature = "stack-usage")))]
 fn resident_pages(bottom: *const u8, top: *const u8) -> usize {
     let page = page_size();
     let len = top as usize - bottom as usize;
@@ -243,7 +300,8 @@ fn resident_pages(bottom: *const u8, top: *const u8) -> usize {
     vec.iter().filter(|&&v| v & 1 != 0).count()
 }
 
-#[cfg(not(feature = "stack-usage"))]
+// Unix: Windows' MEM_RESET gives no residency to count page by page (see stack/windows.rs).
+#[cfg(all(unix, not(feature = "stack-usage")))]
 #[test]
 fn pooled_stacks_beyond_the_watermark_give_memory_back() {
     std::thread::spawn(|| {

@@ -14,7 +14,10 @@
 //! 16-byte aligned top of its stack (both ABIs keep `sp` 16-byte aligned), where `init` stores
 //! the entry function for the trampoline to call.
 //!
-//! May import: nothing of the crate; it names the trampoline symbol that the CPU's file defines.
+//! May import: `stack` (the type of the stack `init` prepares); it names the trampoline symbol
+//! that the CPU's file defines.
+
+use crate::stack::Stack;
 
 /// Saved stack pointers and resume addresses of one coroutine; see the module documentation.
 #[repr(C)]
@@ -60,7 +63,7 @@ impl Context {
     /// # Safety
     /// `top` must point into (or one past) a writable stack region with room below it for the
     /// coroutine's frames, and `self` must stay at this address until the coroutine finishes.
-    pub(crate) unsafe fn init(&mut self, top: *mut u8, _bottom: *mut u8, entry: Entry) {
+    pub(crate) unsafe fn init(&mut self, top: *mut u8, _stack: &Stack, entry: Entry) {
         let sp = (((top as usize) & !15) - 16) as *mut usize;
         // SAFETY: the caller guarantees `top` is the end of writable stack memory with room
         // below it; `sp` lies 16 to 31 bytes below `top`, inside the stack.

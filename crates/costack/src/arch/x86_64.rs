@@ -82,9 +82,10 @@
 //! coroutine its own environment as the ABI describes; the `ucontext` backend always does,
 //! because `swapcontext` does.
 //!
-//! May import: nothing of the crate. The entry function every coroutine starts in comes from the
+//! May import: `stack` (the type of the stack `init` prepares). The entry function every coroutine starts in comes from the
 //! caller of `init`, so this file does not name it.
 
+use crate::stack::Stack;
 use core::arch::{asm, global_asm};
 
 /// Saved stack pointers of one coroutine; see the module documentation for the layout.
@@ -120,7 +121,7 @@ impl Context {
     /// # Safety
     /// `top` must point into (or one past) a writable stack region with room below it for the
     /// coroutine's frames, and `self` must stay at this address until the coroutine finishes.
-    pub(crate) unsafe fn init(&mut self, top: *mut u8, _bottom: *mut u8, entry: Entry) {
+    pub(crate) unsafe fn init(&mut self, top: *mut u8, _stack: &Stack, entry: Entry) {
         // 16-byte align, then leave one word for the resume address so that `sp + 8` is 16-byte
         // aligned when the trampoline calls into Rust; the entry function goes in the word
         // below, where the trampoline reads it before its `call` (which overwrites only the
@@ -201,35 +202,8 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
     }
 }
 
-/// The callee-saved floating-point control state: MXCSR and the x87 control word.
 #[cfg(feature = "fp-state")]
-pub(crate) struct FpState {
-    mxcsr: u32,
-    x87cw: u16,
-}
-
-#[cfg(feature = "fp-state")]
-impl FpState {
-    #[inline(always)]
-    pub(crate) fn save() -> FpState {
-        let mut st = FpState { mxcsr: 0, x87cw: 0 };
-        // SAFETY: stmxcsr/fnstcw store 4 and 2 bytes into fields of that size.
-        unsafe {
-            asm!("stmxcsr [{}]", in(reg) &mut st.mxcsr, options(nostack, preserves_flags));
-            asm!("fnstcw [{}]", in(reg) &mut st.x87cw, options(nostack, preserves_flags));
-        }
-        st
-    }
-
-    #[inline(always)]
-    pub(crate) fn restore(&self) {
-        // SAFETY: loading values saved by `save` on this thread, so they are valid.
-        unsafe {
-            asm!("ldmxcsr [{}]", in(reg) &self.mxcsr, options(nostack, preserves_flags));
-            asm!("fldcw [{}]", in(reg) &self.x87cw, options(nostack, preserves_flags));
-        }
-    }
-}
+pub(crate) use super::x86_64_fp::FpState;
 
 extern "C" {
     /// The first resume address of every coroutine (defined in the `global_asm!` below).

@@ -10,8 +10,10 @@
 use crate::arch::aarch64 as cpu;
 #[cfg(target_arch = "riscv64")]
 use crate::arch::riscv64 as cpu;
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(windows)))]
 use crate::arch::x86_64 as cpu;
+#[cfg(all(target_arch = "x86_64", windows))]
+use crate::arch::x86_64_windows as cpu;
 
 pub(crate) use cpu::{Context, Entry, INIT_STACK};
 

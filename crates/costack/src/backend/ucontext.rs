@@ -18,8 +18,9 @@
 //! `makecontext` can only pass `int` arguments, so the context pointer is split into two 32-bit
 //! halves for the entry function.
 //!
-//! May import: nothing of the crate (the entry function comes from the caller of `init`).
+//! May import: `stack` (the stack `init` prepares; the entry function comes from its caller).
 
+use crate::stack::Stack;
 use core::mem::MaybeUninit;
 use libc::ucontext_t;
 
@@ -86,7 +87,8 @@ impl Context {
     /// `bottom..top` must be writable stack memory not used by anything else, with room for a
     /// `ucontext_t` and the coroutine's frames, and `self` must stay at this address until the
     /// coroutine finishes.
-    pub(crate) unsafe fn init(&mut self, top: *mut u8, bottom: *mut u8, main: Entry) {
+    pub(crate) unsafe fn init(&mut self, top: *mut u8, stack: &Stack, main: Entry) {
+        let bottom = stack.bottom();
         self.main = Some(main);
         let ctx = self as *mut Context as usize;
         // The first context goes at the top of the stack; the frames start below it.

@@ -161,7 +161,21 @@ fn next_id() -> CoId {
 #[cold]
 #[inline(never)]
 fn fresh_stack(size: usize) -> Result<Stack, Box<StackError>> {
-    Stack::new(size).map_err(Box::new)
+    #[cfg_attr(not(costack_fibers), allow(unused_mut))]
+    let mut stack = Stack::new(size).map_err(Box::new)?;
+    // The fibers backend runs the stack's coroutines on a fiber of their own, made with it.
+    #[cfg(costack_fibers)]
+    match crate::backend::new_fiber(size) {
+        Ok(fiber) => stack.set_fiber(fiber),
+        Err(e) => {
+            return Err(Box::new(crate::stack::system_error(
+                size,
+                "CreateFiberEx",
+                e,
+            )))
+        }
+    }
+    Ok(stack)
 }
 
 /// A coroutine whose closure returns `R`: the handle [`Coroutine::new`] returns.

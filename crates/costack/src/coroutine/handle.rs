@@ -14,8 +14,8 @@ use super::state::{
 };
 use super::switch::{abort_with, enter_header, unwind_suspended, NameId};
 use super::wake::wake_routed;
+use crate::local::{local, LocalWord};
 use crate::pool;
-use std::cell::Cell;
 use std::fmt;
 use std::panic::resume_unwind;
 use std::ptr::NonNull;
@@ -194,7 +194,8 @@ impl CoHandle {
 
     /// The high-water mark of the coroutine's stack use in bytes, counted from the top of the
     /// stack (its control block and closure included). Only with the `stack-usage` feature,
-    /// which paints new stacks so that the mark can be found; `None` without it.
+    /// which paints new stacks so that the mark can be found; `None` without it, and on the
+    /// `fibers` backend (Windows allocates a fiber's stack).
     pub fn stack_used(&self) -> Option<usize> {
         self.header().stack_used()
     }
@@ -306,7 +307,7 @@ unsafe fn release(h: NonNull<Header>) {
         _ => abort_with("a running coroutine lost its last handle"),
     }
     hr.unlink_live();
-    #[cfg(feature = "stack-usage")]
+    #[cfg(costack_stack_usage)]
     pool::note_stack_used(hr.stack_ref().used());
     debug_assert!(hr.state() & PANICKED == 0, "an unclaimed panic payload");
     // The driver (tasks, hosted coroutines) is taken out of its slot and dropped after the
@@ -346,24 +347,91 @@ unsafe fn leak_suspended(h: NonNull<Header>) {
     hr.unlink_live();
 }
 
+local! {
+    /// Set when the thread's thread-locals begin to be destroyed (see [`ExitGuard`]). A
+    /// `crate::local` word: readable until the thread is gone.
+    static EXITING: bool;
+}
+
+#[cfg(not(windows))]
 thread_local! {
-    /// Set when the thread's thread-locals begin to be destroyed (see [`ExitGuard`]). A `const`
-    /// Cell with no destructor: readable until the thread is gone.
-    static EXITING: Cell<bool> = const { Cell::new(false) };
     /// Sets `EXITING` when destroyed; registered with the thread's first coroutine.
     static EXIT_GUARD: ExitGuard = const { ExitGuard };
 }
 
 /// Arms the thread-exit policy (see [`ExitGuard`]); called before the thread's first coroutine
 /// is created. A thread already tearing down its thread-locals has no guard left to arm.
+#[cfg(not(windows))]
 pub(super) fn arm_exit_guard() {
     let _ = EXIT_GUARD.try_with(|_| ());
+}
+
+/// Arms the thread-exit policy: on Windows the policy is a TLS callback (see
+/// [`ON_THREAD_EXIT`]), linked in here.
+#[cfg(windows)]
+pub(super) fn arm_exit_guard() {
+    // SAFETY: reading the callback pointer keeps its static (and its section) in the image;
+    // `_tls_used` is the TLS directory the loader finds the callbacks through.
+    unsafe {
+        std::ptr::from_ref(&ON_THREAD_EXIT).read_volatile();
+        std::ptr::from_ref(&TLS_USED).read_volatile();
+    }
 }
 
 /// Whether this thread's costack state is being torn down (it is exiting).
 #[inline]
 fn thread_exiting() -> bool {
-    EXITING.with(|e| e.get())
+    EXITING.load()
+}
+
+/// Marks the thread as exiting and every suspended coroutine of it as orphaned (see
+/// [`ExitGuard`]).
+fn orphan_suspended() {
+    EXITING.store(true);
+    let mut p = Header::first_live();
+    while !p.is_null() {
+        // SAFETY: the live list holds live headers of this thread; nothing runs while we walk
+        // it.
+        let h = unsafe { &*p };
+        if h.state() & STATE_MASK == SUSPENDED {
+            h.set_state(h.state() | ORPHANED);
+        }
+        p = h.next_live();
+    }
+}
+
+#[cfg(windows)]
+extern "C" {
+    /// The image's TLS directory (the C runtime defines it).
+    #[link_name = "_tls_used"]
+    static TLS_USED: u8;
+}
+
+/// Windows' thread-exit policy. std runs thread-local destructors from a TLS callback in
+/// section `.CRT$XLB`, in the order their keys were created *in the process* (the GNU target
+/// has no native thread-locals), so a destructor cannot be relied on to run before those of the
+/// thread-locals a coroutine borrows. The loader calls TLS callbacks in the order of their
+/// section names, so this one, in `.CRT$XLAB`, runs before std's, before any thread-local of the
+/// exiting thread is destroyed: it applies [`ExitGuard`]'s policy to all of them at once.
+#[cfg(windows)]
+#[used]
+#[unsafe(link_section = ".CRT$XLAB")]
+static ON_THREAD_EXIT: unsafe extern "system" fn(
+    *mut std::ffi::c_void,
+    u32,
+    *mut std::ffi::c_void,
+) = on_thread_exit;
+
+#[cfg(windows)]
+unsafe extern "system" fn on_thread_exit(
+    _: *mut std::ffi::c_void,
+    reason: u32,
+    _: *mut std::ffi::c_void,
+) {
+    use windows_sys::Win32::System::SystemServices::{DLL_PROCESS_DETACH, DLL_THREAD_DETACH};
+    if reason == DLL_THREAD_DETACH || reason == DLL_PROCESS_DETACH {
+        orphan_suspended();
+    }
 }
 
 /// The thread-exit policy. Thread-locals are destroyed one by one when a thread exits, in the
@@ -376,20 +444,13 @@ fn thread_exiting() -> bool {
 ///
 /// The guard is registered when the thread creates its first coroutine, so it is destroyed
 /// before every thread-local first used before that moment, and after those first used later.
+/// (Windows: see [`ON_THREAD_EXIT`], which runs before every thread-local destructor.)
+#[cfg(not(windows))]
 struct ExitGuard;
 
+#[cfg(not(windows))]
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        EXITING.with(|e| e.set(true));
-        let mut p = Header::first_live();
-        while !p.is_null() {
-            // SAFETY: the live list holds live headers of this thread; nothing runs while we
-            // walk it.
-            let h = unsafe { &*p };
-            if h.state() & STATE_MASK == SUSPENDED {
-                h.set_state(h.state() | ORPHANED);
-            }
-            p = h.next_live();
-        }
+        orphan_suspended();
     }
 }

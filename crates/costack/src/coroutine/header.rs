@@ -11,13 +11,14 @@
 //! its operations (enter, wake, queries, dropping) live in the handle module above.
 //!
 //! May import: `id` and `state` (below it), `backend` (the saved context), `stack` (the mapping
-//! a header owns), `asan`.
+//! a header owns), `local` (the live list's head), `asan`.
 //! Nothing else of the crate: the pool, the overflow handler and the rest of `coroutine` build
 //! on this file, never the reverse.
 
 use super::id::CoId;
 use super::state::{READY, STATE_MASK};
 use crate::backend::{Context, Entry};
+use crate::local::{local, LocalWord};
 use crate::stack::Stack;
 use std::any::Any;
 use std::cell::{Cell, UnsafeCell};
@@ -146,7 +147,6 @@ impl Header {
         // `addr_of_mut!` does not drop the dead values of a pooled control block.
         unsafe {
             ptr::write(slot.cast::<F>(), f);
-            let bottom = (*hdr).stack.bottom();
             macro_rules! set {
                 ($field:ident, $value:expr) => {
                     ptr::addr_of_mut!((*hdr).$field).write($value)
@@ -172,7 +172,7 @@ impl Header {
             set!(live_next, Cell::new(ptr::null()));
             #[cfg(feature = "asan")]
             set!(asan, crate::asan::FiberState::new());
-            (*(*hdr).ctx.get()).init(slot, bottom, entry);
+            (*(*hdr).ctx.get()).init(slot, &(*hdr).stack, entry);
             (*hdr).link_live();
             NonNull::new_unchecked(hdr)
         }
@@ -369,9 +369,9 @@ impl Header {
     /// The stack's high-water mark so far, with the `stack-usage` feature.
     #[inline]
     pub(crate) fn stack_used(&self) -> Option<usize> {
-        #[cfg(feature = "stack-usage")]
+        #[cfg(costack_stack_usage)]
         return Some(self.stack.used());
-        #[cfg(not(feature = "stack-usage"))]
+        #[cfg(not(costack_stack_usage))]
         None
     }
 
@@ -431,7 +431,7 @@ impl Header {
     /// The first live coroutine of this thread (null if none); the list goes on through
     /// [`next_live`](Header::next_live).
     pub(crate) fn first_live() -> *const Header {
-        LIVE_HEAD.with(|h| h.get())
+        LIVE_HEAD.load()
     }
 
     /// The next live coroutine of this thread (null after the last).
@@ -443,14 +443,13 @@ impl Header {
     /// Adds a new coroutine to the front of this thread's live list.
     #[inline]
     fn link_live(&self) {
-        LIVE_HEAD.with(|head| {
-            let first = head.replace(self);
-            self.live_next.set(first);
-            if !first.is_null() {
-                // SAFETY: list members are live headers of this thread.
-                unsafe { (*first).live_prev.set(self) };
-            }
-        });
+        let first = LIVE_HEAD.load();
+        LIVE_HEAD.store(self);
+        self.live_next.set(first);
+        if !first.is_null() {
+            // SAFETY: list members are live headers of this thread.
+            unsafe { (*first).live_prev.set(self) };
+        }
     }
 
     /// Removes a coroutine that is being freed (or leaked) from this thread's live list.
@@ -462,8 +461,8 @@ impl Header {
             unsafe { (*next).live_prev.set(prev) };
         }
         if prev.is_null() {
-            // It was the head. (At thread exit the thread-local may be gone: nothing to fix.)
-            let _ = LIVE_HEAD.try_with(|head| head.set(next));
+            // It was the head.
+            LIVE_HEAD.store(next);
         } else {
             // SAFETY: as above.
             unsafe { (*prev).live_next.set(next) };
@@ -471,10 +470,10 @@ impl Header {
     }
 }
 
-thread_local! {
+local! {
     /// The most recently created live coroutine of this thread; the list goes on through
-    /// `live_next`. A `const` Cell with no destructor: usable while the thread exits.
-    static LIVE_HEAD: Cell<*const Header> = const { Cell::new(ptr::null()) };
+    /// `live_next`. A `crate::local` word: usable while the thread exits.
+    static LIVE_HEAD: *const Header;
 }
 
 /// Type-erased operations on the closure `F` and result `R` stored in a header's slot.

@@ -1,15 +1,15 @@
 //! Coroutine ids ([`CoId`]): unique in the process, numbered per thread.
 //!
-//! May import: nothing of the crate. The header records an id; the layers above hand them out
+//! May import: `local` (the per-thread counter). The header records an id; the layers above hand them out
 //! through `CoId::next`.
 
-use std::cell::Cell;
+use crate::local::{local, LocalWord};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-thread_local! {
+local! {
     /// The last coroutine id handed out on this thread (0: none yet).
-    static LAST_ID: Cell<u64> = const { Cell::new(0) };
+    static LAST_ID: u64;
 }
 
 /// A coroutine's id: unique in the process, stable for the coroutine's life, printed as
@@ -24,18 +24,16 @@ impl CoId {
     /// handed out (the layers above set up per-thread state there).
     #[inline]
     pub(crate) fn next(first_on_thread: impl FnOnce()) -> CoId {
-        LAST_ID.with(|last| {
-            let mut v = last.get();
-            if v == 0 {
-                // This thread's first coroutine: number the thread.
-                static THREADS: AtomicU64 = AtomicU64::new(0);
-                v = (THREADS.fetch_add(1, Ordering::Relaxed) + 1) << ID_SEQ_BITS;
-                first_on_thread();
-            }
-            v += 1;
-            last.set(v);
-            CoId(v)
-        })
+        let mut v = LAST_ID.load();
+        if v == 0 {
+            // This thread's first coroutine: number the thread.
+            static THREADS: AtomicU64 = AtomicU64::new(0);
+            v = (THREADS.fetch_add(1, Ordering::Relaxed) + 1) << ID_SEQ_BITS;
+            first_on_thread();
+        }
+        v += 1;
+        LAST_ID.store(v);
+        CoId(v)
     }
 
     /// The id as a number (thread number in the high 24 bits, sequence in the low 40).

@@ -10,8 +10,13 @@
 //! wake-ups to run (`run_wakeups`, QEMU's `co_queue_wakeup` loop), or a park that the enterer
 //! must wait with (see [`park`](crate::park)).
 //!
+//! The running coroutine is the per-thread word `CURRENT`, set by the enterer before the switch.
+//! Who sets it back to the enterer's value depends on the system ([`LEAVER_RESTORES`]): on Unix
+//! the enterer, after the switch; on Windows the coroutine, from its `caller`, just before it
+//! switches back.
+//!
 //! May import: `header` and `id` (the control block it switches), `backend` (the switch
-//! itself), `trace`, `asan`. Not the handles, the pool or the overflow handler.
+//! itself), `local` (the running coroutine), `trace`, `asan`. Not the handles, the pool or the overflow handler.
 
 use super::header::{CoHandle, Header};
 use super::id::CoId;
@@ -20,30 +25,41 @@ use super::state::{
     SUSPENDED, WAKEUPS,
 };
 use crate::backend::{self, Context};
+use crate::local::{local, HereWord, LocalWord};
 use crate::trace::trace_event;
 use std::any::Any;
-use std::cell::Cell;
+
 use std::fmt;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 
-thread_local! {
-    /// The running coroutine's header, or null when the thread runs on its own stack.
-    /// A `const` Cell of a raw pointer: no lazy initialisation and no destructor, so it is a
-    /// plain `fs:`-relative load and stays usable while other thread-locals are destroyed.
-    static CURRENT: Cell<*const Header> = const { Cell::new(ptr::null()) };
+local! {
+    /// The running coroutine's header, or null when the thread runs on its own stack. A
+    /// `crate::local` word: one load, and usable while other thread-locals are destroyed.
+    static CURRENT: *const Header;
 }
+
+/// Whether a coroutine that switches back to a nested enterer sets `CURRENT` back to the
+/// enterer's value itself (its `caller`) just before the switch, instead of the enterer after it.
+///
+/// On Windows `CURRENT` is a TEB TLS slot, and when the enterer wrote it right after the switch
+/// came back, its read at the next enter, a few instructions later, was slow (through `gs:` or
+/// the TEB's linear address alike; wine on Zen 5): written by the coroutine before its switch
+/// instead, a micro-benchmark's round trip went from 9.5 to 7 ns. On Unix, where `CURRENT` is a native
+/// thread-local, the enterer keeps the value in a register and one store suffices, fewer
+/// instructions than the coroutine's load of `caller` and store.
+///
+/// The deferred wake-up loop's enters (not nested: `caller` is null, the enterer's value may
+/// not be) still have the enterer write it back after the switch. Between the coroutine's write
+/// and its switch only the switch itself runs on its stack (the asm's pushes, or
+/// `SwitchToFiber`): a stack overflow there, were its stack that full, would be reported by the
+/// overflow handler as its caller's.
+const LEAVER_RESTORES: bool = cfg!(windows);
 
 /// The running coroutine's header (null outside any coroutine).
 #[inline(always)]
 pub(crate) fn current_header() -> *const Header {
-    CURRENT.with(|c| c.get())
-}
-
-/// Makes `h` the running coroutine (null: the thread's own stack).
-#[inline(always)]
-fn set_current(h: *const Header) {
-    CURRENT.with(|c| c.set(h))
+    CURRENT.load()
 }
 
 /// The outermost coroutine of the running chain — the one its enterer (the thread: `main`, an
@@ -92,6 +108,10 @@ pub(crate) extern "C" fn coroutine_main(ctx: *mut Context) {
     trace_event!(terminate, h.id());
     #[cfg(feature = "asan")]
     h.asan().leaving_for_good();
+    if LEAVER_RESTORES {
+        // The backend switches to the enterer when we return (see `LEAVER_RESTORES`).
+        CURRENT.store(h.caller());
+    }
 }
 
 /// Switches into `h` and back once. Returns `true` when the enterer has more to do — the
@@ -114,10 +134,12 @@ unsafe fn switch_into<const NESTED: bool>(h: &Header) -> bool {
     if state & NOT_ENTERABLE != 0 {
         cannot_enter(h, state);
     }
-    let prev = current_header();
+    // One lookup of the word for the three accesses (on Windows, a TLS index).
+    let current = CURRENT.here();
+    let prev = current.read();
     h.set_caller(if NESTED { prev } else { ptr::null() });
     h.set_state(RUNNING);
-    set_current(h);
+    current.write(h);
     trace_event!(enter, DisplayPtr(prev), h.id());
     #[cfg(feature = "asan")]
     let fake = crate::asan::entering(h.stack_bounds().0, h.stack_size());
@@ -126,7 +148,10 @@ unsafe fn switch_into<const NESTED: bool>(h: &Header) -> bool {
     unsafe { backend::resume(h.ctx()) };
     #[cfg(feature = "asan")]
     crate::asan::returned(fake);
-    set_current(prev);
+    if !(LEAVER_RESTORES && NESTED) {
+        current.write(prev);
+    } // else the coroutine set it back to `prev`, its caller, as it left
+    debug_assert_eq!(current.read(), prev);
     if h.state() == RUNNING {
         h.set_state(SUSPENDED);
         false
@@ -282,7 +307,8 @@ pub(crate) fn park_current() {
 /// switch: a coroutine being dropped cannot suspend.
 #[inline(always)]
 fn suspend_running<const PARK: bool>() {
-    let cur = current_header();
+    let current = CURRENT.here();
+    let cur = current.read();
     if cur.is_null() {
         if PARK {
             park_outside();
@@ -303,7 +329,11 @@ fn suspend_running<const PARK: bool>() {
     trace_event!(yield, h.id(), DisplayPtr(h.caller()));
     #[cfg(feature = "asan")]
     h.asan().leaving();
-    // SAFETY: we run on `h`'s stack (it is CURRENT) and were entered by a resume on its ctx.
+    if LEAVER_RESTORES {
+        // Our enterer runs next (see `LEAVER_RESTORES`); nothing reads the word before it does.
+        current.write(h.caller());
+    }
+    // SAFETY: we run on `h`'s stack (it was CURRENT) and were entered by a resume on its ctx.
     unsafe { backend::suspend(h.ctx()) };
     #[cfg(feature = "asan")]
     h.asan().arrived();

@@ -3,7 +3,9 @@
 //!
 //! Under an emulator (a cross build run through cargo's runner, `scripts/cross.sh`), the binary
 //! cannot be started directly: `COSTACK_TEST_RUNNER` holds the same emulator command line, and
-//! the child is started through it.
+//! the child is started through it. A Windows test binary under wine needs no runner for its
+//! child: it is a Windows process, and wine starts its children as Windows processes too
+//! (`scripts/cross.sh windows` leaves the variable unset).
 
 use std::process::{Command, ExitStatus};
 

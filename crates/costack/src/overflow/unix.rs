@@ -1,26 +1,22 @@
-//! Stack-overflow reports.
+//! Overflow reports on Unix: a `SIGSEGV` handler.
 //!
 //! A coroutine that runs off the end of its stack touches the guard page below it, and the
-//! kernel sends `SIGSEGV`. Left alone that is a bare "Segmentation fault" with no hint of which
-//! coroutine, or that it was an overflow at all. So the first coroutine a thread creates
-//! installs (once per process) a `SIGSEGV` handler that
+//! kernel sends `SIGSEGV`. The first coroutine a thread creates installs (once per process) a
+//! handler that
 //!
 //! * runs on an alternate signal stack (the faulting stack is exhausted by definition; std gives
 //!   its own threads one, and we give one to any other thread that creates a coroutine),
-//! * recognises only an overflow of the coroutine running on this thread — it reads the running
-//!   coroutine from a plain thread-local pointer, which is safe in a signal handler: the fault
-//!   address (`si_addr`) lies in its guard page, or the interrupted stack pointer (read from the
+//! * recognises only an overflow of the coroutine running on this thread — the fault address
+//!   (`si_addr`) lies in its guard page, or the interrupted stack pointer (read from the
 //!   signal's machine context, where each CPU keeps it differently) has gone below its stack
-//!   into the guard page or under it, as a frame larger than the guard leaves it — and then
-//!   prints which coroutine (id, name) overflowed a stack of what size, with both addresses, and
-//!   aborts,
+//!   (see `is_overflow`) — and then reports it and aborts,
 //! * hands every other fault to the handler that was installed before it, so Rust's own report
 //!   for an overflowing *thread* stack, or a debugger's or a sanitizer's handler, keeps working.
 //!
-//! May import: `coroutine::header` and `coroutine::switch` (the running coroutine's control block,
-//! read in the signal handler). The builder calls it; it calls nothing above.
+//! May import: `overflow::report`, `coroutine::switch` (the running coroutine, read in the
+//! signal handler).
 
-use crate::coroutine::header::Header;
+use super::report::{is_overflow, report};
 use crate::coroutine::switch::current_header;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +31,7 @@ const ALT_STACK_SIZE: usize = 64 * 1024;
 
 /// Installs the process-wide handler (once) and makes sure this thread has an alternate signal
 /// stack. Called when a thread creates its first coroutine.
-pub(crate) fn init_thread() {
+pub(super) fn init_thread() {
     static ONCE: Once = Once::new();
     ONCE.call_once(install_handler);
     ensure_alt_stack();
@@ -133,18 +129,11 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, uctx: *mut l
     let cur = current_header();
     if !cur.is_null() {
         // SAFETY: the running coroutine's header is live while it runs (its enterer holds it).
-        let h: &Header = unsafe { &*cur };
-        let (guard, guard_len) = h.guard_range();
-        let bottom = guard + guard_len;
+        let h = unsafe { &*cur };
         // SAFETY: the kernel passes the interrupted context for SA_SIGINFO handlers.
         let sp = unsafe { interrupted_sp(uctx) };
-        let in_guard = addr >= guard && addr < bottom;
-        // Below the usable stack, but no further below the guard than the stack is large: a
-        // stack pointer that far away is on some other stack the coroutine switched to.
-        let sp_under =
-            sp.is_some_and(|sp| sp < bottom && sp >= guard.saturating_sub(h.stack_size()));
-        if in_guard || sp_under {
-            report_and_abort(h, addr, sp);
+        if is_overflow(h, Some(addr), sp) {
+            write_and_abort(report(h, Some(addr), sp).as_bytes());
         }
     }
     chain(sig, info, uctx);
@@ -214,76 +203,11 @@ fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uctx: *mut libc::c_void) 
     }
 }
 
-/// A fixed buffer for composing the report without allocating.
-struct Buf {
-    bytes: [u8; 512],
-    len: usize,
-}
-
-impl Buf {
-    fn push(&mut self, s: &[u8]) {
-        let n = s.len().min(self.bytes.len() - self.len);
-        self.bytes[self.len..self.len + n].copy_from_slice(&s[..n]);
-        self.len += n;
-    }
-
-    fn push_dec(&mut self, mut v: u64) {
-        let mut tmp = [0u8; 20];
-        let mut i = tmp.len();
-        loop {
-            i -= 1;
-            tmp[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.push(&tmp[i..]);
-    }
-
-    fn push_hex(&mut self, v: u64) {
-        let mut tmp = [0u8; 16];
-        for (i, t) in tmp.iter_mut().enumerate() {
-            let nib = (v >> ((15 - i) * 4)) & 0xf;
-            *t = b"0123456789abcdef"[nib as usize];
-        }
-        self.push(b"0x");
-        self.push(&tmp);
-    }
-}
-
-fn report_and_abort(h: &Header, addr: usize, sp: Option<usize>) -> ! {
-    let mut b = Buf {
-        bytes: [0; 512],
-        len: 0,
-    };
-    let id = h.id().as_u64();
-    b.push(b"\ncostack: coroutine co");
-    b.push_dec(id >> 40);
-    b.push(b".");
-    b.push_dec(id & ((1 << 40) - 1));
-    if let Some(name) = h.name() {
-        b.push(b" \"");
-        b.push(name.as_bytes());
-        b.push(b"\"");
-    }
-    b.push(b" overflowed its stack of ");
-    b.push_dec((h.stack_size() / 1024) as u64);
-    b.push(b" KiB (fault at ");
-    b.push_hex(addr as u64);
-    if let Some(sp) = sp {
-        b.push(b", stack pointer ");
-        b.push_hex(sp as u64);
-    }
-    b.push(b", stack ");
-    let (bottom, top) = h.stack_bounds();
-    b.push_hex(bottom as u64);
-    b.push(b"..");
-    b.push_hex(top as u64);
-    b.push(b"); aborting. Give it a larger stack with Builder::stack_size.\n");
-    // SAFETY: write(2) and abort(3) are async-signal-safe; the buffer is ours.
+/// Writes the report to stderr and aborts; both are async-signal-safe.
+fn write_and_abort(report: &[u8]) -> ! {
+    // SAFETY: write(2) and abort(3) are async-signal-safe; the buffer is the caller's.
     unsafe {
-        libc::write(2, b.bytes.as_ptr().cast(), b.len);
+        libc::write(2, report.as_ptr().cast(), report.len());
         libc::abort();
     }
 }
