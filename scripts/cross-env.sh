@@ -21,7 +21,8 @@
 # Windows (`x86_64-pc-windows-gnu`): std built from Debian's sources like riscv64's, linked with
 # mingw-w64's gcc and run under wine 8 (`wine64`, which runs the x86_64 code natively), in a wine
 # prefix of the build's own. wine 8 lacks `ProcessPrng` (bcryptprimitives.dll), which Rust's std
-# imports, so a stand-in built from scripts/windows/processprng.c goes on WINEPATH.
+# imports, so a stand-in built from scripts/windows/processprng.c goes on WINEPATH. The prefix's
+# wineserver is made persistent; stop it with `scripts/cross.sh windows-stop`.
 
 cross_env() {
   export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
@@ -65,6 +66,11 @@ cross_env() {
       fi
       # wine maps the Unix root to drive Z:.
       export WINEPATH="Z:${dlls//\//\\}"
+      # One wineserver for the prefix until `wineserver -k`: by default it exits 3 s after its
+      # last client, and a test binary started just then failed with "wine client error:0:
+      # recvmsg: Connection reset by peer". Starting it when one runs already does nothing.
+      mkdir -p "$WINEPREFIX"
+      wineserver -p 2>/dev/null || true
       ;;
     *)
       echo "cross-env: unknown target ${1:-} (aarch64, riscv64 or windows)" >&2

@@ -8,6 +8,7 @@
 #   scripts/cross.sh windows [CARGO_ARGS...]  the same for x86_64-pc-windows-gnu, under wine
 #   scripts/cross.sh windows-bench [CARGO_ARGS...] [-- BENCH_ARGS...]
 #                                             cargo bench of costack-bench's `windows` bench
+#   scripts/cross.sh windows-stop             stops the wine prefix's (persistent) wineserver
 #   scripts/cross.sh windows-workspace        checks that `cargo build --workspace` for Windows
 #                                             stops at the Linux-only crates with their message
 #
@@ -79,6 +80,10 @@ case "${1:-}" in
     shift
     export CRITERION_HOME="$CARGO_TARGET_DIR/criterion"
     cargo bench "${CROSS_FLAGS[@]}" -p costack-bench --bench windows --target "$CROSS_TRIPLE" "$@"
+    ;;
+  windows-stop)
+    cross_env windows
+    wineserver -k 2>/dev/null || true
     ;;
   windows-workspace)
     cross_env windows

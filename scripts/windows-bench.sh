@@ -115,6 +115,7 @@ PY
 out=${WINDOWS_BENCH_OUT:-BENCHMARKS.md}
 if [ "$out" = - ]; then
   section
+  wineserver -k 2>/dev/null || true
   exit 0
 fi
 heading="## Windows (x86_64, under wine)"
@@ -136,4 +137,5 @@ for line in text.splitlines(keepends=True):
 body = "".join(out).rstrip("\n")
 open(path, "w").write(body + "\n\n" + new)
 PY
+wineserver -k 2>/dev/null || true
 echo "windows-bench: wrote the section to $out" >&2
