@@ -135,6 +135,7 @@ mod reactor;
 pub mod remote;
 mod request;
 mod runtime;
+pub mod select;
 pub mod sync;
 mod task;
 pub mod time;
