@@ -70,6 +70,8 @@
 //!   any thread; [`suspend`] gives a [`Waker`] that resumes a task from any thread — on its own
 //!   loop: coroutines never migrate.
 //! * **Locks across loops** ([`sync`]): [`sync::Mutex`], for tasks on different threads.
+//! * **Signals and child processes**: [`signal::Signals`] receives Unix signals in a task;
+//!   [`process::Command`] spawns children whose exit and pipes a task waits for by yielding.
 //!
 //! ## Rules of the road
 //!
@@ -114,7 +116,7 @@
 //!   costack's resume contract).
 //! * **Operations** — built on `wait`: readiness ([`io`], [`net`]), file requests (`request`,
 //!   [`fs`]), worker jobs ([`blocking`]), timers ([`time`]), wakers (`waker`), [`sync`], and
-//!   tasks (`task`: [`JoinHandle`], [`TaskBuilder`]).
+//!   tasks (`task`: [`JoinHandle`], [`TaskBuilder`]), [`signal`] and [`process`].
 //! * **Top floor** — [`remote`] ([`LoopHandle`]), `event_loop` ([`EventLoop`]) and `builder`
 //!   ([`LoopBuilder`], which composes the drivers into a loop).
 
@@ -131,11 +133,13 @@ mod mailbox;
 pub mod net;
 mod op;
 mod pool;
+pub mod process;
 mod reactor;
 pub mod remote;
 mod request;
 mod runtime;
 pub mod select;
+pub mod signal;
 pub mod sync;
 mod task;
 pub mod time;

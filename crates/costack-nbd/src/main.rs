@@ -5,6 +5,7 @@
 //! once (status 1).
 
 use clap::{Parser, ValueEnum};
+use costack_aio::signal::{Signals, SIGINT, SIGTERM};
 use costack_nbd::{serve, set_verbose, Config, Export, WritePath};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -117,27 +118,16 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and so in every thread started after), so that
-/// they are only ever taken by `sigwait` below: no handler runs, nothing is done in signal
-/// context.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill a sigset_t we own; pthread_sigmask
-    // reads it. No memory outlives the calls.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
+/// The next SIGINT or SIGTERM. If the listener cannot wait (its eventfd cannot be polled,
+/// which does not happen to a valid descriptor), exits at once as a second signal would.
+fn wait_signal(sigs: &mut Signals) -> i32 {
+    match sigs.recv() {
+        Ok(sig) => sig,
+        Err(e) => {
+            eprintln!("costack-nbd: cannot wait for signals: {e}");
+            std::process::exit(1);
+        }
     }
-}
-
-fn wait_signal(set: &libc::sigset_t) -> i32 {
-    let mut sig = 0;
-    // SAFETY: `set` is an initialised sigset_t and `sig` a valid out-pointer.
-    unsafe { libc::sigwait(set, &mut sig) };
-    sig
 }
 
 fn main() -> ExitCode {
@@ -169,7 +159,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let sigs = block_signals();
+    // Before any thread starts (the registry's advice: no handler is installed concurrently).
+    // From here on SIGINT and SIGTERM are counted in `sigs` instead of ending the process.
+    let mut sigs = match Signals::new(&[SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("costack-nbd: cannot handle SIGINT/SIGTERM: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let threads = args.threads.map(|t| t as usize).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -198,11 +196,12 @@ fn main() -> ExitCode {
         args.name,
         server.local_addr(),
     );
-    let sig = wait_signal(&sigs);
+    // The main thread is not a task: `recv` blocks it in poll(2) until a signal is handled.
+    let sig = wait_signal(&mut sigs);
     eprintln!("costack-nbd: signal {sig}: finishing the requests in flight");
     // A second signal while the server winds down ends the process at once.
     std::thread::spawn(move || {
-        let sig = wait_signal(&sigs);
+        let sig = wait_signal(&mut sigs);
         eprintln!("costack-nbd: signal {sig} again: exiting now");
         std::process::exit(1);
     });
