@@ -162,8 +162,9 @@ impl Command {
     }
 
     /// The std command inside, for the settings this type does not repeat (those of
-    /// `std::os::unix::process::CommandExt`: `uid`, `process_group`, `pre_exec`...). Stdio set
-    /// through it is not known to [`output`](Command::output)'s defaults.
+    /// `std::os::unix::process::CommandExt`: `uid`, `process_group`, `pre_exec`...). Set stdio
+    /// with this type's own methods: [`output`](Command::output) overrides (and afterwards
+    /// resets to inherited) the stdio that they did not set.
     pub fn as_std_mut(&mut self) -> &mut std::process::Command {
         &mut self.std
     }

@@ -303,6 +303,17 @@ fn a_dropped_child_is_reaped_at_the_next_spawn() {
 }
 
 #[test]
+fn a_std_command_can_be_wrapped() {
+    let mut std = std::process::Command::new("sh");
+    std.args(["-c", "echo \"$X\"; pwd"])
+        .env("X", "from std")
+        .current_dir("/");
+    let out = Command::from(std).output().unwrap();
+    assert_eq!(out.stdout, b"from std\n/\n");
+    assert!(out.status.success());
+}
+
+#[test]
 fn a_missing_program_is_a_clear_error() {
     let e = Command::new("/nonexistent/costack-aio-test")
         .spawn()

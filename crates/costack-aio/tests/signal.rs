@@ -233,6 +233,27 @@ fn a_listener_sees_only_what_comes_after_it_and_dropping_keeps_the_process_alive
 }
 
 #[test]
+fn a_listener_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Signals>();
+    bounded(60, || {
+        let sig = libc::SIGRTMIN() + 8;
+        let mut s = Signals::new(&[sig]).unwrap();
+        raise(sig);
+        // Received on another thread, in a task of another loop.
+        let s = std::thread::spawn(move || {
+            EventLoop::new().block_on(move || {
+                assert_eq!(timeout(LIMIT, || s.recv().unwrap()), Ok(sig));
+                s
+            })
+        })
+        .join()
+        .unwrap();
+        assert_eq!(s.pending(), 0);
+    });
+}
+
+#[test]
 fn bad_signal_numbers_are_refused() {
     let refused = |list: &[i32]| match Signals::new(list) {
         Err(e) => {
