@@ -1,0 +1,176 @@
+//! Bottom halves: reusable callbacks that are scheduled at most once and run in the loop's next
+//! turn (QEMU's `QEMUBH`).
+//!
+//! Second floor, beside `wait`: imports only the loop proper (`runtime`: the thread's loop and
+//! its queue of bottom halves). The public loop (`event_loop`) re-exports [`BottomHalf`] and
+//! makes them with [`EventLoop::bottom_half`](crate::EventLoop::bottom_half).
+//!
+//! # Semantics
+//!
+//! A [`BottomHalf`] owns a callback (`FnMut`, run on the loop's thread, outside any coroutine:
+//! it cannot wait, but it can spawn, wake, schedule). [`schedule`](BottomHalf::schedule) asks
+//! for one run of it:
+//!
+//! * **At most once pending.** Scheduling it again before it runs changes nothing: it runs
+//!   once.
+//! * **In the next turn.** The loop works in turns (one [`EventLoop::poll`], or one round of a
+//!   running [`block_on`](crate::EventLoop::block_on): run what is ready, then look at I/O and
+//!   timers). A bottom half runs in the turn that starts after it was scheduled, after the
+//!   tasks that were ready before it. Scheduled from inside its own callback, it runs again in
+//!   the next turn, never twice in one turn, so a bottom half that re-schedules itself does not
+//!   starve I/O.
+//! * [`cancel`](BottomHalf::cancel) withdraws a pending run; dropping the `BottomHalf`
+//!   cancels it too and drops the callback (at once, or after it returns when dropped from
+//!   inside it — QEMU's "delete from callback").
+//! * If the loop is gone (dropped), scheduling does nothing.
+//!
+//! [`EventLoop::poll`]: crate::EventLoop::poll
+//! [`call_soon`](crate::call_soon) stays the way to queue a one-off closure in FIFO order with
+//! the tasks of the current turn.
+
+use crate::runtime::{expect_loop, BhRun, Inner};
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::rc::{Rc, Weak};
+
+/// The callback of a bottom half.
+type Callback = Box<dyn FnMut()>;
+
+/// A reusable callback that runs in the loop's next turn when scheduled: see the
+/// [module docs](self) for the exact rules. Bound to its thread (`!Send`).
+///
+/// ```
+/// use costack_aio::{BottomHalf, EventLoop};
+/// use std::cell::Cell;
+/// use std::rc::Rc;
+///
+/// let lp = EventLoop::new();
+/// let runs = Rc::new(Cell::new(0));
+/// let r = runs.clone();
+/// let bh = BottomHalf::new(move || r.set(r.get() + 1));
+/// bh.schedule();
+/// bh.schedule(); // already pending: still one run
+/// assert!(lp.poll(false)); // the turn ran the bottom half
+/// assert_eq!(runs.get(), 1);
+/// assert!(!lp.poll(false)); // nothing left to do
+/// bh.schedule();
+/// bh.cancel();
+/// assert!(!lp.poll(false));
+/// assert_eq!(runs.get(), 1);
+/// ```
+pub struct BottomHalf {
+    state: Rc<BhState>,
+}
+
+struct BhState {
+    inner: Weak<Inner>,
+    /// A run is pending.
+    scheduled: Cell<bool>,
+    /// An entry for this bottom half is in the loop's queues (at most one).
+    queued: Cell<bool>,
+    /// The `BottomHalf` was dropped: never run again.
+    deleted: Cell<bool>,
+    /// The callback; taken out while it runs.
+    cb: RefCell<Option<Callback>>,
+}
+
+impl BottomHalf {
+    /// A bottom half on this thread's event loop, not scheduled.
+    ///
+    /// # Panics
+    /// If the thread has no event loop.
+    pub fn new(f: impl FnMut() + 'static) -> BottomHalf {
+        BottomHalf::on(&expect_loop("BottomHalf::new"), Box::new(f))
+    }
+
+    /// A bottom half on the loop `inner`.
+    pub(crate) fn on(inner: &Rc<Inner>, f: Callback) -> BottomHalf {
+        BottomHalf {
+            state: Rc::new(BhState {
+                inner: Rc::downgrade(inner),
+                scheduled: Cell::new(false),
+                queued: Cell::new(false),
+                deleted: Cell::new(false),
+                cb: RefCell::new(Some(f)),
+            }),
+        }
+    }
+
+    /// Asks for one run of the callback in the loop's next turn; does nothing if a run is
+    /// pending already (see the [module docs](self)).
+    pub fn schedule(&self) {
+        let st = &self.state;
+        if st.scheduled.replace(true) || st.queued.get() {
+            return;
+        }
+        if let Some(inner) = st.inner.upgrade() {
+            if inner.schedule_bh(st.clone()) {
+                st.queued.set(true);
+            }
+        }
+    }
+
+    /// Withdraws the pending run, if any; the bottom half can be scheduled again.
+    pub fn cancel(&self) {
+        self.state.scheduled.set(false);
+    }
+
+    /// Whether a run is pending.
+    pub fn is_scheduled(&self) -> bool {
+        self.state.scheduled.get()
+    }
+}
+
+impl Drop for BottomHalf {
+    fn drop(&mut self) {
+        let st = &self.state;
+        st.deleted.set(true);
+        st.scheduled.set(false);
+        // Outside the borrow: the callback's captures may do anything when dropped. While the
+        // callback runs the slot is empty, and `run` drops it when it returns.
+        let cb = st.cb.borrow_mut().take();
+        drop(cb);
+    }
+}
+
+impl fmt::Debug for BottomHalf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BottomHalf")
+            .field("scheduled", &self.is_scheduled())
+            .finish()
+    }
+}
+
+impl BhRun for BhState {
+    fn run(self: Rc<Self>) -> bool {
+        self.queued.set(false);
+        if !self.scheduled.replace(false) || self.deleted.get() {
+            return false;
+        }
+        let Some(cb) = self.cb.borrow_mut().take() else {
+            return false;
+        };
+        /// Puts the callback back when it returns or panics, unless its `BottomHalf` was
+        /// dropped meanwhile.
+        struct Running<'a> {
+            st: &'a BhState,
+            cb: Option<Callback>,
+        }
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                if !self.st.deleted.get() {
+                    *self.st.cb.borrow_mut() = self.cb.take();
+                }
+            }
+        }
+        let mut running = Running {
+            st: &self,
+            cb: Some(cb),
+        };
+        if let Some(f) = running.cb.as_mut() {
+            f();
+        }
+        drop(running);
+        true
+    }
+}
