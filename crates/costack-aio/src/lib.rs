@@ -61,7 +61,8 @@
 //! * **Time** ([`time`]): [`sleep`], [`sleep_until`], [`timeout`] (abandons a block of code
 //!   whose wait overruns a deadline), [`WakeableSleep`], and [`interval`] ([`Interval`]: ticks
 //!   at a period, with a [`MissedTickBehavior`]).
-//! * **Files** ([`fs`]): [`File`] reads and writes at offsets, syncs, punches holes; each
+//! * **Files** ([`fs`]): [`File`] reads and writes at offsets (and as a cursor: `Read`,
+//!   `Write`, `Seek`), syncs, punches holes, opens with [`fs::OpenOptions`]; each
 //!   request is issued, the task yields, and the completion re-enters it — through io_uring, or
 //!   the worker pool where io_uring is off or refused ([`IoBackend`]).
 //!   In a task, reads and writes first try the page cache without waiting (`RWF_NOWAIT`); see
