@@ -5,28 +5,7 @@
 //! its queue of bottom halves). The public loop (`event_loop`) re-exports [`BottomHalf`] and
 //! makes them with [`EventLoop::bottom_half`](crate::EventLoop::bottom_half).
 //!
-//! # Semantics
-//!
-//! A [`BottomHalf`] owns a callback (`FnMut`, run on the loop's thread, outside any coroutine:
-//! it cannot wait, but it can spawn, wake, schedule). [`schedule`](BottomHalf::schedule) asks
-//! for one run of it:
-//!
-//! * **At most once pending.** Scheduling it again before it runs changes nothing: it runs
-//!   once.
-//! * **In the next turn.** The loop works in turns (one [`EventLoop::poll`], or one round of a
-//!   running [`block_on`](crate::EventLoop::block_on): run what is ready, then look at I/O and
-//!   timers). A bottom half runs in the turn that starts after it was scheduled, after the
-//!   tasks that were ready before it. Scheduled from inside its own callback, it runs again in
-//!   the next turn, never twice in one turn, so a bottom half that re-schedules itself does not
-//!   starve I/O.
-//! * [`cancel`](BottomHalf::cancel) withdraws a pending run; dropping the `BottomHalf`
-//!   cancels it too and drops the callback (at once, or after it returns when dropped from
-//!   inside it — QEMU's "delete from callback").
-//! * If the loop is gone (dropped), scheduling does nothing.
-//!
-//! [`EventLoop::poll`]: crate::EventLoop::poll
-//! [`call_soon`](crate::call_soon) stays the way to queue a one-off closure in FIFO order with
-//! the tasks of the current turn.
+//! The rules are on [`BottomHalf`].
 
 use crate::runtime::{expect_loop, BhRun, Inner};
 use std::cell::{Cell, RefCell};
@@ -36,8 +15,8 @@ use std::rc::{Rc, Weak};
 /// The callback of a bottom half.
 type Callback = Box<dyn FnMut()>;
 
-/// A reusable callback that runs in the loop's next turn when scheduled: see the
-/// [module docs](self) for the exact rules. Bound to its thread (`!Send`).
+/// A reusable callback that runs in the loop's next turn when scheduled, QEMU's `QEMUBH`.
+/// Bound to its thread (`!Send`).
 ///
 /// ```
 /// use costack_aio::{BottomHalf, EventLoop};
@@ -58,6 +37,35 @@ type Callback = Box<dyn FnMut()>;
 /// assert!(!lp.poll(false));
 /// assert_eq!(runs.get(), 1);
 /// ```
+///
+/// # Rules
+///
+/// A [`BottomHalf`] owns a callback (`FnMut`, run on the loop's thread, outside any coroutine:
+/// it cannot wait, but it can spawn, wake, schedule). [`schedule`](BottomHalf::schedule) asks
+/// for one run of it:
+///
+/// * **At most once pending.** Scheduling it again before it runs changes nothing: it runs
+///   once.
+/// * **In the next turn.** The loop works in turns (one [`EventLoop::poll`], or one round of a
+///   running [`block_on`](crate::EventLoop::block_on): run what is ready, then look at I/O and
+///   timers). A bottom half runs in the turn that starts after it was scheduled, after the
+///   tasks that were ready before it. Scheduled from inside its own callback, it runs again in
+///   the next turn, never twice in one turn, so a bottom half that re-schedules itself does not
+///   starve I/O.
+/// * [`cancel`](BottomHalf::cancel) withdraws a pending run; dropping the `BottomHalf`
+///   cancels it too and drops the callback (at once, or after it returns when dropped from
+///   inside it — QEMU's "delete from callback").
+/// * If the loop is gone (dropped), scheduling does nothing.
+///
+/// A callback that re-schedules itself needs its own `BottomHalf`: keep that in an
+/// `Rc<RefCell<Option<BottomHalf>>>` and give the callback a `Weak` to it (a strong `Rc` would
+/// be a cycle that is only broken by taking the `BottomHalf` out of the cell, which the
+/// callback may do itself).
+///
+/// [`call_soon`](crate::call_soon) stays the way to queue a one-off closure in FIFO order with
+/// the tasks of the current turn.
+///
+/// [`EventLoop::poll`]: crate::EventLoop::poll
 pub struct BottomHalf {
     state: Rc<BhState>,
 }
@@ -97,7 +105,7 @@ impl BottomHalf {
     }
 
     /// Asks for one run of the callback in the loop's next turn; does nothing if a run is
-    /// pending already (see the [module docs](self)).
+    /// pending already (see the [rules](BottomHalf#rules)).
     pub fn schedule(&self) {
         let st = &self.state;
         if st.scheduled.replace(true) || st.queued.get() {

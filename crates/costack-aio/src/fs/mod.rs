@@ -280,7 +280,7 @@ impl File {
 
     /// Opens `path` with `flags`, creating it with `mode` (less the umask) if the flags say so,
     /// through the loop in a task.
-    pub(crate) fn open_with(path: &Path, flags: i32, mode: libc::mode_t) -> io::Result<File> {
+    fn open_with(path: &Path, flags: i32, mode: libc::mode_t) -> io::Result<File> {
         let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -630,6 +630,18 @@ impl File {
     pub fn set_len(&self, len: u64) -> io::Result<()> {
         check_offset(len)?;
         self.run(Op::Truncate { len }).0.map(drop)
+    }
+}
+
+impl OpenOptions {
+    /// Opens `path` with these options (through the loop in a task, blocking outside one).
+    ///
+    /// # Errors
+    /// `EINVAL` for the combinations refused (see [`OpenOptions`]), and a path with a NUL byte
+    /// ([`io::ErrorKind::InvalidInput`]); the kernel's: `ENOENT`, `EEXIST` for `create_new`,
+    /// `EACCES`, `EISDIR`…
+    pub fn open(&self, path: impl AsRef<Path>) -> io::Result<File> {
+        File::open_with(path.as_ref(), self.flags()?, self.mode_bits())
     }
 }
 

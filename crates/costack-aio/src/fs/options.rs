@@ -1,17 +1,16 @@
 //! [`OpenOptions`]: how to open a [`File`], with std's choices (read, write, append,
 //! truncate, create, create_new, mode, custom flags).
 //!
-//! Operations floor, part of `fs`: opens through `File`'s own open (the ring's `openat`, or
-//! the worker pool), as `File::open` does.
+//! Operations floor, part of `fs`: imports only the system-call helpers (`op::sys`). The
+//! options become `open(2)` flags here; [`OpenOptions::open`] itself is in `fs`, beside
+//! `File`'s own open (the ring's `openat`, or the worker pool), which `File::open` uses too.
 
-use super::File;
 use crate::op::sys::{einval, CREATE_MODE};
 use std::io;
-use std::path::Path;
 
-/// Options for opening a [`File`], as [`std::fs::OpenOptions`] (with the Unix `mode` and
+/// Options for opening a [`File`](crate::File), as [`std::fs::OpenOptions`] (with the Unix `mode` and
 /// `custom_flags` of `std::os::unix::fs::OpenOptionsExt`). The file is opened through the
-/// loop in a task, like [`File::open`].
+/// loop in a task, like [`File::open`](crate::File::open).
 ///
 /// The same combinations as std's are refused with `EINVAL` ([`io::ErrorKind::InvalidInput`])
 /// before anything is opened: none of `read`, `write` and `append`; `truncate`, `create` or
@@ -67,7 +66,7 @@ impl OpenOptions {
             truncate: false,
             create: false,
             create_new: false,
-            mode: u32::from(CREATE_MODE),
+            mode: CREATE_MODE,
             custom_flags: 0,
         }
     }
@@ -124,18 +123,13 @@ impl OpenOptions {
         self
     }
 
-    /// Opens `path` with these options (through the loop in a task, blocking outside one).
-    ///
-    /// # Errors
-    /// `EINVAL` for the combinations refused above, and a path with a NUL byte
-    /// ([`io::ErrorKind::InvalidInput`]); the kernel's: `ENOENT`, `EEXIST` for `create_new`,
-    /// `EACCES`, `EISDIR`…
-    pub fn open(&self, path: impl AsRef<Path>) -> io::Result<File> {
-        File::open_with(path.as_ref(), self.flags()?, self.mode)
+    /// The permission bits for a file that is created.
+    pub(crate) fn mode_bits(&self) -> u32 {
+        self.mode
     }
 
     /// The `open(2)` flags these options stand for, or `EINVAL`.
-    fn flags(&self) -> io::Result<i32> {
+    pub(crate) fn flags(&self) -> io::Result<i32> {
         let access = match (self.read, self.write || self.append) {
             (true, false) => libc::O_RDONLY,
             (false, true) => libc::O_WRONLY,
