@@ -1,16 +1,20 @@
 //! Bottom halves: reusable callbacks that are scheduled at most once and run in the loop's next
 //! turn (QEMU's `QEMUBH`).
 //!
-//! Second floor, beside `wait`: imports only the loop proper (`runtime`: the thread's loop and
-//! its queue of bottom halves). The public loop (`event_loop`) re-exports [`BottomHalf`] and
+//! Second floor, beside `wait`: imports the loop proper (`runtime`: the thread's loop and its
+//! queue of bottom halves) and the mailbox (`mailbox`, for [`RemoteBottomHalf`]). The public loop (`event_loop`) re-exports [`BottomHalf`] and
 //! makes them with [`EventLoop::bottom_half`](crate::EventLoop::bottom_half).
 //!
 //! The rules are on [`BottomHalf`].
 
+use crate::mailbox::{Msg, Remote};
 use crate::runtime::{expect_loop, BhRun, Inner};
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::HashMap;
 use std::fmt;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// The callback of a bottom half.
 type Callback = Box<dyn FnMut()>;
@@ -56,6 +60,7 @@ type Callback = Box<dyn FnMut()>;
 ///   cancels it too and drops the callback (at once, or after it returns when dropped from
 ///   inside it — QEMU's "delete from callback").
 /// * If the loop is gone (dropped), scheduling does nothing.
+/// * Other threads schedule it through a [`RemoteBottomHalf`] ([`remote`](BottomHalf::remote)).
 ///
 /// A callback that re-schedules itself needs its own `BottomHalf`: keep that in an
 /// `Rc<RefCell<Option<BottomHalf>>>` and give the callback a `Weak` to it (a strong `Rc` would
@@ -71,7 +76,12 @@ pub struct BottomHalf {
 }
 
 struct BhState {
+    /// Unique in the process: how a [`RemoteBottomHalf`]'s message finds it.
+    id: u64,
     inner: Weak<Inner>,
+    /// Shared with the [`RemoteBottomHalf`]s, once one was made: a cross-thread schedule is on
+    /// its way.
+    remote_pending: OnceCell<Arc<AtomicBool>>,
     /// A run is pending.
     scheduled: Cell<bool>,
     /// An entry for this bottom half is in the loop's queues (at most one).
@@ -93,9 +103,12 @@ impl BottomHalf {
 
     /// A bottom half on the loop `inner`.
     pub(crate) fn on(inner: &Rc<Inner>, f: Callback) -> BottomHalf {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         BottomHalf {
             state: Rc::new(BhState {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 inner: Rc::downgrade(inner),
+                remote_pending: OnceCell::new(),
                 scheduled: Cell::new(false),
                 queued: Cell::new(false),
                 deleted: Cell::new(false),
@@ -107,14 +120,39 @@ impl BottomHalf {
     /// Asks for one run of the callback in the loop's next turn; does nothing if a run is
     /// pending already (see the [rules](BottomHalf#rules)).
     pub fn schedule(&self) {
+        schedule(&self.state);
+    }
+
+    /// A handle that schedules this bottom half from any thread (`Send + Sync + Clone`).
+    ///
+    /// ```
+    /// use costack_aio::EventLoop;
+    /// use std::cell::Cell;
+    /// use std::rc::Rc;
+    ///
+    /// let lp = EventLoop::new();
+    /// let runs = Rc::new(Cell::new(0));
+    /// let r = runs.clone();
+    /// let bh = lp.bottom_half(move || r.set(r.get() + 1));
+    /// let remote = bh.remote();
+    /// std::thread::spawn(move || assert!(remote.schedule())).join().unwrap();
+    /// assert!(lp.poll(true)); // the message arrives and schedules it…
+    /// while runs.get() == 0 {
+    ///     lp.poll(true); // …for the next turn
+    /// }
+    /// assert_eq!(runs.get(), 1);
+    /// ```
+    pub fn remote(&self) -> RemoteBottomHalf {
         let st = &self.state;
-        if st.scheduled.replace(true) || st.queued.get() {
-            return;
-        }
-        if let Some(inner) = st.inner.upgrade() {
-            if inner.schedule_bh(st.clone()) {
-                st.queued.set(true);
-            }
+        let pending = st.remote_pending.get_or_init(|| {
+            REMOTE_BHS.with(|m| m.borrow_mut().insert(st.id, Rc::downgrade(st)));
+            Arc::new(AtomicBool::new(false))
+        });
+        let remote = st.inner.upgrade().map(|inner| inner.remote().clone());
+        RemoteBottomHalf {
+            remote,
+            id: st.id,
+            pending: pending.clone(),
         }
     }
 
@@ -134,6 +172,11 @@ impl Drop for BottomHalf {
         let st = &self.state;
         st.deleted.set(true);
         st.scheduled.set(false);
+        if st.remote_pending.get().is_some() {
+            // `try_with`: the thread's locals may be gone already (a bottom half dropped by
+            // another thread-local's destructor).
+            let _ = REMOTE_BHS.try_with(|m| m.borrow_mut().remove(&st.id));
+        }
         // Outside the borrow: the callback's captures may do anything when dropped. While the
         // callback runs the slot is empty, and `run` drops it when it returns.
         let cb = st.cb.borrow_mut().take();
@@ -145,6 +188,74 @@ impl fmt::Debug for BottomHalf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BottomHalf")
             .field("scheduled", &self.is_scheduled())
+            .finish()
+    }
+}
+
+/// Asks for one run of the bottom half `st` (see [`BottomHalf::schedule`]).
+fn schedule(st: &Rc<BhState>) {
+    if st.scheduled.replace(true) || st.queued.get() {
+        return;
+    }
+    if let Some(inner) = st.inner.upgrade() {
+        if inner.schedule_bh(st.clone()) {
+            st.queued.set(true);
+        }
+    }
+}
+
+thread_local! {
+    /// The bottom halves of this thread that have a [`RemoteBottomHalf`], by id.
+    static REMOTE_BHS: RefCell<HashMap<u64, Weak<BhState>>> = RefCell::new(HashMap::new());
+}
+
+/// Schedules a [`BottomHalf`] from any thread: made by [`BottomHalf::remote`].
+///
+/// [`schedule`](RemoteBottomHalf::schedule) sends a message to the bottom half's loop, which
+/// schedules it there (for the turn after the message arrives); the rules of
+/// [`BottomHalf`] apply. While one message is on its way, further `schedule`s (from any clone)
+/// send nothing, so a flood of them costs one message. Once the `BottomHalf` is dropped,
+/// scheduling does nothing.
+#[derive(Clone)]
+pub struct RemoteBottomHalf {
+    /// The loop's mailbox (`None`: the loop was gone when the handle was made).
+    remote: Option<Arc<Remote>>,
+    id: u64,
+    pending: Arc<AtomicBool>,
+}
+
+impl RemoteBottomHalf {
+    /// Asks for one run of the bottom half, from any thread. Returns `false` if its loop has
+    /// been dropped (nothing will run).
+    pub fn schedule(&self) -> bool {
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        if self.pending.swap(true, Ordering::AcqRel) {
+            return !remote.is_closed();
+        }
+        let (id, pending) = (self.id, self.pending.clone());
+        let msg = Msg::Call(Box::new(move || {
+            // Cleared first: a schedule that comes after this sends a new message.
+            pending.store(false, Ordering::Release);
+            let st = REMOTE_BHS.with(|m| m.borrow().get(&id).and_then(Weak::upgrade));
+            if let Some(st) = st {
+                schedule(&st);
+            }
+        }));
+        if remote.send(msg).is_err() {
+            self.pending.store(false, Ordering::Release);
+            return false;
+        }
+        true
+    }
+}
+
+impl fmt::Debug for RemoteBottomHalf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteBottomHalf")
+            .field("id", &self.id)
+            .field("pending", &self.pending.load(Ordering::Relaxed))
             .finish()
     }
 }

@@ -111,7 +111,7 @@ impl EventLoop {
     /// bottom half — is no progress; so with `blocking == true` the result can still be `false`,
     /// as in QEMU. With `blocking == true` on a loop where nothing could ever happen (no tasks,
     /// no timers, nothing queued, and no [`LoopHandle`] or [`Waker`](crate::Waker) that another
-    /// thread could use), it returns `false` at once instead of waiting forever.
+    /// thread could use), it only looks (as with `false`) instead of waiting forever.
     ///
     /// `while lp.poll(false) {}` runs the loop until it has nothing left to do without waiting.
     ///

@@ -55,7 +55,8 @@
 //!   of the `wait` module.
 //! * **Turns and bottom halves**: [`EventLoop::poll`] runs one turn by hand and says whether it
 //!   made progress (QEMU's `aio_poll`); a [`BottomHalf`] is a reusable callback scheduled at
-//!   most once, for the next turn (QEMU's `QEMUBH`).
+//!   most once, for the next turn (QEMU's `QEMUBH`); a [`RemoteBottomHalf`] schedules one from
+//!   any thread.
 //! * **Readiness and sockets**: [`io`] waits for fds ([`io::AsyncFd`]); [`net`] has TCP and
 //!   Unix sockets whose `Read`/`Write` yield on `WouldBlock`.
 //! * **Time** ([`time`]): [`sleep`], [`sleep_until`], [`timeout`] (abandons a block of code
@@ -150,7 +151,7 @@ mod uring;
 mod wait;
 mod waker;
 
-pub use bh::BottomHalf;
+pub use bh::{BottomHalf, RemoteBottomHalf};
 pub use blocking::run_blocking;
 pub use builder::LoopBuilder;
 pub use event_loop::{call_soon, current_handle, EventLoop};

@@ -578,10 +578,10 @@ impl Inner {
     pub(crate) fn poll(&self, blocking: bool) -> bool {
         let _running = self.enter_running("EventLoop::poll");
         self.start_turn();
-        let timeout = if !blocking || self.has_ready() {
+        // A loop where nothing could ever happen only looks (messages sent before the last
+        // handle was dropped are still taken) instead of waiting forever.
+        let timeout = if !blocking || self.has_ready() || self.idle_for_good() {
             Some(Duration::ZERO)
-        } else if self.idle_for_good() {
-            return false;
         } else {
             self.next_timer_wait()
         };

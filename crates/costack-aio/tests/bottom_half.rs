@@ -326,3 +326,70 @@ fn bottom_half_new_without_a_loop_panics_with_a_clear_message() {
     let msg = r.unwrap_err().downcast::<String>().unwrap();
     assert!(msg.contains("needs an event loop"), "{msg}");
 }
+
+#[test]
+fn a_flood_of_cross_thread_schedules_sends_one_message_and_runs_it_once() {
+    let lp = EventLoop::new();
+    let (n, bh) = counting(&lp);
+    let remote = bh.remote();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let r = remote.clone();
+            std::thread::spawn(move || (0..1000).all(|_| r.schedule()))
+        })
+        .collect();
+    for t in threads {
+        assert!(t.join().unwrap());
+    }
+    let mut turns = 0;
+    while lp.poll(false) {
+        turns += 1;
+    }
+    assert_eq!(n.get(), 1);
+    assert_eq!(turns, 2, "the message's turn, then the bottom half's");
+}
+
+#[test]
+fn a_blocking_poll_wakes_for_a_cross_thread_schedule() {
+    let lp = EventLoop::new();
+    let (n, bh) = counting(&lp);
+    let remote = bh.remote();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(10));
+        remote.schedule()
+    });
+    let t0 = Instant::now();
+    while n.get() == 0 {
+        lp.poll(true);
+        assert!(t0.elapsed() < Duration::from_secs(10), "hung");
+    }
+    assert!(t.join().unwrap());
+    assert_eq!(n.get(), 1);
+    assert!(!lp.poll(false));
+}
+
+#[test]
+fn a_cross_thread_schedule_after_the_bottom_half_is_dropped_runs_nothing() {
+    let lp = EventLoop::new();
+    let (n, bh) = counting(&lp);
+    let remote = bh.remote();
+    drop(bh);
+    assert!(std::thread::spawn(move || remote.schedule())
+        .join()
+        .unwrap());
+    assert!(lp.poll(false), "the message itself ran");
+    assert!(!lp.poll(false));
+    assert_eq!(n.get(), 0);
+}
+
+#[test]
+fn a_cross_thread_schedule_after_the_loop_is_dropped_says_so() {
+    let lp = EventLoop::new();
+    let (_n, bh) = counting(&lp);
+    let remote = bh.remote();
+    drop(lp);
+    assert!(!std::thread::spawn(move || remote.schedule())
+        .join()
+        .unwrap());
+    assert!(!bh.remote().schedule(), "made after the loop was gone");
+}

@@ -312,3 +312,24 @@ fn poll_inside_a_task_is_refused_with_a_clear_panic() {
     let msg = r.unwrap_err().downcast::<&str>().unwrap();
     assert!(msg.contains("inside a coroutine"), "{msg}");
 }
+
+#[test]
+fn a_blocking_poll_takes_a_message_sent_before_the_last_handle_was_dropped() {
+    let lp = EventLoop::new();
+    let n = Arc::new(AtomicUsize::new(0));
+    let handle = lp.handle();
+    let c = n.clone();
+    thread::spawn(move || {
+        handle
+            .call_soon(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap();
+        // `handle` is dropped here: nobody else can reach the loop.
+    })
+    .join()
+    .unwrap();
+    assert!(lp.poll(true));
+    assert_eq!(n.load(Ordering::SeqCst), 1);
+    assert!(!lp.poll(true), "nothing could happen any more: no wait");
+}
