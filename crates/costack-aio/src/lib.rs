@@ -118,6 +118,7 @@
 //!   waits, shutdown; it composes the machinery and keeps its fields private.
 //! * **The wait protocol** — `wait`: how a task waits and is woken (the loop's side of
 //!   costack's resume contract).
+//!   Beside it, `bh`: bottom halves on the loop's turns ([`BottomHalf`]).
 //! * **Operations** — built on `wait`: readiness ([`io`], [`net`]), file requests (`request`,
 //!   [`fs`]), worker jobs ([`blocking`]), timers ([`time`]), wakers (`waker`), [`sync`], and
 //!   tasks (`task`: [`JoinHandle`], [`TaskBuilder`]).
