@@ -1,9 +1,10 @@
 //! The public loop: [`EventLoop`], and the free functions that reach the thread's loop.
 //!
-//! Top floor: imports the loop proper (`runtime`), tasks (`task`) and the
+//! Top floor: imports the loop proper (`runtime`), tasks (`task`), bottom halves (`bh`) and the
 //! [`LoopHandle`](crate::LoopHandle) (`remote`). How a loop is built is in the `builder`
 //! module; how it runs (the ready queue, the one place it waits, shutdown) in `runtime`.
 
+use crate::bh::BottomHalf;
 use crate::op::IoBackend;
 use crate::remote::LoopHandle;
 use crate::runtime::{clear_current, current_loop, expect_loop, Inner};
@@ -83,6 +84,60 @@ impl EventLoop {
     /// tasks that are ready (QEMU's bottom halves). It cannot wait; it can spawn or wake.
     pub fn call_soon(&self, f: impl FnOnce() + 'static) {
         self.inner.call_soon(Box::new(f));
+    }
+
+    /// A [`BottomHalf`] on this loop: a reusable callback, run in the loop's next turn each
+    /// time it is scheduled (at most once pending). See [`BottomHalf`].
+    pub fn bottom_half(&self, f: impl FnMut() + 'static) -> BottomHalf {
+        BottomHalf::on(&self.inner, Box::new(f))
+    }
+
+    /// Runs one turn of the loop and says whether it made progress: QEMU's
+    /// `aio_poll(ctx, blocking)`, for driving the loop by hand from outside any coroutine.
+    ///
+    /// One turn:
+    /// 1. the [bottom halves](BottomHalf) scheduled before the call join the ready queue;
+    /// 2. the loop looks at I/O, cross-thread messages and timers — without waiting if
+    ///    `blocking` is `false` or something is ready; otherwise it waits until at least one
+    ///    event comes (readiness, an io_uring completion, a message from another thread, or
+    ///    the nearest timer's deadline); what is due wakes its tasks;
+    /// 3. every entry of the ready queue at that point runs once: a task is entered, a
+    ///    callback ([`call_soon`](EventLoop::call_soon), [`LoopHandle::call_soon`]) or a bottom half
+    ///    runs. What they queue in turn (a task that yields, a bottom half scheduled from a
+    ///    callback) waits for the next turn, so a turn always ends.
+    ///
+    /// **Progress** means that step 3 entered a task or ran a callback or a bottom half. An
+    /// event that wakes nothing — a stale wake-up, readiness nobody waits for, a cancelled
+    /// bottom half — is no progress; so with `blocking == true` the result can still be `false`,
+    /// as in QEMU. With `blocking == true` on a loop where nothing could ever happen (no tasks,
+    /// no timers, nothing queued, and no [`LoopHandle`] or [`Waker`](crate::Waker) that another
+    /// thread could use), it only looks (as with `false`) instead of waiting forever.
+    ///
+    /// `while lp.poll(false) {}` runs the loop until it has nothing left to do without waiting.
+    ///
+    /// ```
+    /// use costack_aio::EventLoop;
+    /// use std::time::Duration;
+    ///
+    /// let lp = EventLoop::new();
+    /// assert!(!lp.poll(false)); // nothing to do
+    /// let h = lp.spawn(|| costack_aio::sleep(Duration::from_millis(5)));
+    /// assert!(lp.poll(false)); // the task started, and went to sleep
+    /// assert!(!lp.poll(false)); // it sleeps
+    /// while !h.is_finished() {
+    ///     lp.poll(true); // waits for the timer, then the task finishes
+    /// }
+    /// assert!(!lp.poll(true)); // nothing could happen any more: no wait
+    /// ```
+    ///
+    /// # Panics
+    /// If called while the loop runs (from one of its tasks, callbacks or bottom halves) or
+    /// from inside a coroutine; continuing the panic of a callback or bottom half.
+    pub fn poll(&self, blocking: bool) -> bool {
+        if costack::in_coroutine() {
+            panic!("costack-aio: EventLoop::poll cannot be called from inside a coroutine");
+        }
+        self.inner.poll(blocking)
     }
 
     /// A handle other threads can use to run closures and spawn tasks on this loop.

@@ -53,11 +53,17 @@
 //!   or cancels one (its stack unwinds). [`call_soon`] queues a callback (QEMU's bottom half).
 //!   How waits refer to tasks, and why a stale wake-up is harmless, is explained in the source
 //!   of the `wait` module.
+//! * **Turns and bottom halves**: [`EventLoop::poll`] runs one turn by hand and says whether it
+//!   made progress (QEMU's `aio_poll`); a [`BottomHalf`] is a reusable callback scheduled at
+//!   most once, for the next turn (QEMU's `QEMUBH`); a [`RemoteBottomHalf`] schedules one from
+//!   any thread.
 //! * **Readiness and sockets**: [`io`] waits for fds ([`io::AsyncFd`]); [`net`] has TCP and
 //!   Unix sockets whose `Read`/`Write` yield on `WouldBlock`.
 //! * **Time** ([`time`]): [`sleep`], [`sleep_until`], [`timeout`] (abandons a block of code
-//!   whose wait overruns a deadline), and [`WakeableSleep`].
-//! * **Files** ([`fs`]): [`File`] reads and writes at offsets, syncs, punches holes; each
+//!   whose wait overruns a deadline), [`WakeableSleep`], and [`interval`] ([`Interval`]: ticks
+//!   at a period, with a [`MissedTickBehavior`]).
+//! * **Files** ([`fs`]): [`File`] reads and writes at offsets (and as a cursor: `Read`,
+//!   `Write`, `Seek`), syncs, punches holes, opens with [`fs::OpenOptions`]; each
 //!   request is issued, the task yields, and the completion re-enters it — through io_uring, or
 //!   the worker pool where io_uring is off or refused ([`IoBackend`]).
 //!   In a task, reads and writes first try the page cache without waiting (`RWF_NOWAIT`); see
@@ -114,6 +120,7 @@
 //!   waits, shutdown; it composes the machinery and keeps its fields private.
 //! * **The wait protocol** — `wait`: how a task waits and is woken (the loop's side of
 //!   costack's resume contract).
+//!   Beside it, `bh`: bottom halves on the loop's turns ([`BottomHalf`]).
 //! * **Operations** — built on `wait`: readiness ([`io`], [`net`]), file requests (`request`,
 //!   [`fs`]), worker jobs ([`blocking`]), timers ([`time`]), wakers (`waker`), [`sync`], and
 //!   tasks (`task`: [`JoinHandle`], [`TaskBuilder`]), [`signal`] and [`process`].
@@ -122,6 +129,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod bh;
 pub mod blocking;
 pub mod buf;
 mod builder;
@@ -148,12 +156,14 @@ mod uring;
 mod wait;
 mod waker;
 
+pub use bh::{BottomHalf, RemoteBottomHalf};
 pub use blocking::run_blocking;
 pub use builder::LoopBuilder;
 pub use event_loop::{call_soon, current_handle, EventLoop};
 pub use fs::{File, IoBackend};
 pub use remote::{suspend, LoopClosed, LoopHandle, RemoteJoinHandle, Waker};
 pub use task::{spawn, JoinError, JoinHandle, TaskBuilder};
+pub use time::{interval, interval_at, Interval, MissedTickBehavior};
 pub use time::{sleep, sleep_until, timeout, timeout_at, Elapsed, WakeableSleep};
 pub use wait::{in_task, yield_now};
 

@@ -31,7 +31,7 @@ use crate::mailbox::{Msg, Remote};
 use crate::op::IoBackend;
 use crate::pool::Pool;
 use crate::reactor::Reactor;
-use crate::timers::Timers;
+use crate::timers::{TimerAction, Timers};
 use crate::uring::Uring;
 use costack::{CoHandle, Driver};
 use std::any::Any;
@@ -141,10 +141,18 @@ impl Driver for LoopDriver {
     }
 }
 
+/// A bottom half as the loop sees it (the type is `bh::BottomHalf`'s state): something queued
+/// at most once that runs in the turn after it was scheduled.
+pub(crate) trait BhRun {
+    /// Runs the bottom half if it is still scheduled; whether its callback ran.
+    fn run(self: Rc<Self>) -> bool;
+}
+
 /// Something to run on the loop's thread, in FIFO order.
 enum Runnable {
     Task(TaskKey),
     Call(Box<dyn FnOnce()>),
+    Bh(Rc<dyn BhRun>),
 }
 
 /// What a loop is built from (see `LoopBuilder::build`).
@@ -166,6 +174,9 @@ pub(crate) struct Inner {
     driver: Rc<LoopDriver>,
     tasks: RefCell<IdMap<Task>>,
     ready: RefCell<VecDeque<Runnable>>,
+    /// Bottom halves scheduled during this turn: they join the ready queue when the next turn
+    /// starts.
+    bh_next: RefCell<Vec<Rc<dyn BhRun>>>,
     reactor: Reactor,
     timers: RefCell<Timers>,
     remote: Arc<Remote>,
@@ -192,6 +203,7 @@ impl Inner {
             }),
             tasks: RefCell::new(IdMap::default()),
             ready: RefCell::new(VecDeque::new()),
+            bh_next: RefCell::new(Vec::new()),
             reactor: p.reactor,
             timers: RefCell::new(Timers::default()),
             remote: Arc::new(p.remote),
@@ -299,6 +311,31 @@ impl Inner {
         self.ready.borrow_mut().push_back(Runnable::Call(f));
     }
 
+    /// Queues a bottom half for the next turn of the loop (the caller queues each at most
+    /// once); `false` if the loop is shutting down and did not take it.
+    pub(crate) fn schedule_bh(&self, bh: Rc<dyn BhRun>) -> bool {
+        if self.closing.get() {
+            return false;
+        }
+        self.bh_next.borrow_mut().push(bh);
+        true
+    }
+
+    /// Starts a turn: the bottom halves scheduled during the last one join the ready queue.
+    fn start_turn(&self) {
+        let mut next = self.bh_next.borrow_mut();
+        if !next.is_empty() {
+            self.ready
+                .borrow_mut()
+                .extend(next.drain(..).map(Runnable::Bh));
+        }
+    }
+
+    /// Whether something is queued to run (now, or as the next turn starts).
+    fn has_ready(&self) -> bool {
+        !self.ready.borrow().is_empty() || !self.bh_next.borrow().is_empty()
+    }
+
     /// The loop's worker pool, started on first use.
     pub(crate) fn pool(&self) -> &Arc<Pool> {
         self.pool
@@ -372,12 +409,22 @@ impl Inner {
     ///
     /// [`remove_timer`]: Inner::remove_timer
     pub(crate) fn add_timer(&self, at: Instant, key: TaskKey) -> (Instant, u64) {
-        self.timers.borrow_mut().insert(at, key)
+        self.timers.borrow_mut().insert(at, TimerAction::Wake(key))
+    }
+
+    /// Adds a timer that runs `f` on the loop's thread at `at` (it must not wait); returns the
+    /// entry for [`remove_timer`].
+    ///
+    /// [`remove_timer`]: Inner::remove_timer
+    pub(crate) fn add_timer_call(&self, at: Instant, f: Box<dyn FnOnce()>) -> (Instant, u64) {
+        self.timers.borrow_mut().insert(at, TimerAction::Call(f))
     }
 
     /// Removes a timer entry (fired or not).
     pub(crate) fn remove_timer(&self, entry: (Instant, u64)) {
-        self.timers.borrow_mut().remove(entry);
+        let action = self.timers.borrow_mut().remove(entry);
+        // A callback's captures are dropped here, outside the borrow.
+        drop(action);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -389,8 +436,8 @@ impl Inner {
         self.tasks.borrow_mut().remove(&co)
     }
 
-    /// Enters the task waiting with `key`, if the key is still good.
-    fn run_task(&self, key: TaskKey) {
+    /// Enters the task waiting with `key`, if the key is still good; whether it was entered.
+    fn run_task(&self, key: TaskKey) -> bool {
         let co = {
             let mut tasks = self.tasks.borrow_mut();
             match tasks.get_mut(&key.co) {
@@ -399,13 +446,13 @@ impl Inner {
                     t.epoch = t.epoch.wrapping_add(1);
                     t.co.clone()
                 }
-                _ => return,
+                _ => return false,
             }
         };
         // Someone else may have it now (it was entered through a handle, or a coroutine that
         // entered it waits with it): then they enter it, and it re-checks its condition.
         if !co.can_enter() {
-            return;
+            return false;
         }
         let _ = co.enter();
         if !co.is_finished() && !co.is_parked() && co.can_enter() {
@@ -414,6 +461,36 @@ impl Inner {
         }
         // `co` may be the last handle (the task was cancelled while it ran): dropping it here,
         // on the loop's stack, unwinds the coroutine.
+        drop(co);
+        true
+    }
+
+    /// Runs one entry of the ready queue; whether it made progress (a task was entered, a
+    /// callback or a bottom half ran).
+    #[inline]
+    fn run_one(&self, r: Runnable) -> bool {
+        match r {
+            Runnable::Task(key) => self.run_task(key),
+            Runnable::Call(f) => {
+                f();
+                true
+            }
+            Runnable::Bh(bh) => bh.run(),
+        }
+    }
+
+    /// Marks the loop as running until the guard is dropped.
+    ///
+    /// # Panics
+    /// If it is running already (`what` was called from a task or a callback of this loop).
+    fn enter_running(&self, what: &str) -> RunningGuard<'_> {
+        if self.running.replace(true) {
+            panic!(
+                "costack-aio: the event loop is already running on this thread ({what} called \
+                 from a task, a call_soon callback or a bottom half?)"
+            );
+        }
+        RunningGuard(&self.running)
     }
 
     /// Starts loading the control block and the top frames of the next ready task into the
@@ -447,28 +524,18 @@ impl Inner {
 
     /// Runs the loop until `done()` says so.
     pub(crate) fn run_until(&self, done: &dyn Fn() -> bool) {
-        if self.running.replace(true) {
-            panic!(
-                "costack-aio: the event loop is already running on this thread (block_on or \
-                 join called from a call_soon callback?)"
-            );
-        }
-        struct Reset<'a>(&'a Cell<bool>);
-        impl Drop for Reset<'_> {
-            fn drop(&mut self) {
-                self.0.set(false);
-            }
-        }
-        let _reset = Reset(&self.running);
+        let _running = self.enter_running("block_on or join");
         loop {
+            self.start_turn();
             // Run what is ready, a bounded batch at a time so that I/O is polled regularly.
             for _ in 0..RUN_BUDGET {
                 let next = self.ready.borrow_mut().pop_front();
                 self.prefetch_next();
                 match next {
                     None => break,
-                    Some(Runnable::Task(key)) => self.run_task(key),
-                    Some(Runnable::Call(f)) => f(),
+                    Some(r) => {
+                        self.run_one(r);
+                    }
                 }
             }
             if done() {
@@ -478,17 +545,64 @@ impl Inner {
                 }
                 return;
             }
-            let timeout = if !self.ready.borrow().is_empty() {
+            let timeout = if self.has_ready() {
                 Some(Duration::ZERO)
             } else {
-                self.timers
-                    .borrow()
-                    .next_deadline()
-                    .map(|d| d.saturating_duration_since(Instant::now()))
+                self.next_timer_wait()
             };
             self.wait_for_events(timeout);
             self.fire_timers();
         }
+    }
+
+    /// How long the loop may sleep before its nearest timer (`None`: no timers).
+    fn next_timer_wait(&self) -> Option<Duration> {
+        self.timers
+            .borrow()
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether nothing could ever make progress on this loop while its thread waits in it: no
+    /// tasks, no timers, nothing queued, and nobody elsewhere holding the mailbox (a
+    /// `LoopHandle` or a `Waker` could send work from another thread).
+    fn idle_for_good(&self) -> bool {
+        self.tasks.borrow().is_empty()
+            && self.timers.borrow().is_empty()
+            && !self.has_ready()
+            && Arc::strong_count(&self.remote) == 1
+    }
+
+    /// One turn of the loop, QEMU's `aio_poll`: see `EventLoop::poll`. Returns whether it made
+    /// progress.
+    pub(crate) fn poll(&self, blocking: bool) -> bool {
+        let _running = self.enter_running("EventLoop::poll");
+        self.start_turn();
+        // A loop where nothing could ever happen only looks (messages sent before the last
+        // handle was dropped are still taken) instead of waiting forever.
+        let timeout = if !blocking || self.has_ready() || self.idle_for_good() {
+            Some(Duration::ZERO)
+        } else {
+            self.next_timer_wait()
+        };
+        self.wait_for_events(timeout);
+        self.fire_timers();
+        // What is ready now runs once; what it queues (a task that yields, a bottom half it
+        // schedules) waits for the next turn.
+        let n = self.ready.borrow().len();
+        let mut progress = false;
+        for _ in 0..n {
+            let next = self.ready.borrow_mut().pop_front();
+            match next {
+                Some(r) => progress |= self.run_one(r),
+                None => break,
+            }
+        }
+        // Requests queued in this turn go to the kernel now, not at the next turn.
+        if let Some(u) = &self.uring {
+            u.submit();
+        }
+        progress
     }
 
     /// The one place where the loop waits: for readiness, the eventfd of cross-thread wake-ups,
@@ -529,9 +643,10 @@ impl Inner {
     fn fire_timers(&self) {
         let now = Instant::now();
         loop {
-            let key = self.timers.borrow_mut().pop_expired(now);
-            match key {
-                Some(k) => self.wake(k),
+            let action = self.timers.borrow_mut().pop_expired(now);
+            match action {
+                Some(TimerAction::Wake(k)) => self.wake(k),
+                Some(TimerAction::Call(f)) => f(),
                 None => break,
             }
         }
@@ -543,7 +658,8 @@ impl Inner {
         let mut first_panic: Option<Box<dyn Any + Send>> = None;
         for _ in 0..SHUTDOWN_ROUNDS {
             let tasks: Vec<Task> = self.tasks.borrow_mut().drain().map(|(_, t)| t).collect();
-            let ready = std::mem::take(&mut *self.ready.borrow_mut());
+            let mut ready = std::mem::take(&mut *self.ready.borrow_mut());
+            ready.extend(self.bh_next.borrow_mut().drain(..).map(Runnable::Bh));
             if tasks.is_empty() && ready.is_empty() {
                 break;
             }
@@ -567,7 +683,10 @@ impl Inner {
         }
         // Messages from other threads: their closures (and the senders inside) are dropped.
         drop(self.remote.close());
-        self.timers.borrow_mut().clear();
+        let timers = self.timers.borrow_mut().take_all();
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| drop(timers))) {
+            first_panic.get_or_insert(p);
+        }
         if let Some(pool) = self.pool.get() {
             pool.shutdown();
         }
@@ -585,6 +704,15 @@ const PREFETCH_BYTES: usize = 2304;
 
 /// Tasks (or callbacks) run between two looks at I/O when the ready queue stays busy.
 const RUN_BUDGET: usize = 128;
+
+/// Clears the loop's `running` flag when dropped.
+struct RunningGuard<'a>(&'a Cell<bool>);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
 /// Shutdown repeats while unwinding tasks spawn new ones, this many times at most.
 const SHUTDOWN_ROUNDS: usize = 64;
 

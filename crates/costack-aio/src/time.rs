@@ -1,7 +1,10 @@
-//! Timers: sleeping, deadlines on whole blocks of code, and sleeps that can be cut short.
+//! Timers: sleeping, deadlines on whole blocks of code, sleeps that can be cut short, and
+//! intervals.
 //!
-//! Third floor: imports the wait protocol (`wait`: a wait's deadline, `timeout` scopes) and the
-//! wakers (`waker`). The loop's timer map itself is in `timers`.
+//! Operations floor: imports the wait protocol (`wait`: a wait's deadline, `timeout` scopes),
+//! the wakers (`waker`), the [`Selectable`] protocol (`select`) and the loop proper (`runtime`:
+//! the timer entry of an [`Interval`]'s select branch). The loop's timer map itself is in
+//! `timers`.
 //!
 //! A task that sleeps yields to the loop; the loop's wait for I/O is bounded by the nearest
 //! deadline, and when it passes the sleeper is resumed. Timers never fire early (the loop
@@ -32,13 +35,30 @@
 //!     assert_eq!(timeout(Duration::from_secs(1), || "quick"), Ok("quick"));
 //! });
 //! ```
+//!
+//! [`interval`] and [`interval_at`] make an [`Interval`], which ticks at a fixed period; what it
+//! does with ticks that come late is its [`MissedTickBehavior`].
+//!
+//! # Deadlines on any wait
+//!
+//! In a task, [`timeout_at`] *is* the deadline for any wait: every wait of this crate (sockets,
+//! files, joins, locks, sleeps, [`suspend`](crate::suspend), a select) goes through the wait
+//! protocol, which bounds it by the task's nearest `timeout` scope, so no wait needs a
+//! deadline argument of its own. Outside any coroutine, a wait blocks the thread in the kernel
+//! (`poll(2)`, a thread park), and nothing can abandon it from outside, so `timeout_at` is
+//! refused there (it panics); use the waits that take a deadline themselves — [`sleep_until`],
+//! [`WakeableSleep::sleep_until`], [`Interval::tick`] — or run the code as a task
+//! ([`EventLoop::block_on`](crate::EventLoop::block_on)) and put a `timeout` around it.
 
-use crate::wait::{begin_wait, TimeoutScope, TimeoutUnwind};
+use crate::runtime::{current_loop, Inner};
+use crate::select::Selectable;
+use crate::wait::{begin_wait, in_task, TimeoutScope, TimeoutUnwind};
 use crate::waker::{prepare_park, Waker};
 use std::fmt;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Suspends the running task for `d`; outside any coroutine, sleeps the thread.
@@ -52,7 +72,7 @@ pub fn sleep(d: Duration) {
     }
 }
 
-fn sleep_forever() {
+fn sleep_forever() -> ! {
     match begin_wait() {
         Some(w) => loop {
             w.park(None);
@@ -244,5 +264,268 @@ impl fmt::Debug for WakeableSleep {
             .field("pending", &st.pending)
             .field("sleeping", &st.sleeper.is_some())
             .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Intervals
+
+/// What an [`Interval`] does when ticks were missed: when [`tick`](Interval::tick) is called so
+/// late that the *following* tick is already due too (the task was busy, or the loop was
+/// blocked, for a period or more).
+///
+/// Say the period is 10 ms, ticks are scheduled at 0, 10, 20, 30 … ms, and the tick scheduled at
+/// 10 ms is only taken at 35 ms. It returns `10 ms` (a tick always returns the time it was
+/// scheduled for); then:
+///
+/// * [`Burst`](MissedTickBehavior::Burst) — the ticks of 20 and 30 ms are returned at once, one
+///   per call, without waiting, until the schedule has caught up; then 40, 50 … as planned.
+///   The number of ticks over a long run is kept.
+/// * [`Delay`](MissedTickBehavior::Delay) — the schedule restarts from the late tick: the next
+///   one is a full period after it was taken, at 45 ms, then 55, 65 … The spacing between
+///   ticks is kept.
+/// * [`Skip`](MissedTickBehavior::Skip) — the missed ticks are dropped: the next one is the
+///   first of the original schedule still ahead, 40 ms, then 50 … The phase of the schedule is
+///   kept.
+///
+/// A tick that is late by less than a period changes nothing under any of them: the next one
+/// stays where it was planned. The default is `Burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MissedTickBehavior {
+    /// Return the missed ticks at once, back to back, until caught up.
+    #[default]
+    Burst,
+    /// Schedule the next tick a period after the late one was taken.
+    Delay,
+    /// Drop the missed ticks; keep to the original schedule's phase.
+    Skip,
+}
+
+/// Ticks at a fixed period: [`tick`](Interval::tick) waits for the next tick and returns the
+/// time it was scheduled for. Made by [`interval`] and [`interval_at`].
+///
+/// Like [`sleep_until`], `tick` yields the task in a task of the loop and sleeps the thread
+/// outside any coroutine. Ticks never come early; what happens when they come late is set by
+/// [`MissedTickBehavior`]. In a select, [`tick_branch`](Interval::tick_branch) is a branch.
+///
+/// ```
+/// use costack_aio::time::interval;
+/// use costack_aio::EventLoop;
+/// use std::time::Duration;
+///
+/// let lp = EventLoop::new();
+/// lp.block_on(|| {
+///     let mut every = interval(Duration::from_millis(2));
+///     let first = every.tick(); // the first tick is at once
+///     let second = every.tick();
+///     let third = every.tick();
+///     assert_eq!(second - first, Duration::from_millis(2));
+///     assert_eq!(third - second, Duration::from_millis(2));
+/// });
+/// ```
+#[derive(Debug)]
+pub struct Interval {
+    /// When the next tick is due; `None` past the end of `Instant`'s range (never).
+    next: Option<Instant>,
+    period: Duration,
+    missed: MissedTickBehavior,
+}
+
+/// An [`Interval`] whose first tick is at once, then every `period`.
+///
+/// # Panics
+/// If `period` is zero (a tick could never wait).
+pub fn interval(period: Duration) -> Interval {
+    interval_at(Instant::now(), period)
+}
+
+/// An [`Interval`] whose first tick is at `start`, then every `period`.
+///
+/// # Panics
+/// If `period` is zero (a tick could never wait).
+pub fn interval_at(start: Instant, period: Duration) -> Interval {
+    assert!(
+        !period.is_zero(),
+        "costack-aio: an interval's period must be greater than zero"
+    );
+    Interval {
+        next: Some(start),
+        period,
+        missed: MissedTickBehavior::default(),
+    }
+}
+
+impl Interval {
+    /// Waits until the next tick is due and returns the time it was scheduled for; the tick
+    /// after it is scheduled by the [`MissedTickBehavior`].
+    ///
+    /// # Panics
+    /// Inside a coroutine that is not a task of this thread's loop.
+    pub fn tick(&mut self) -> Instant {
+        match self.next {
+            Some(at) => {
+                sleep_until(at);
+                self.take(at, Instant::now())
+            }
+            None => sleep_forever(),
+        }
+    }
+
+    /// Takes the tick scheduled at `at`, at `now`; schedules the next one.
+    fn take(&mut self, at: Instant, now: Instant) -> Instant {
+        let planned = at.checked_add(self.period);
+        self.next = match planned {
+            Some(p) if now >= p => match self.missed {
+                MissedTickBehavior::Burst => Some(p),
+                MissedTickBehavior::Delay => now.checked_add(self.period),
+                MissedTickBehavior::Skip => {
+                    // The first tick of the schedule `at + k * period` that is after `now`.
+                    let behind = (now - at).as_nanos();
+                    let period = self.period.as_nanos();
+                    let k = behind / period + 1;
+                    u32::try_from(k)
+                        .ok()
+                        .and_then(|k| self.period.checked_mul(k))
+                        .and_then(|d| at.checked_add(d))
+                        .or_else(|| now.checked_add(self.period))
+                }
+            },
+            p => p,
+        };
+        at
+    }
+
+    /// The tick now, if it is due, without waiting (what a select's branch takes).
+    fn try_tick(&mut self) -> Option<Instant> {
+        let at = self.next?;
+        let now = Instant::now();
+        (now >= at).then(|| self.take(at, now))
+    }
+
+    /// When the next tick is due (`None` if never: past the range of `Instant`).
+    pub fn next_tick(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// The period between ticks.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// Restarts the schedule: the next tick is a full period from now.
+    pub fn reset(&mut self) {
+        self.next = Instant::now().checked_add(self.period);
+    }
+
+    /// Restarts the schedule from `at`: the next tick is due then.
+    pub fn reset_at(&mut self, at: Instant) {
+        self.next = Some(at);
+    }
+
+    /// What this interval does when ticks are missed.
+    pub fn missed_tick_behavior(&self) -> MissedTickBehavior {
+        self.missed
+    }
+
+    /// Sets what this interval does when ticks are missed (from the next tick on).
+    pub fn set_missed_tick_behavior(&mut self, behavior: MissedTickBehavior) {
+        self.missed = behavior;
+    }
+
+    /// This interval's next tick as a branch of a select ([`Selectable`]): it wins when the
+    /// tick is due, with the time the tick was scheduled for, as [`tick`](Interval::tick)
+    /// returns it. A branch that loses takes no tick.
+    ///
+    /// While registered, the branch keeps a timer for the tick: on the loop in a task, or a
+    /// helper thread sleeping until the tick (ended by [`deregister`](Selectable::deregister))
+    /// outside any coroutine.
+    ///
+    /// ```
+    /// use costack_aio::select::Selectable;
+    /// use costack_aio::time::interval;
+    /// use std::time::Duration;
+    ///
+    /// let mut every = interval(Duration::from_secs(60));
+    /// let mut branch = every.tick_branch();
+    /// assert!(branch.try_select().is_some()); // the first tick is due at once
+    /// assert!(branch.try_select().is_none()); // the next is a minute away
+    /// ```
+    pub fn tick_branch(&mut self) -> TickBranch<'_> {
+        TickBranch {
+            interval: self,
+            registration: None,
+        }
+    }
+}
+
+/// A select's branch for the next tick of an [`Interval`]; see
+/// [`Interval::tick_branch`].
+#[derive(Debug)]
+pub struct TickBranch<'a> {
+    interval: &'a mut Interval,
+    registration: Option<TickRegistration>,
+}
+
+/// How a registered branch will be woken at the tick.
+enum TickRegistration {
+    /// A timer entry on the loop.
+    Loop(Rc<Inner>, (Instant, u64)),
+    /// A helper thread that sleeps until the tick; dropping the sender ends it early.
+    Thread(mpsc::Sender<()>),
+}
+
+impl fmt::Debug for TickRegistration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TickRegistration::Loop(_, (at, _)) => f.debug_tuple("Loop").field(at).finish(),
+            TickRegistration::Thread(_) => f.write_str("Thread"),
+        }
+    }
+}
+
+impl Selectable for TickBranch<'_> {
+    type Output = Instant;
+
+    fn try_select(&mut self) -> Option<Instant> {
+        self.interval.try_tick()
+    }
+
+    fn register(&mut self, waker: &Waker) {
+        self.deregister();
+        let Some(at) = self.interval.next else {
+            return; // never due: nothing to wake
+        };
+        let waker = waker.clone();
+        let in_task = current_loop().filter(|_| in_task());
+        self.registration = Some(match in_task {
+            Some(inner) => {
+                let entry = inner.add_timer_call(at, Box::new(move || waker.wake()));
+                TickRegistration::Loop(inner, entry)
+            }
+            None => {
+                let (tx, rx) = mpsc::channel::<()>();
+                std::thread::spawn(move || {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
+                        waker.wake();
+                    }
+                });
+                TickRegistration::Thread(tx)
+            }
+        });
+    }
+
+    fn deregister(&mut self) {
+        match self.registration.take() {
+            Some(TickRegistration::Loop(inner, entry)) => inner.remove_timer(entry),
+            Some(TickRegistration::Thread(tx)) => drop(tx),
+            None => {}
+        }
+    }
+}
+
+impl Drop for TickBranch<'_> {
+    fn drop(&mut self) {
+        self.deregister();
     }
 }

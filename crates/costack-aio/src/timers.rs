@@ -3,32 +3,49 @@
 //! Ground floor: imports only [`key`](crate::key). The loop bounds its wait for I/O by the
 //! nearest deadline and fires what is due after it; a wait with a deadline (a sleep, a
 //! `timeout` scope) puts an entry here for as long as it parks (see the `wait` module). The
-//! public timer API (`sleep`, `timeout`, `WakeableSleep`) is in the `time` module.
+//! public timer API (`sleep`, `timeout`, `WakeableSleep`, `Interval`) is in the `time` module.
+//! Besides waking a task, an entry can run a callback (an `Interval` registered with a select
+//! wakes the select's `Waker` that way).
 
 use crate::key::TaskKey;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// The loop's timers: deadline and sequence number to the key they wake. Entries due at the
-/// same time fire in the order of their creation.
+/// What a timer does when it fires.
+pub(crate) enum TimerAction {
+    /// Wake the task waiting with this key, if it still is.
+    Wake(TaskKey),
+    /// Run this callback on the loop's thread (it must not wait).
+    Call(Box<dyn FnOnce()>),
+}
+
+/// The loop's timers: deadline and sequence number to what they do. Entries due at the same
+/// time fire in the order of their creation.
 #[derive(Default)]
 pub(crate) struct Timers {
-    map: BTreeMap<(Instant, u64), TaskKey>,
+    map: BTreeMap<(Instant, u64), TimerAction>,
     seq: u64,
 }
 
 impl Timers {
-    /// Adds a timer that wakes `key` at `at`; returns the entry, for [`remove`](Timers::remove).
-    pub(crate) fn insert(&mut self, at: Instant, key: TaskKey) -> (Instant, u64) {
+    /// Adds a timer that does `action` at `at`; returns the entry, for
+    /// [`remove`](Timers::remove).
+    pub(crate) fn insert(&mut self, at: Instant, action: TimerAction) -> (Instant, u64) {
         self.seq += 1;
         let k = (at, self.seq);
-        self.map.insert(k, key);
+        self.map.insert(k, action);
         k
     }
 
-    /// Removes an entry (fired or not).
-    pub(crate) fn remove(&mut self, k: (Instant, u64)) {
-        self.map.remove(&k);
+    /// Removes an entry (fired or not); gives back its action, if it had not fired, for the
+    /// caller to drop outside any borrow.
+    pub(crate) fn remove(&mut self, k: (Instant, u64)) -> Option<TimerAction> {
+        self.map.remove(&k)
+    }
+
+    /// Whether there are no timers.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 
     /// The nearest deadline.
@@ -37,7 +54,7 @@ impl Timers {
     }
 
     /// The next timer due at `now`, removed.
-    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<TaskKey> {
+    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<TimerAction> {
         let entry = self.map.first_entry()?;
         if entry.key().0 > now {
             return None;
@@ -45,8 +62,8 @@ impl Timers {
         Some(entry.remove())
     }
 
-    /// Drops every timer (the loop shuts down).
-    pub(crate) fn clear(&mut self) {
-        self.map.clear();
+    /// Takes every timer out (the loop shuts down); the caller drops them outside any borrow.
+    pub(crate) fn take_all(&mut self) -> BTreeMap<(Instant, u64), TimerAction> {
+        std::mem::take(&mut self.map)
     }
 }

@@ -191,3 +191,145 @@ fn run_blocking_outside_a_coroutine_runs_inline() {
         thread::current().id()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// `aio_poll` progress (test-aio's `test_notify`, `test_timer_schedule`, the event-notifier cases
+// with a socket in place of the notifier), with `EventLoop::poll`.
+
+#[test]
+fn poll_on_an_idle_loop_makes_no_progress_and_a_blocking_one_does_not_hang() {
+    let lp = EventLoop::new();
+    assert!(!lp.poll(false));
+    let t0 = Instant::now();
+    assert!(!lp.poll(true), "nothing could ever happen: no wait");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(!lp.poll(false));
+}
+
+#[test]
+fn poll_runs_a_queued_callback_once_and_reports_it() {
+    let lp = EventLoop::new();
+    let n = Rc::new(Cell::new(0));
+    let c = n.clone();
+    lp.call_soon(move || c.set(c.get() + 1));
+    assert!(lp.poll(false));
+    assert_eq!(n.get(), 1);
+    assert!(!lp.poll(false));
+    assert_eq!(n.get(), 1);
+}
+
+#[test]
+fn poll_enters_each_ready_task_once_per_turn() {
+    let lp = EventLoop::new();
+    let steps = Rc::new(Cell::new(0));
+    let s = steps.clone();
+    let h = lp.spawn(move || {
+        for _ in 0..3 {
+            s.set(s.get() + 1);
+            costack_aio::yield_now();
+        }
+        s.set(s.get() + 1);
+    });
+    for turn in 1..=4 {
+        assert!(lp.poll(false));
+        assert_eq!(steps.get(), turn, "one step per turn");
+    }
+    assert!(h.is_finished());
+    assert!(!lp.poll(false));
+}
+
+#[test]
+fn poll_on_a_sleeping_task_waits_for_its_timer_only_when_blocking() {
+    let lp = EventLoop::new();
+    let t0 = Instant::now();
+    let h = lp.spawn(|| costack_aio::sleep(Duration::from_millis(10)));
+    assert!(lp.poll(false), "the task started");
+    assert!(!lp.poll(false), "it sleeps: nothing to do");
+    assert!(!h.is_finished());
+    let mut progress = 0;
+    while !h.is_finished() {
+        if lp.poll(true) {
+            progress += 1;
+        }
+    }
+    assert_eq!(progress, 1, "the timer woke the task, which finished");
+    assert!(t0.elapsed() >= Duration::from_millis(10));
+    assert!(!lp.poll(false));
+}
+
+#[test]
+fn poll_dispatches_readiness_to_the_task_that_waits_for_it() {
+    use costack_aio::net::{TcpListener, TcpStream};
+    use std::io::{Read, Write};
+    let lp = EventLoop::new();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut server, _) = l.accept().unwrap();
+    let got = Rc::new(Cell::new(0u8));
+    let g = got.clone();
+    let h = lp.spawn(move || {
+        let mut b = [0u8; 1];
+        server.read_exact(&mut b).unwrap();
+        g.set(b[0]);
+    });
+    assert!(lp.poll(false), "the task started and waits for the socket");
+    assert!(!lp.poll(false), "nothing to read yet");
+    client.write_all(&[42]).unwrap(); // outside any coroutine: a plain blocking write
+    assert!(lp.poll(true), "the readiness resumed the task");
+    assert!(h.is_finished());
+    assert_eq!(got.get(), 42);
+}
+
+#[test]
+fn a_blocking_poll_waits_for_a_call_from_another_thread() {
+    let lp = EventLoop::new();
+    let handle = lp.handle();
+    let n = Rc::new(Cell::new(0));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let t = thread::spawn(move || {
+        rx.recv().unwrap(); // until the loop is about to wait
+        handle.call_soon(|| {}).unwrap();
+    });
+    let c = n.clone();
+    lp.call_soon(move || {
+        c.set(1);
+        tx.send(()).unwrap();
+    });
+    assert!(lp.poll(false));
+    assert_eq!(n.get(), 1);
+    let t0 = Instant::now();
+    assert!(lp.poll(true), "the other thread's callback ran");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    t.join().unwrap();
+    assert!(!lp.poll(false));
+}
+
+#[test]
+fn poll_inside_a_task_is_refused_with_a_clear_panic() {
+    let lp = Rc::new(EventLoop::new());
+    let l = lp.clone();
+    let r = lp.block_on(move || catch_unwind(AssertUnwindSafe(|| l.poll(false))));
+    let msg = r.unwrap_err().downcast::<&str>().unwrap();
+    assert!(msg.contains("inside a coroutine"), "{msg}");
+}
+
+#[test]
+fn a_blocking_poll_takes_a_message_sent_before_the_last_handle_was_dropped() {
+    let lp = EventLoop::new();
+    let n = Arc::new(AtomicUsize::new(0));
+    let handle = lp.handle();
+    let c = n.clone();
+    thread::spawn(move || {
+        handle
+            .call_soon(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap();
+        // `handle` is dropped here: nobody else can reach the loop.
+    })
+    .join()
+    .unwrap();
+    assert!(lp.poll(true));
+    assert_eq!(n.load(Ordering::SeqCst), 1);
+    assert!(!lp.poll(true), "nothing could happen any more: no wait");
+}

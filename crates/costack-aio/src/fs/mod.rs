@@ -28,8 +28,13 @@
 //! ```
 //!
 //! Many tasks can have requests in flight at once; the loop goes on running the others
-//! meanwhile. There is no file position: every transfer names its offset, so tasks sharing a
-//! `File` never disturb each other.
+//! meanwhile. Every positional transfer names its offset, so tasks sharing a `File` never
+//! disturb each other.
+//!
+//! For code that wants a stream, a `File` is also a cursor, like [`std::fs::File`]: it
+//! implements [`Read`](std::io::Read), [`Write`](std::io::Write) and [`Seek`](std::io::Seek)
+//! (for `File` and `&File`) over `read_at`/`write_at`, with the position kept in the `File`
+//! (see [the cursor](File#the-cursor)). [`OpenOptions`] opens files with std's choice of flags.
 //!
 //! # Two ways to the kernel
 //!
@@ -93,8 +98,10 @@
 //! On a descriptor that cannot seek (a pipe), io_uring and the worker pool both ignore the
 //! offset and read or write the stream; pass `0`.
 //!
-//! Metadata calls ([`len`](File::len), the `fstat` behind it) run on the loop's thread: they
-//! do not wait for the device on local file systems, and QEMU's `raw` driver does the same.
+//! Metadata calls ([`len`](File::len), [`metadata`](File::metadata),
+//! [`set_permissions`](File::set_permissions), and [`Seek`](std::io::Seek) from the end) run on
+//! the loop's thread: they do not wait for the device on local file systems, and QEMU's `raw`
+//! driver does the same.
 //!
 //! # The page-cache fast path
 //!
@@ -132,7 +139,7 @@
 //! Operations floor, above `request`: imports `op`, `request`, `buf` and the wait protocol
 //! (`wait`).
 
-use crate::op::sys::{check_offset, einval};
+use crate::op::sys::{check_offset, einval, CREATE_MODE};
 use crate::op::{read, write, Op};
 use crate::request::{run_here, run_in_task};
 use crate::wait::begin_wait;
@@ -142,15 +149,19 @@ use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
 pub use crate::op::{IoBackend, IO_URING_ENV};
+pub use options::OpenOptions;
 
+mod cursor;
 mod fast;
+mod options;
 mod vectored;
 
 // ---------------------------------------------------------------------------------------------
@@ -159,9 +170,10 @@ mod vectored;
 /// A file whose I/O yields the task instead of blocking the thread: see the
 /// [module docs](self).
 ///
-/// Positional only (`read_at`, `write_at`, …; no cursor), so tasks can share one `File`
-/// (`&File`, or an `Rc<File>`) and have requests in flight on it at once. Bound to its thread
-/// (`!Send`): move a [`std::fs::File`] between threads and wrap it with [`File::from_std`].
+/// Its transfers are positional (`read_at`, `write_at`, …), so tasks can share one `File`
+/// (`&File`, or an `Rc<File>`) and have requests in flight on it at once. It is also a cursor
+/// (see below). Bound to its thread (`!Send`): move a [`std::fs::File`] between threads and
+/// wrap it with [`File::from_std`].
 ///
 /// ```
 /// use costack_aio::{EventLoop, File};
@@ -192,6 +204,44 @@ mod vectored;
 /// });
 /// std::fs::remove_file(path).unwrap();
 /// ```
+///
+/// # The cursor
+///
+/// [`Read`](std::io::Read), [`Write`](std::io::Write) and [`Seek`](std::io::Seek), for `File`
+/// and for `&File` as std has them, read and write at a position kept in the `File` (not the
+/// kernel's file offset, which is never used): `read` is `read_at(buf, pos)` and moves the
+/// position by the count, and so does `write`. In append mode (`O_APPEND`, from
+/// [`OpenOptions::append`]) every `write` goes to the end of the file, and the position is
+/// the file's length afterwards. [`SeekFrom::End`](std::io::SeekFrom::End) is from the
+/// file's length (`fstat`); seeking before the start or past `i64::MAX` is `EINVAL`
+/// ([`io::ErrorKind::InvalidInput`]) and leaves the position as it was; past the end is
+/// allowed (reads there give 0, writes extend the file). The positional methods neither use
+/// nor move the position. A `File` starts at position 0; [`from_std`](File::from_std) takes
+/// the std file's position.
+///
+/// The position is one value: tasks that use the cursor of one `File` at the same time (one
+/// waiting in a `read` while another reads) may read the same bytes; share a `File` between
+/// tasks with the positional methods.
+///
+/// ```
+/// use costack_aio::{EventLoop, File};
+/// use std::io::{Read, Seek, SeekFrom, Write};
+///
+/// let path = std::env::temp_dir().join(format!("costack-cursor-doc-{}", std::process::id()));
+/// let lp = EventLoop::new();
+/// lp.block_on({
+///     let path = path.clone();
+///     move || {
+///         let mut f = File::create(&path).unwrap();
+///         f.write_all(b"hello, world").unwrap();
+///         assert_eq!(f.seek(SeekFrom::End(-5)).unwrap(), 7);
+///         let mut s = String::new();
+///         f.read_to_string(&mut s).unwrap();
+///         assert_eq!(s, "world");
+///     }
+/// });
+/// std::fs::remove_file(path).unwrap();
+/// ```
 pub struct File {
     /// Shared with the requests in flight, so that the descriptor outlives them.
     fd: Arc<OwnedFd>,
@@ -201,6 +251,10 @@ pub struct File {
     nowait_reads: Cell<bool>,
     /// `pwritev2(RWF_NOWAIT)` works on this file (cleared on the first "unsupported" error).
     nowait_writes: Cell<bool>,
+    /// The cursor's position (see [the cursor](File#the-cursor)).
+    pos: Cell<u64>,
+    /// Opened with `O_APPEND`: the cursor's writes go to the end.
+    append: bool,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -212,16 +266,21 @@ impl File {
         // SAFETY: F_GETFL on a descriptor we own reads its status flags.
         let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
         let direct = flags >= 0 && flags & libc::O_DIRECT != 0;
+        let append = flags >= 0 && flags & libc::O_APPEND != 0;
         File {
             fd: Arc::new(fd),
             fast: Cell::new(!direct),
             nowait_reads: Cell::new(true),
             nowait_writes: Cell::new(true),
+            pos: Cell::new(0),
+            append,
             _not_send: PhantomData,
         }
     }
 
-    fn open_with(path: &Path, flags: i32) -> io::Result<File> {
+    /// Opens `path` with `flags`, creating it with `mode` (less the umask) if the flags say so,
+    /// through the loop in a task.
+    fn open_with(path: &Path, flags: i32, mode: libc::mode_t) -> io::Result<File> {
         let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -231,6 +290,7 @@ impl File {
         let op = Op::Open {
             path,
             flags,
+            mode,
             opened: None,
         };
         let (r, op) = match begin_wait() {
@@ -251,7 +311,7 @@ impl File {
     /// # Errors
     /// As `open(2)`: `ENOENT`, `EACCES`, …
     pub fn open(path: impl AsRef<Path>) -> io::Result<File> {
-        File::open_with(path.as_ref(), libc::O_RDONLY)
+        File::open_with(path.as_ref(), libc::O_RDONLY, CREATE_MODE)
     }
 
     /// Opens an existing file for reading and writing.
@@ -259,7 +319,7 @@ impl File {
     /// # Errors
     /// As `open(2)`; `ENOENT` if the file does not exist.
     pub fn open_rw(path: impl AsRef<Path>) -> io::Result<File> {
-        File::open_with(path.as_ref(), libc::O_RDWR)
+        File::open_with(path.as_ref(), libc::O_RDWR, CREATE_MODE)
     }
 
     /// Opens a file for reading and writing, creating it (mode `0666` less the umask) or
@@ -268,13 +328,27 @@ impl File {
     /// # Errors
     /// As `open(2)`.
     pub fn create(path: impl AsRef<Path>) -> io::Result<File> {
-        File::open_with(path.as_ref(), libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC)
+        File::open_with(
+            path.as_ref(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC,
+            CREATE_MODE,
+        )
+    }
+
+    /// A blank [`OpenOptions`] (nothing set), as [`std::fs::File::options`].
+    pub fn options() -> OpenOptions {
+        OpenOptions::new()
     }
 
     /// Wraps an open [`std::fs::File`] (opened with whatever `OpenOptions` you need,
-    /// `O_DIRECT` included).
+    /// `O_DIRECT` included). The cursor starts at the std file's position (`0` where it has
+    /// none, as a pipe).
     pub fn from_std(f: std::fs::File) -> File {
-        File::from_owned(OwnedFd::from(f))
+        // SAFETY: lseek on a descriptor `f` owns takes only integers.
+        let at = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_CUR) };
+        let file = File::from_owned(OwnedFd::from(f));
+        file.pos.set(u64::try_from(at).unwrap_or(0));
+        file
     }
 
     fn raw(&self) -> RawFd {
@@ -511,6 +585,32 @@ impl File {
         self.stat().map(|st| st.st_size as u64)
     }
 
+    /// The file's metadata, as [`std::fs::File::metadata`] (`statx`/`fstat` on the calling
+    /// thread).
+    ///
+    /// # Errors
+    /// The kernel's.
+    pub fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        self.with_std(|f| f.metadata())
+    }
+
+    /// Changes the file's permissions, as [`std::fs::File::set_permissions`] (`fchmod(2)` on the
+    /// calling thread).
+    ///
+    /// # Errors
+    /// The kernel's: `EPERM` if the caller does not own the file, `EROFS`…
+    pub fn set_permissions(&self, perm: std::fs::Permissions) -> io::Result<()> {
+        self.with_std(|f| f.set_permissions(perm))
+    }
+
+    /// Runs `f` with this descriptor as a [`std::fs::File`], which is never closed.
+    fn with_std<R>(&self, f: impl FnOnce(&std::fs::File) -> R) -> R {
+        // SAFETY: the descriptor stays open while `self` is borrowed, and the `ManuallyDrop`
+        // keeps the std `File` from closing it (even if `f` panics): `f` only borrows it.
+        let file = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(self.raw()) });
+        f(&file)
+    }
+
     /// `fstat(2)` of the file, on the calling thread.
     fn stat(&self) -> io::Result<libc::stat> {
         // SAFETY: `stat` is plain data; fstat fills it or fails.
@@ -530,6 +630,18 @@ impl File {
     pub fn set_len(&self, len: u64) -> io::Result<()> {
         check_offset(len)?;
         self.run(Op::Truncate { len }).0.map(drop)
+    }
+}
+
+impl OpenOptions {
+    /// Opens `path` with these options (through the loop in a task, blocking outside one).
+    ///
+    /// # Errors
+    /// `EINVAL` for the combinations refused (see [`OpenOptions`]), and a path with a NUL byte
+    /// ([`io::ErrorKind::InvalidInput`]); the kernel's: `ENOENT`, `EEXIST` for `create_new`,
+    /// `EACCES`, `EISDIR`…
+    pub fn open(&self, path: impl AsRef<Path>) -> io::Result<File> {
+        File::open_with(path.as_ref(), self.flags()?, self.mode_bits())
     }
 }
 

@@ -82,12 +82,13 @@ pub(crate) enum Op {
     Fallocate { mode: i32, offset: u64, len: u64 },
     /// `ftruncate(fd, len)`.
     Truncate { len: u64 },
-    /// `openat(AT_FDCWD, path, flags | O_CLOEXEC, 0666)`; the new descriptor goes to `opened`
+    /// `openat(AT_FDCWD, path, flags | O_CLOEXEC, mode)`; the new descriptor goes to `opened`
     /// as soon as the request completes, so that it is closed if nobody takes it (a task
     /// cancelled while its open was in flight).
     Open {
         path: CString,
         flags: i32,
+        mode: libc::mode_t,
         opened: Option<OwnedFd>,
     },
 }
@@ -110,7 +111,9 @@ impl Op {
             Op::Sync { data_only } => sync::sqe(fd, *data_only),
             Op::Fallocate { mode, offset, len } => fallocate::sqe(fd, *mode, *offset, *len),
             Op::Truncate { len } => truncate::sqe(fd, *len),
-            Op::Open { path, flags, .. } => open::sqe(path, *flags),
+            Op::Open {
+                path, flags, mode, ..
+            } => open::sqe(path, *flags, *mode),
         }
     }
 
@@ -139,8 +142,9 @@ impl Op {
             Op::Open {
                 path,
                 flags,
+                mode,
                 opened,
-            } => open::blocking(path, *flags, opened),
+            } => open::blocking(path, *flags, *mode, opened),
         }
     }
 }

@@ -10,7 +10,8 @@ pub(crate) const MAX_RW: usize = 0x7fff_f000;
 /// At most this many slices go to one `preadv`/`pwritev` (`IOV_MAX`).
 pub(crate) const IOV_MAX: usize = 1024;
 
-/// Mode bits of a file that `File::create` makes (before the umask), as `std` uses.
+/// Mode bits of a file that `File::create` makes (before the umask), as `std` uses; the
+/// default of `OpenOptions::mode`.
 pub(crate) const CREATE_MODE: libc::mode_t = 0o666;
 
 /// A system call's return value as a result (`-1` means `errno`).
