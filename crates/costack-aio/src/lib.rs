@@ -53,6 +53,9 @@
 //!   or cancels one (its stack unwinds). [`call_soon`] queues a callback (QEMU's bottom half).
 //!   How waits refer to tasks, and why a stale wake-up is harmless, is explained in the source
 //!   of the `wait` module.
+//! * **Groups and choices**: a [`JoinSet`] joins tasks in the order they finish, [`join_all`]
+//!   in the order given; [`select!`] waits for the first of several things (a join, a
+//!   readiness, a timer, a channel — any [`select::Selectable`]), the others untouched.
 //! * **Readiness and sockets**: [`io`] waits for fds ([`io::AsyncFd`]); [`net`] has TCP and
 //!   Unix sockets whose `Read`/`Write` yield on `WouldBlock`.
 //! * **Time** ([`time`]): [`sleep`], [`sleep_until`], [`timeout`] (abandons a block of code
@@ -126,6 +129,7 @@ mod builder;
 mod event_loop;
 pub mod fs;
 pub mod io;
+mod joinset;
 mod key;
 mod mailbox;
 pub mod net;
@@ -148,8 +152,9 @@ pub use blocking::run_blocking;
 pub use builder::LoopBuilder;
 pub use event_loop::{call_soon, current_handle, EventLoop};
 pub use fs::{File, IoBackend};
+pub use joinset::{join_all, try_join_all, JoinNext, JoinSet};
 pub use remote::{suspend, LoopClosed, LoopHandle, RemoteJoinHandle, Waker};
-pub use task::{spawn, JoinError, JoinHandle, TaskBuilder};
+pub use task::{spawn, JoinBranch, JoinError, JoinHandle, TaskBuilder};
 pub use time::{sleep, sleep_until, timeout, timeout_at, Elapsed, WakeableSleep};
 pub use wait::{in_task, yield_now};
 

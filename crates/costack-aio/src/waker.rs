@@ -57,6 +57,16 @@ impl Waker {
     }
 }
 
+impl Waker {
+    /// The loop and the key of the task wait this waker ends; `None` for a parked thread.
+    pub(crate) fn task_key(&self) -> Option<(u64, TaskKey)> {
+        match &self.kind {
+            WakerKind::Task { remote, key } => Some((remote.loop_id(), *key)),
+            WakerKind::Thread(_) => None,
+        }
+    }
+}
+
 impl fmt::Debug for Waker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
