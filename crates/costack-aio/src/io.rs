@@ -1,7 +1,9 @@
 //! Readiness: waiting until a file descriptor can be read or written.
 //!
-//! Third floor: imports the wait protocol (`wait`), the readiness driver (`reactor`) and the
-//! loop proper (`runtime`, to find the reactor of the loop a registration belongs to).
+//! Third floor: imports the wait protocol (`wait`), the readiness driver (`reactor`), the
+//! loop proper (`runtime`, to find the reactor of the loop a registration belongs to), and,
+//! for the readiness branches of a select ([`Ready`]), the [`Selectable`] protocol (`select`),
+//! the wakers (`waker`) and the task keys (`key`).
 //!
 //! The sockets in [`net`](crate::net) are built on this: they try the system call first and,
 //! when the kernel says `WouldBlock`, wait for readiness and try again. That is all it takes for
@@ -471,6 +473,9 @@ impl Selectable for Ready<'_> {
 
     fn register(&mut self, waker: &Waker) {
         self.deregister();
+        if self.source().is_closed() {
+            return; // `try_select` fires with the error; a closed fd stays out of the loop
+        }
         let inner = waker
             .task_key()
             .and_then(|(id, key)| Some((current_loop().filter(|l| l.id() == id)?, key)));

@@ -352,6 +352,10 @@ impl<T> fmt::Debug for JoinNext<'_, T> {
 /// assert_eq!(v, [30, 10, 20]);
 /// ```
 ///
+/// The handles go into a [`JoinSet`] for the wait: if the caller is unwound while it waits
+/// (a [`timeout`](crate::timeout) expired, its task was cancelled), the tasks not yet joined
+/// are cancelled with it, not left running unobserved.
+///
 /// # Panics
 /// As described; and, like `join`, if a task was dropped before it finished (its loop shut
 /// down).
@@ -383,7 +387,7 @@ pub fn join_all<T>(handles: impl IntoIterator<Item = JoinHandle<T>>) -> Vec<T> {
 
 /// Waits for every task and returns their values in the order of `handles`; or, as soon as
 /// one fails (panics, or is dropped by its loop's shutdown), cancels the others and returns
-/// that error.
+/// that error. As with [`join_all`], unwinding the caller cancels the tasks not yet joined.
 ///
 /// ```
 /// use costack_aio::{sleep, spawn, try_join_all, EventLoop, JoinError};

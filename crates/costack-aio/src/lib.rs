@@ -117,7 +117,9 @@
 //!   costack's resume contract).
 //! * **Operations** — built on `wait`: readiness ([`io`], [`net`]), file requests (`request`,
 //!   [`fs`]), worker jobs ([`blocking`]), timers ([`time`]), wakers (`waker`), [`sync`], and
-//!   tasks (`task`: [`JoinHandle`], [`TaskBuilder`]).
+//!   tasks (`task`: [`JoinHandle`], [`TaskBuilder`]); selects ([`select`](mod@select): its
+//!   protocol, which `io`, `net` and `task` implement for their branches, and the
+//!   executor) and sets of tasks (`joinset`: [`JoinSet`]).
 //! * **Top floor** — [`remote`] ([`LoopHandle`]), `event_loop` ([`EventLoop`]) and `builder`
 //!   ([`LoopBuilder`], which composes the drivers into a loop).
 

@@ -60,6 +60,7 @@
 //! Nothing, for every branch of this crate:
 //!
 //! * [`sleep`] / [`sleep_until`]: a timer has no state; a loser just did not fire.
+//! * [`Flag::branch`]: a loser leaves the flag raised; the winner lowers it.
 //! * [`JoinHandle::join_branch`](crate::JoinHandle::join_branch): the handle stays joinable;
 //!   a winner takes the task's result, after which the handle is spent (joining it again
 //!   panics with a message).
@@ -75,6 +76,8 @@
 
 use crate::waker::Waker;
 use std::cell::Cell;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// One thing a select can wait for. See the [module docs](self) for the protocol.
@@ -179,6 +182,125 @@ impl Selectable for Sleep {
 
     fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-thread wake-ups
+
+/// A flag any thread can raise, with a select branch that fires once it is raised: a
+/// cross-thread wake-up for a select (stop requests, "new work" hints).
+///
+/// [`raise`](Flag::raise) sets the flag and wakes every select waiting on its
+/// [`branch`](Flag::branch); the branch that wins lowers it again. Raises do not count:
+/// several before a select end that one select. `Send + Sync + Clone`; clones share the flag.
+///
+/// ```
+/// use costack_aio::select::{sleep, Flag};
+/// use costack_aio::EventLoop;
+/// use std::time::Duration;
+///
+/// let lp = EventLoop::new();
+/// lp.block_on(|| {
+///     let stop = Flag::new();
+///     let s2 = stop.clone();
+///     let t = std::thread::spawn(move || s2.raise());
+///     let stopped = costack_aio::select! {
+///         () = stop.branch() => true,
+///         () = sleep(Duration::from_secs(60)) => false,
+///     };
+///     assert!(stopped);
+///     assert!(!stop.is_raised()); // the winner lowered it
+///     t.join().unwrap();
+/// });
+/// ```
+#[derive(Clone, Default)]
+pub struct Flag {
+    state: Arc<Mutex<FlagState>>,
+}
+
+#[derive(Default)]
+struct FlagState {
+    raised: bool,
+    /// The registered branches: their number and waker.
+    waiters: Vec<(u64, Waker)>,
+    next: u64,
+}
+
+impl Flag {
+    /// A lowered flag.
+    pub fn new() -> Flag {
+        Flag::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FlagState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Raises the flag and wakes the selects waiting on it (from any thread).
+    pub fn raise(&self) {
+        let waiters = {
+            let mut st = self.lock();
+            st.raised = true;
+            std::mem::take(&mut st.waiters)
+        };
+        for (_, w) in waiters {
+            w.wake();
+        }
+    }
+
+    /// Whether the flag is raised.
+    pub fn is_raised(&self) -> bool {
+        self.lock().raised
+    }
+
+    /// A branch that fires (with `()`) once the flag is raised, and lowers it. A losing branch
+    /// leaves the flag as it was.
+    pub fn branch(&self) -> FlagBranch<'_> {
+        let mut st = self.lock();
+        st.next += 1;
+        FlagBranch {
+            flag: self,
+            id: st.next,
+        }
+    }
+}
+
+impl fmt::Debug for Flag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.lock();
+        f.debug_struct("Flag")
+            .field("raised", &st.raised)
+            .field("waiting", &st.waiters.len())
+            .finish()
+    }
+}
+
+/// The branch of a [`Flag`], made by [`Flag::branch`]. Output: `()`.
+#[derive(Debug)]
+pub struct FlagBranch<'a> {
+    flag: &'a Flag,
+    id: u64,
+}
+
+impl Selectable for FlagBranch<'_> {
+    type Output = ();
+
+    fn try_select(&mut self) -> Option<()> {
+        let mut st = self.flag.lock();
+        std::mem::take(&mut st.raised).then_some(())
+    }
+
+    fn register(&mut self, waker: &Waker) {
+        let mut st = self.flag.lock();
+        let id = self.id;
+        st.waiters.retain(|(i, _)| *i != id);
+        st.waiters.push((id, waker.clone()));
+    }
+
+    fn deregister(&mut self) {
+        let id = self.id;
+        self.flag.lock().waiters.retain(|(i, _)| *i != id);
     }
 }
 

@@ -5,7 +5,7 @@
 use costack::{Generator, GeneratorState};
 use costack_aio::io::{self as aio_io, AsyncFd};
 use costack_aio::net::{TcpListener, TcpStream};
-use costack_aio::select::{select_any, sleep as sleep_branch, sleep_until, Selectable};
+use costack_aio::select::{select_any, sleep as sleep_branch, sleep_until, Flag, Selectable};
 use costack_aio::{sleep, spawn, suspend, timeout, yield_now, EventLoop, JoinError, Waker};
 use proptest::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -479,6 +479,58 @@ fn a_finished_selects_readiness_waiter_does_not_wake_its_task_later() {
         }
         assert_eq!(resumes, 1, "the select's withdrawn waiter resumed the task");
         drop(other.join());
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flags (cross-thread wake-ups)
+
+#[test]
+fn a_flag_raised_from_another_thread_wakes_a_select_and_a_loser_leaves_it_raised() {
+    bounded(10, || {
+        let lp = EventLoop::new();
+        lp.block_on(|| {
+            let flag = Flag::new();
+            // Raised before the select: fires at once, and is lowered.
+            flag.raise();
+            flag.raise(); // raises do not count
+            assert_eq!(costack_aio::select! { () = flag.branch() => 1 }, 1);
+            assert!(!flag.is_raised());
+            // Raised by another thread while the task waits.
+            let f2 = flag.clone();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(5));
+                f2.raise();
+            });
+            let r = costack_aio::select! {
+                () = flag.branch() => "flag",
+                () = sleep_branch(Duration::from_secs(60)) => "timer",
+            };
+            assert_eq!(r, "flag");
+            t.join().unwrap();
+            // A losing flag branch consumes nothing.
+            flag.raise();
+            let r = costack_aio::select! {
+                () = sleep_until(Instant::now()) => "timer",
+                () = flag.branch() => "flag",
+            };
+            assert_eq!(r, "timer");
+            assert!(flag.is_raised());
+            assert_eq!(format!("{flag:?}"), "Flag { raised: true, waiting: 0 }");
+        });
+        // And on a plain thread.
+        let flag = Flag::new();
+        let f2 = flag.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            f2.raise();
+        });
+        let r = costack_aio::select! {
+            () = flag.branch() => "flag",
+            () = sleep_branch(Duration::from_secs(60)) => "timer",
+        };
+        assert_eq!(r, "flag");
+        t.join().unwrap();
     });
 }
 
