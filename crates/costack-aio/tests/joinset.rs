@@ -1,7 +1,7 @@
 //! `JoinSet`, `join_all` and `try_join_all`: completion order, cancellation on drop (counting
 //! destructors), panics, sets used outside tasks, dropped from their own tasks, and in selects.
 
-use costack_aio::select::sleep as sleep_branch;
+use costack_aio::select::{sleep as sleep_branch, Flag};
 use costack_aio::{
     join_all, sleep, spawn, timeout, try_join_all, yield_now, EventLoop, JoinError, JoinSet,
     TaskBuilder,
@@ -244,10 +244,11 @@ fn dropping_the_set_from_one_of_its_own_tasks_cancels_the_others_only() {
 fn join_next_branch_in_a_select_and_under_a_timeout() {
     let lp = EventLoop::new();
     lp.block_on(|| {
+        let go = Flag::new();
+        let g2 = go.clone();
         let mut set = JoinSet::new();
-        set.spawn(|| {
-            sleep(Duration::from_millis(20));
-            1
+        set.spawn(move || {
+            costack_aio::select! { () = g2.branch() => 1 } // finishes when told to
         });
         // The timer wins; the set keeps its task.
         let r = costack_aio::select! {
@@ -259,6 +260,7 @@ fn join_next_branch_in_a_select_and_under_a_timeout() {
         // A timeout interrupts join_next; nothing is lost.
         assert!(timeout(Duration::from_millis(2), || set.join_next()).is_err());
         assert_eq!(set.len(), 1);
+        go.raise();
         let r = costack_aio::select! {
             r = set.join_next_branch() => r.map(Result::unwrap),
             () = sleep_branch(Duration::from_secs(60)) => Some(0),
@@ -322,4 +324,29 @@ fn try_join_all_returns_the_first_error_and_cancels_the_rest() {
         }
         assert_eq!(drops.get(), 1); // the slow one was cancelled
     });
+}
+
+#[test]
+fn a_join_next_branch_on_a_plain_thread_panics_instead_of_hanging() {
+    let lp = EventLoop::new();
+    let mut set = JoinSet::new();
+    set.spawn(|| 1);
+    let e = catch_unwind(AssertUnwindSafe(|| {
+        costack_aio::select! {
+            r = set.join_next_branch() => r.is_some(),
+            () = sleep_branch(Duration::from_secs(60)) => false,
+        }
+    }))
+    .unwrap_err();
+    assert!(e
+        .downcast_ref::<&str>()
+        .unwrap()
+        .contains("select outside any task cannot wait for a JoinSet's tasks"));
+    // Nothing was lost: the loop runs the task, and then the branch wins at once.
+    assert_eq!(set.len(), 1);
+    lp.block_on(yield_now);
+    let r = costack_aio::select! {
+        r = set.join_next_branch() => r.map(Result::unwrap),
+    };
+    assert_eq!(r, Some(1));
 }

@@ -282,10 +282,10 @@ fn join_branches_give_the_result_and_losers_stay_joinable() {
             .downcast_ref::<&str>()
             .unwrap()
             .contains("already taken by a select"));
-        // The panicking task wins next, as a JoinError::Panicked with its payload.
+        // The panicking task (5 ms) wins next, as a JoinError::Panicked with its payload.
         let r = costack_aio::select! {
-            r = slow.join_branch() => r,
             r = bad.join_branch() => r,
+            r = slow.join_branch() => r,
         };
         match r {
             Err(JoinError::Panicked(p)) => assert_eq!(*p.downcast::<&str>().unwrap(), "boom"),
@@ -601,9 +601,10 @@ fn every_branch_is_deregistered_once_whatever_ends_the_select() {
 fn a_timeout_around_a_select_leaves_a_join_handle_joinable() {
     let lp = EventLoop::new();
     lp.block_on(|| {
-        let mut h = spawn(|| {
-            sleep(Duration::from_millis(20));
-            3
+        let go = Flag::new();
+        let g2 = go.clone();
+        let mut h = spawn(move || {
+            costack_aio::select! { () = g2.branch() => 3 } // finishes when told to
         });
         let (a, _b) = pair();
         let r = timeout(Duration::from_millis(2), || {
@@ -613,6 +614,7 @@ fn a_timeout_around_a_select_leaves_a_join_handle_joinable() {
             }
         });
         assert!(r.is_err());
+        go.raise();
         assert_eq!(h.join(), 3);
     });
 }
