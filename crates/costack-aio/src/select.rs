@@ -82,7 +82,61 @@ use std::time::{Duration, Instant};
 
 /// One thing a select can wait for. See the [module docs](self) for the protocol.
 ///
-/// A `&mut` to a branch is a branch too, so a branch can be kept across selects.
+/// An implementation must keep three rules: `try_select` never waits; after `register`, a
+/// change that can make `try_select` succeed wakes the waker (from any thread: the waker is
+/// `Send`); and `deregister` is harmless when nothing is registered (a select calls it on
+/// every branch, also those it never registered). A `&mut` to a branch is a branch too, so a
+/// branch can be kept across selects.
+///
+/// ```
+/// use costack_aio::select::{sleep, Selectable};
+/// use costack_aio::{EventLoop, Waker};
+/// use std::cell::RefCell;
+/// use std::rc::Rc;
+/// use std::time::Duration;
+///
+/// /// A slot for one value, filled by another task.
+/// #[derive(Clone, Default)]
+/// struct Slot(Rc<RefCell<(Option<u32>, Option<Waker>)>>);
+///
+/// impl Slot {
+///     fn fill(&self, v: u32) {
+///         let waker = {
+///             let mut s = self.0.borrow_mut();
+///             s.0 = Some(v);
+///             s.1.take()
+///         };
+///         if let Some(w) = waker {
+///             w.wake();
+///         }
+///     }
+/// }
+///
+/// impl Selectable for Slot {
+///     type Output = u32;
+///     fn try_select(&mut self) -> Option<u32> {
+///         self.0.borrow_mut().0.take() // takes the value only when it wins
+///     }
+///     fn register(&mut self, waker: &Waker) {
+///         self.0.borrow_mut().1 = Some(waker.clone());
+///     }
+///     fn deregister(&mut self) {
+///         self.0.borrow_mut().1 = None;
+///     }
+/// }
+///
+/// let lp = EventLoop::new();
+/// lp.block_on(|| {
+///     let slot = Slot::default();
+///     let s2 = slot.clone();
+///     costack_aio::spawn(move || s2.fill(7));
+///     let v = costack_aio::select! {
+///         v = slot.clone() => v,
+///         () = sleep(Duration::from_secs(60)) => 0,
+///     };
+///     assert_eq!(v, 7);
+/// });
+/// ```
 pub trait Selectable {
     /// What the branch yields when it wins.
     type Output;
