@@ -350,3 +350,58 @@ fn a_join_next_branch_on_a_plain_thread_panics_instead_of_hanging() {
     };
     assert_eq!(r, Some(1));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Model: join_next gives every task's result once, in the order the tasks finished.
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    #[test]
+    fn join_next_gives_every_result_once_in_completion_order(
+        tasks in proptest::collection::vec((0usize..6, proptest::bool::weighted(0.2)), 0..20),
+        join_every in 1usize..4,
+    ) {
+        let lp = EventLoop::new();
+        lp.block_on(move || {
+            let finished: Rc<RefCell<Vec<usize>>> = Rc::default();
+            let mut set = JoinSet::new();
+            let mut got = Vec::new();
+            for (i, &(yields, panics)) in tasks.iter().enumerate() {
+                let finished = finished.clone();
+                set.spawn(move || {
+                    for _ in 0..yields {
+                        yield_now();
+                    }
+                    finished.borrow_mut().push(i);
+                    if panics {
+                        panic!("task {i}");
+                    }
+                    i
+                });
+                // Join some while others are still being added.
+                if i % join_every == 0 {
+                    if let Some(r) = set.join_next() {
+                        got.push(r);
+                    }
+                }
+            }
+            while let Some(r) = set.join_next() {
+                got.push(r);
+            }
+            let order = finished.borrow().clone();
+            assert_eq!(got.len(), tasks.len());
+            assert_eq!(order.len(), tasks.len());
+            for (r, &i) in got.into_iter().zip(&order) {
+                match r {
+                    Ok(v) => assert_eq!((v, tasks[i].1), (i, false)),
+                    Err(JoinError::Panicked(p)) => {
+                        assert!(tasks[i].1);
+                        assert_eq!(*p.downcast::<String>().unwrap(), format!("task {i}"));
+                    }
+                    Err(e) => panic!("task {i}: {e:?}"),
+                }
+            }
+        });
+    }
+}
