@@ -165,7 +165,7 @@ impl<T> JoinSet<T> {
                     // nothing but this wait, which is over.
                     park.park(None);
                 }
-                Park::Thread(_) => self.drive(),
+                Park::Thread(_) | Park::Drive(..) => self.drive(),
             }
         }
     }
@@ -212,8 +212,8 @@ impl<T> JoinSet<T> {
     /// would return: the result of the next task to finish, or `None` at once if the set is
     /// empty. A losing branch takes nothing: results it did not give stay in the set.
     ///
-    /// Like a join branch, it panics in a select outside any task while the set has tasks
-    /// still running (the thread's loop would not run to finish them).
+    /// Outside any task, a select runs the thread's loop while it waits, so the set's tasks
+    /// can finish.
     ///
     /// ```
     /// use costack_aio::select::sleep;
@@ -313,13 +313,6 @@ impl<T> Selectable for JoinNext<'_, T> {
     }
 
     fn register(&mut self, waker: &Waker) {
-        if waker.task_key().is_none() {
-            panic!(
-                "costack-aio: a select outside any task cannot wait for a JoinSet's tasks (the \
-                 loop does not run while the select parks the thread); use join_next, or \
-                 select in a task"
-            );
-        }
         self.set.done.borrow_mut().waiter = Some(waker.clone());
     }
 

@@ -49,11 +49,12 @@
 //!
 //! # Where it works
 //!
-//! In a task, in a coroutine a task entered (the task waits with it), and on a plain thread
-//! (which parks; readiness branches then poll their fd every millisecond). A select on a plain
-//! thread does not run that thread's event loop, so a branch that waits for a task of it (a
-//! join) panics with a message there instead of hanging: use
-//! [`JoinHandle::join`](crate::JoinHandle::join), which drives the loop, or select in a task.
+//! In a task, in a coroutine a task entered (the task waits with it), and outside any
+//! coroutine. There, if the thread has an event loop, the select runs that loop while it
+//! waits, as [`JoinHandle::join`](crate::JoinHandle::join) does (so a branch can wait for the
+//! loop's tasks: a join, a channel they send on); otherwise the thread parks. Outside a task
+//! readiness branches look at their fd every millisecond. A select cannot wait in a
+//! [`call_soon`](crate::call_soon) callback (the loop is running already): it panics there.
 //!
 //! # What a losing branch has consumed
 //!
@@ -406,7 +407,7 @@ fn run(branches: &mut [&mut dyn Branch], fair: bool) -> usize {
         return i;
     }
     loop {
-        let (waker, park) = crate::waker::prepare_park();
+        let (waker, park) = crate::waker::prepare_park_driving();
         for b in guard.0.iter_mut() {
             b.register(&waker);
         }

@@ -238,9 +238,8 @@ impl<T> JoinHandle<T> {
     /// was (joinable, cancellable, usable in the next select); a winning one takes the
     /// result, after which the handle is spent: joining it (or selecting on it) again panics.
     ///
-    /// In a select on a plain thread (outside any task) the branch panics, unless the task is
-    /// done already: the thread's loop does not run while a select parks the thread, so the
-    /// task could never finish. Use [`join`](JoinHandle::join) there, which drives the loop.
+    /// Outside any task, a select runs the thread's loop while it waits (as `join` does), so
+    /// the task can finish.
     ///
     /// ```
     /// use costack_aio::select::sleep;
@@ -349,13 +348,6 @@ impl<T> Selectable for JoinBranch<'_, T> {
     }
 
     fn register(&mut self, waker: &Waker) {
-        if waker.task_key().is_none() {
-            panic!(
-                "costack-aio: a select outside any task cannot wait for a task (the loop does \
-                 not run while the select parks the thread); use JoinHandle::join, or select \
-                 in a task"
-            );
-        }
         let w = waker.clone();
         self.h.shared.notify.set(Some(Box::new(move || w.wake())));
     }

@@ -296,28 +296,87 @@ fn join_branches_give_the_result_and_losers_stay_joinable() {
 }
 
 #[test]
-fn a_join_branch_on_a_plain_thread_panics_instead_of_hanging() {
+fn outside_any_task_a_select_runs_the_threads_loop_while_it_waits() {
+    bounded(10, || {
+        let lp = EventLoop::new();
+        // A join: the task runs on the loop the select drives.
+        let mut h = lp.spawn(|| {
+            sleep(Duration::from_millis(2));
+            1
+        });
+        let mut other = lp.spawn(|| {
+            sleep(Duration::from_secs(60));
+            0
+        });
+        let r = costack_aio::select! {
+            r = other.join_branch() => r.unwrap(),
+            r = h.join_branch() => r.unwrap(),
+            () = sleep_branch(Duration::from_secs(60)) => -1,
+        };
+        assert_eq!(r, 1);
+        // A value a task of the loop sends.
+        let src: Source<u32> = Source::default();
+        let s2 = src.clone();
+        lp.spawn(move || {
+            yield_now();
+            s2.push(5);
+        });
+        assert_eq!(costack_aio::select! { v = src.branch() => v }, 5);
+        assert_eq!(src.counts(), (1, 1, 0));
+        // A timer, with nothing else for the loop to do: the loop's wait is bounded by it.
+        let t0 = Instant::now();
+        let r = costack_aio::select! {
+            r = other.join_branch() => r.unwrap(),
+            () = sleep_branch(Duration::from_millis(5)) => -1,
+        };
+        assert_eq!(r, -1);
+        assert!(t0.elapsed() >= Duration::from_millis(5));
+        // A wake from another thread ends the loop's wait for events.
+        let flag = Flag::new();
+        let f2 = flag.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            f2.raise();
+        });
+        let r = costack_aio::select! {
+            r = other.join_branch() => r.unwrap(),
+            () = flag.branch() => 7,
+        };
+        assert_eq!(r, 7);
+        t.join().unwrap();
+        // Readiness, written by another thread.
+        let (a, b) = pair();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            (&b).write_all(b"x").unwrap();
+            b
+        });
+        let r = costack_aio::select! {
+            r = other.join_branch() => r.unwrap(),
+            r = a.readable_branch() => { r.unwrap(); 8 }
+        };
+        assert_eq!(r, 8);
+        drop(t.join().unwrap());
+        other.cancel();
+    });
+}
+
+#[test]
+fn a_select_that_must_wait_in_a_call_soon_callback_panics_with_a_message() {
     let lp = EventLoop::new();
-    let mut h = lp.spawn(|| 1);
-    let e = catch_unwind(AssertUnwindSafe(|| {
-        costack_aio::select! {
-            r = h.join_branch() => r.is_ok(),
-            () = sleep_branch(Duration::from_secs(60)) => false,
-        }
-    }))
-    .unwrap_err();
-    assert!(e
-        .downcast_ref::<&str>()
-        .unwrap()
-        .contains("select outside any task cannot wait for a task"));
-    // The handle is untouched, and a finished task's branch wins there at once.
-    assert_eq!(lp.block_on(move || h.join()), 1);
-    let mut h = lp.spawn(|| 2);
+    let msg: Rc<RefCell<Option<String>>> = Rc::default();
+    let m2 = msg.clone();
+    lp.call_soon(move || {
+        let flag = Flag::new();
+        let e = catch_unwind(AssertUnwindSafe(|| {
+            costack_aio::select! { () = flag.branch() => () }
+        }))
+        .unwrap_err();
+        *m2.borrow_mut() = e.downcast_ref::<&str>().map(|s| s.to_string());
+    });
     lp.block_on(yield_now);
-    let r = costack_aio::select! {
-        r = h.join_branch() => r.unwrap(),
-    };
-    assert_eq!(r, 2);
+    let msg = msg.borrow().clone().unwrap();
+    assert!(msg.contains("already running"), "{msg}");
 }
 
 // ---------------------------------------------------------------------------------------------
