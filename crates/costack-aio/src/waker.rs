@@ -48,11 +48,10 @@ pub(crate) struct ThreadParker {
     poke: Option<Arc<Remote>>,
 }
 
-/// A key that names no task: waking it does nothing but end the loop's wait for events.
-const NO_TASK: TaskKey = TaskKey {
-    co: u64::MAX,
-    epoch: 0,
-};
+/// A key that names no task (no coroutine has id 0: costack numbers them from its thread
+/// number, which starts at 1, times 2^40): waking it does nothing but end the loop's wait for
+/// events.
+const NO_TASK: TaskKey = TaskKey { co: 0, epoch: 0 };
 
 impl Waker {
     /// Ends the wait this waker was made for, if it is still going on (see the type docs).
