@@ -1,7 +1,9 @@
 //! Readiness: waiting until a file descriptor can be read or written.
 //!
-//! Third floor: imports the wait protocol (`wait`), the readiness driver (`reactor`) and the
-//! loop proper (`runtime`, to find the reactor of the loop a registration belongs to).
+//! Third floor: imports the wait protocol (`wait`), the readiness driver (`reactor`), the
+//! loop proper (`runtime`, to find the reactor of the loop a registration belongs to), and,
+//! for the readiness branches of a select ([`Ready`]), the [`Selectable`] protocol (`select`),
+//! the wakers (`waker`) and the task keys (`key`).
 //!
 //! The sockets in [`net`](crate::net) are built on this: they try the system call first and,
 //! when the kernel says `WouldBlock`, wait for readiness and try again. That is all it takes for
@@ -45,14 +47,19 @@
 //! task's system call can ever reach a descriptor number that the kernel has already handed to
 //! someone else.
 
+use crate::key::TaskKey;
 use crate::reactor::{Dir, Slot};
-use crate::runtime::current_loop;
+use crate::runtime::{current_loop, Inner};
+use crate::select::Selectable;
 use crate::wait::begin_wait;
+use crate::waker::Waker;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// The loop-side state of one fd: its registration (made on the first wait in a task) and
 /// whether it was closed.
@@ -147,24 +154,29 @@ impl Source {
             self.ready.set(self.ready.get() | dir.bit());
             return Ok(());
         };
-        let slot = match self.reg.get() {
-            Some((id, slot)) if id == w.inner.id() => slot,
-            _ => {
-                // Not registered yet, or registered with a loop of this thread that is gone
-                // (whose epoll instance went with it): register with this one. Registering
-                // reports the fd's current readiness as an edge.
-                self.ready.set(0);
-                let slot = w.inner.reactor().register(self.fd, self.ready.clone())?;
-                self.reg.set(Some((w.inner.id(), slot)));
-                slot
-            }
-        };
+        let slot = self.slot_in(&w.inner)?;
         w.inner.reactor().add_waiter(slot, dir, w.key);
         w.park(None);
         if self.closed.get() {
             return Err(closed_error());
         }
         Ok(())
+    }
+
+    /// The fd's registration with `inner`'s reactor, made now if need be.
+    fn slot_in(&self, inner: &Inner) -> io::Result<Slot> {
+        match self.reg.get() {
+            Some((id, slot)) if id == inner.id() => Ok(slot),
+            _ => {
+                // Not registered yet, or registered with a loop of this thread that is gone
+                // (whose epoll instance went with it): register with this one. Registering
+                // reports the fd's current readiness as an edge.
+                self.ready.set(0);
+                let slot = inner.reactor().register(self.fd, self.ready.clone())?;
+                self.reg.set(Some((inner.id(), slot)));
+                Ok(slot)
+            }
+        }
     }
 
     /// Waits until the fd is ready for `dir` (level: returns at once if it already is).
@@ -274,6 +286,19 @@ impl<T: AsRawFd> AsyncFd<T> {
         self.src.wait_ready(Dir::Write)
     }
 
+    /// A [select](mod@crate::select) branch that fires when the fd is readable (or has an error or
+    /// hang-up to report), with `Ok(())`, as [`readable`](AsyncFd::readable) returns; or with
+    /// the error `readable` would give. It consumes nothing: see [`Ready`].
+    pub fn readable_branch(&self) -> Ready<'_> {
+        Ready::new(&self.src, Dir::Read)
+    }
+
+    /// A [select](mod@crate::select) branch that fires when the fd is writable; see
+    /// [`readable_branch`](AsyncFd::readable_branch).
+    pub fn writable_branch(&self) -> Ready<'_> {
+        Ready::new(&self.src, Dir::Write)
+    }
+
     /// Runs the non-blocking read `op` until it does not fail with `WouldBlock`, waiting for
     /// readability in between.
     pub fn read_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
@@ -345,4 +370,155 @@ pub fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// Waits until `fd` is writable; see [`wait_readable`].
 pub fn wait_writable(fd: BorrowedFd<'_>) -> io::Result<()> {
     Source::new(fd.as_raw_fd()).wait_ready(Dir::Write)
+}
+
+/// A branch for [`select!`](crate::select!) that fires when `fd` is readable; see [`Ready`].
+/// The fd is registered with the loop while the branch waits in a task, and withdrawn when the
+/// branch is dropped.
+///
+/// # Errors
+/// The branch fires with an error if the fd is not valid, or is registered with the loop
+/// already (it belongs to an [`AsyncFd`] or a socket of this crate: use their
+/// `readable_branch`).
+pub fn readable_branch(fd: BorrowedFd<'_>) -> Ready<'_> {
+    Ready::owned(fd, Dir::Read)
+}
+
+/// A branch that fires when `fd` is writable; see [`readable_branch`].
+pub fn writable_branch(fd: BorrowedFd<'_>) -> Ready<'_> {
+    Ready::owned(fd, Dir::Write)
+}
+
+/// How often a readiness branch of a select on a plain thread looks at its fd (nothing tells
+/// a parked thread that an fd became ready).
+const THREAD_POLL: Duration = Duration::from_millis(1);
+
+/// The source a [`Ready`] branch watches: an fd's own, or one made for the branch.
+enum SrcRef<'a> {
+    Borrowed(&'a Source),
+    Owned(Source, PhantomData<BorrowedFd<'a>>),
+}
+
+/// A [select](mod@crate::select) branch that fires when an fd is ready for reading or writing
+/// (level-triggered: at once if it already is), with `Ok(())`, or with an error (the fd was
+/// [closed](AsyncFd::close), is not valid, or could not be registered with the loop).
+///
+/// Made by [`AsyncFd::readable_branch`], the sockets' `readable_branch`/`writable_branch`
+/// ([`TcpStream`](crate::net::TcpStream), …) and [`readable_branch`]/[`writable_branch`].
+///
+/// **Consumes nothing**: readiness is only looked at (`poll(2)` with no wait), so a losing
+/// branch leaves the fd as it was, and a winning one says the fd was ready when the select
+/// looked — the read or write that follows can still say `WouldBlock` if another task drained
+/// the fd in between (the crate's own `read`/`write` then just wait again).
+///
+/// In a task it waits on the loop's reactor (its waiter is withdrawn when the select ends);
+/// on a plain thread the select looks at the fd every millisecond.
+pub struct Ready<'a> {
+    src: SrcRef<'a>,
+    dir: Dir,
+    /// The waiter this branch added: the loop, the fd's slot and the key.
+    reg: Option<(u64, Slot, TaskKey)>,
+    /// Registered for a parked thread: the select should look again soon.
+    polling: bool,
+    /// An error from registering, to fire with.
+    err: Option<io::Error>,
+}
+
+impl<'a> Ready<'a> {
+    pub(crate) fn new(src: &'a Source, dir: Dir) -> Ready<'a> {
+        Ready {
+            src: SrcRef::Borrowed(src),
+            dir,
+            reg: None,
+            polling: false,
+            err: None,
+        }
+    }
+
+    fn owned(fd: BorrowedFd<'a>, dir: Dir) -> Ready<'a> {
+        Ready {
+            src: SrcRef::Owned(Source::new(fd.as_raw_fd()), PhantomData),
+            dir,
+            reg: None,
+            polling: false,
+            err: None,
+        }
+    }
+
+    fn source(&self) -> &Source {
+        match &self.src {
+            SrcRef::Borrowed(s) => s,
+            SrcRef::Owned(s, _) => s,
+        }
+    }
+}
+
+impl Selectable for Ready<'_> {
+    type Output = io::Result<()>;
+
+    fn try_select(&mut self) -> Option<io::Result<()>> {
+        if let Some(e) = self.err.take() {
+            return Some(Err(e));
+        }
+        let src = self.source();
+        if src.is_closed() {
+            return Some(Err(closed_error()));
+        }
+        match poll_fd(src.fd, self.dir, 0) {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn register(&mut self, waker: &Waker) {
+        self.deregister();
+        if self.source().is_closed() {
+            return; // `try_select` fires with the error; a closed fd stays out of the loop
+        }
+        let inner = waker
+            .task_key()
+            .and_then(|(id, key)| Some((current_loop().filter(|l| l.id() == id)?, key)));
+        let Some((inner, key)) = inner else {
+            self.polling = true;
+            return;
+        };
+        match self.source().slot_in(&inner) {
+            Ok(slot) => {
+                inner.reactor().add_waiter(slot, self.dir, key);
+                self.reg = Some((inner.id(), slot, key));
+            }
+            Err(e) => self.err = Some(e),
+        }
+    }
+
+    fn deregister(&mut self) {
+        self.polling = false;
+        let Some((id, slot, key)) = self.reg.take() else {
+            return;
+        };
+        if let Some(inner) = current_loop().filter(|l| l.id() == id) {
+            inner.reactor().remove_waiter(slot, self.dir, key);
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.polling.then(|| Instant::now() + THREAD_POLL)
+    }
+}
+
+impl Drop for Ready<'_> {
+    fn drop(&mut self) {
+        self.deregister();
+    }
+}
+
+impl fmt::Debug for Ready<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ready")
+            .field("fd", &self.source().fd)
+            .field("dir", &self.dir)
+            .field("registered", &self.reg.is_some())
+            .finish()
+    }
 }

@@ -57,6 +57,9 @@
 //!   made progress (QEMU's `aio_poll`); a [`BottomHalf`] is a reusable callback scheduled at
 //!   most once, for the next turn (QEMU's `QEMUBH`); a [`RemoteBottomHalf`] schedules one from
 //!   any thread.
+//! * **Groups and choices**: a [`JoinSet`] joins tasks in the order they finish, [`join_all`]
+//!   in the order given; [`select!`] waits for the first of several things (a join, a
+//!   readiness, a timer, a channel — any [`select::Selectable`]), the others untouched.
 //! * **Readiness and sockets**: [`io`] waits for fds ([`io::AsyncFd`]); [`net`] has TCP and
 //!   Unix sockets whose `Read`/`Write` yield on `WouldBlock`.
 //! * **Time** ([`time`]): [`sleep`], [`sleep_until`], [`timeout`] (abandons a block of code
@@ -123,7 +126,9 @@
 //!   Beside it, `bh`: bottom halves on the loop's turns ([`BottomHalf`]).
 //! * **Operations** — built on `wait`: readiness ([`io`], [`net`]), file requests (`request`,
 //!   [`fs`]), worker jobs ([`blocking`]), timers ([`time`]), wakers (`waker`), [`sync`], and
-//!   tasks (`task`: [`JoinHandle`], [`TaskBuilder`]), [`signal`] and [`process`].
+//!   tasks (`task`: [`JoinHandle`], [`TaskBuilder`]), [`signal`] and [`process`]; selects
+//!   ([`select`](mod@select): its protocol, which `io`, `net` and `task` implement for their
+//!   branches, and the executor) and sets of tasks (`joinset`: [`JoinSet`]).
 //! * **Top floor** — [`remote`] ([`LoopHandle`]), `event_loop` ([`EventLoop`]) and `builder`
 //!   ([`LoopBuilder`], which composes the drivers into a loop).
 
@@ -136,6 +141,7 @@ mod builder;
 mod event_loop;
 pub mod fs;
 pub mod io;
+mod joinset;
 mod key;
 mod mailbox;
 pub mod net;
@@ -161,8 +167,9 @@ pub use blocking::run_blocking;
 pub use builder::LoopBuilder;
 pub use event_loop::{call_soon, current_handle, EventLoop};
 pub use fs::{File, IoBackend};
+pub use joinset::{join_all, try_join_all, JoinNext, JoinSet};
 pub use remote::{suspend, LoopClosed, LoopHandle, RemoteJoinHandle, Waker};
-pub use task::{spawn, JoinError, JoinHandle, TaskBuilder};
+pub use task::{spawn, JoinBranch, JoinError, JoinHandle, TaskBuilder};
 pub use time::{interval, interval_at, Interval, MissedTickBehavior};
 pub use time::{sleep, sleep_until, timeout, timeout_at, Elapsed, WakeableSleep};
 pub use wait::{in_task, yield_now};

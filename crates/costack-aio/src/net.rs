@@ -489,3 +489,25 @@ impl fmt::Debug for UnixListener {
             .finish()
     }
 }
+
+/// The readiness branches of the sockets, for [`select!`](crate::select!).
+macro_rules! ready_branches {
+    ($($t:ident),*) => {$(
+        impl $t {
+            /// A [select](mod@crate::select) branch that fires when the socket is readable (for a
+            /// listener: has a connection to accept), or has an error or hang-up to report; see
+            /// [`Ready`](crate::io::Ready). It consumes nothing.
+            pub fn readable_branch(&self) -> crate::io::Ready<'_> {
+                crate::io::Ready::new(&self.src, Dir::Read)
+            }
+
+            /// A [select](mod@crate::select) branch that fires when the socket is writable; see
+            /// [`Ready`](crate::io::Ready).
+            pub fn writable_branch(&self) -> crate::io::Ready<'_> {
+                crate::io::Ready::new(&self.src, Dir::Write)
+            }
+        }
+    )*};
+}
+
+ready_branches!(TcpStream, TcpListener, UnixStream, UnixListener);

@@ -93,6 +93,15 @@ impl Waiters {
         }
     }
 
+    /// Removes `key` (this very wait of its task), if it is there.
+    fn remove(&mut self, key: TaskKey) {
+        if self.first == Some(key) {
+            self.first = self.more.pop();
+        } else if let Some(i) = self.more.iter().position(|&k| k == key) {
+            self.more.swap_remove(i);
+        }
+    }
+
     /// Wakes and removes them all.
     fn wake_all(&mut self, wake: &mut dyn FnMut(TaskKey)) {
         if let Some(k) = self.first.take() {
@@ -241,6 +250,22 @@ impl Reactor {
         match dir {
             Dir::Read => e.readers.add(key),
             Dir::Write => e.writers.add(key),
+        }
+    }
+
+    /// Withdraws the waiter `key` for `dir` from the fd of `slot`, if the slot is still that
+    /// fd's and the key still there (a select that ended without this fd firing).
+    pub(crate) fn remove_waiter(&self, slot: Slot, dir: Dir, key: TaskKey) {
+        let mut entries = self.entries.borrow_mut();
+        let Some(e) = entries.get_mut(slot.idx as usize) else {
+            return;
+        };
+        if !e.in_use || e.gen != slot.gen {
+            return;
+        }
+        match dir {
+            Dir::Read => e.readers.remove(key),
+            Dir::Write => e.writers.remove(key),
         }
     }
 

@@ -1,14 +1,17 @@
 //! Tasks: spawning them, and the handles that join, detach or cancel them.
 //!
 //! Third floor: imports the loop proper ([`runtime`](crate::runtime): the task table, the run
-//! loop) and the wait protocol ([`wait`](crate::wait)). A task is a coroutine in the loop's
+//! loop), the wait protocol ([`wait`](crate::wait)), and the wakers (`waker`) and the
+//! [`Selectable`] protocol (`select`) for [`JoinHandle::join_branch`]. A task is a coroutine in the loop's
 //! table (see the `wait` module for how it waits); here is what surrounds it: the body every
 //! task runs (`task_main`), the state it shares with its [`JoinHandle`] (its result, or its
 //! panic, and who waits to join it), [`JoinError`], and the options of [`TaskBuilder`].
 
 use crate::key::TaskKey;
 use crate::runtime::{current_loop, expect_loop, Inner, TaskShared};
+use crate::select::Selectable;
 use crate::wait::begin_wait;
+use crate::waker::Waker;
 use costack::Builder;
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -65,6 +68,7 @@ where
     }
     shared.finished.set(true);
     let joiner = shared.joiner.take();
+    let notify = shared.notify.take();
     drop(shared);
     if let Some(inner) = current_loop() {
         if let Some(me) = me {
@@ -74,6 +78,9 @@ where
         if let Some(j) = joiner {
             inner.wake(j);
         }
+    }
+    if let Some(n) = notify {
+        n();
     }
 }
 
@@ -88,7 +95,13 @@ struct JoinShared<T> {
     finished: Cell<bool>,
     cancelled: Cell<bool>,
     joiner: Cell<Option<TaskKey>>,
+    /// Called once when the task finishes or is dropped by the loop's shutdown: a select's
+    /// join branch, or the [`JoinSet`](crate::JoinSet) that holds the handle.
+    notify: Cell<Option<Notify>>,
 }
+
+/// What a task calls when it is done (see `JoinShared::notify`).
+pub(crate) type Notify = Box<dyn FnOnce()>;
 
 impl<T> JoinShared<T> {
     fn new() -> Self {
@@ -98,6 +111,7 @@ impl<T> JoinShared<T> {
             finished: Cell::new(false),
             cancelled: Cell::new(false),
             joiner: Cell::new(None),
+            notify: Cell::new(None),
         }
     }
 
@@ -109,6 +123,9 @@ impl<T> JoinShared<T> {
 impl<T> TaskShared for JoinShared<T> {
     fn mark_cancelled(&self) {
         self.cancelled.set(true);
+        if let Some(n) = self.notify.take() {
+            n();
+        }
     }
 }
 
@@ -197,6 +214,9 @@ impl<T> JoinHandle<T> {
             if self.shared.cancelled.get() {
                 return Err(JoinError::Cancelled);
             }
+            if self.shared.finished.get() {
+                spent();
+            }
             match begin_wait() {
                 Some(w) => {
                     self.shared.joiner.set(Some(w.key));
@@ -211,6 +231,53 @@ impl<T> JoinHandle<T> {
                 },
             }
         }
+    }
+
+    /// A [select](mod@crate::select) branch that fires when the task is done, with what
+    /// [`try_join`](JoinHandle::try_join) would return. A losing branch leaves the handle as it
+    /// was (joinable, cancellable, usable in the next select); a winning one takes the
+    /// result, after which the handle is spent: joining it (or selecting on it) again panics.
+    ///
+    /// Outside any task, a select runs the thread's loop while it waits (as `join` does), so
+    /// the task can finish.
+    ///
+    /// ```
+    /// use costack_aio::select::sleep;
+    /// use costack_aio::{spawn, EventLoop};
+    /// use std::time::Duration;
+    ///
+    /// let lp = EventLoop::new();
+    /// lp.block_on(|| {
+    ///     let mut h = spawn(|| { costack_aio::sleep(Duration::from_millis(20)); "done" });
+    ///     let mut ticks = 0;
+    ///     let v = loop {
+    ///         costack_aio::select! {
+    ///             r = h.join_branch() => break r.unwrap(),
+    ///             () = sleep(Duration::from_millis(1)) => ticks += 1,
+    ///         }
+    ///     };
+    ///     assert_eq!(v, "done");
+    ///     assert!(ticks >= 1);
+    /// });
+    /// ```
+    pub fn join_branch(&mut self) -> JoinBranch<'_, T> {
+        JoinBranch { h: self }
+    }
+
+    /// Whether the task finished or was dropped (its result can be taken without waiting).
+    pub(crate) fn is_done(&self) -> bool {
+        self.shared.is_done()
+    }
+
+    /// Sets (or clears) what the task calls when it is done; see `JoinShared::notify`.
+    pub(crate) fn set_notify(&self, n: Option<Notify>) {
+        self.shared.notify.set(n);
+    }
+
+    /// Whether the caller runs in this very task (or in a coroutine it entered).
+    pub(crate) fn is_current(&self) -> bool {
+        current_loop().is_some_and(|l| l.id() == self.loop_id)
+            && costack::park::root_id().is_some_and(|r| r.as_u64() == self.co)
     }
 
     /// Runs `inner`'s loop until the task is done (finished or dropped).
@@ -230,6 +297,7 @@ impl<T> JoinHandle<T> {
     /// A task that cancels itself does not return from `cancel`: it unwinds as soon as it
     /// yields to the loop.
     pub fn cancel(self) {
+        self.shared.notify.take();
         if self.shared.is_done() {
             return;
         }
@@ -247,6 +315,51 @@ impl<T> JoinHandle<T> {
                 costack::park::Park::new().suspend();
             }
         }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn spent() -> ! {
+    panic!("costack-aio: this task's result was already taken by a select's join branch")
+}
+
+/// The [select](mod@crate::select) branch of a [`JoinHandle`], made by
+/// [`JoinHandle::join_branch`]. Output: the task's `Result<T, JoinError>`.
+pub struct JoinBranch<'a, T> {
+    h: &'a mut JoinHandle<T>,
+}
+
+impl<T> Selectable for JoinBranch<'_, T> {
+    type Output = Result<T, JoinError>;
+
+    fn try_select(&mut self) -> Option<Result<T, JoinError>> {
+        let shared = &self.h.shared;
+        if let Some(r) = shared.result.borrow_mut().take() {
+            return Some(r.map_err(JoinError::Panicked));
+        }
+        if shared.cancelled.get() {
+            return Some(Err(JoinError::Cancelled));
+        }
+        if shared.finished.get() {
+            spent();
+        }
+        None
+    }
+
+    fn register(&mut self, waker: &Waker) {
+        let w = waker.clone();
+        self.h.shared.notify.set(Some(Box::new(move || w.wake())));
+    }
+
+    fn deregister(&mut self) {
+        self.h.shared.notify.take();
+    }
+}
+
+impl<T> fmt::Debug for JoinBranch<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("JoinBranch").field(&self.h).finish()
     }
 }
 

@@ -3,14 +3,15 @@
 //!
 //! Third floor: imports the wait protocol (`wait`), the mailbox (`mailbox`), and the loop
 //! proper (`runtime`, for `deliver`: a wake on the loop's own thread goes straight to its ready
-//! queue). The public items are re-exported by [`remote`](crate::remote), with the rest of
+//! queue; and to run the thread's loop while a select waits outside any task). The public items are re-exported by [`remote`](crate::remote), with the rest of
 //! the cross-thread API.
 
 use crate::key::TaskKey;
 use crate::mailbox::{lock, Msg, Remote};
-use crate::runtime::deliver;
+use crate::runtime::{current_loop, deliver, Inner};
 use crate::wait::{begin_wait, Wait};
 use std::fmt;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
@@ -42,7 +43,15 @@ enum WakerKind {
 pub(crate) struct ThreadParker {
     thread: Thread,
     woken: AtomicBool,
+    /// The loop the thread runs while it waits ([`prepare_park_driving`]): a wake also ends
+    /// that loop's wait for events.
+    poke: Option<Arc<Remote>>,
 }
+
+/// A key that names no task (no coroutine has id 0: costack numbers them from its thread
+/// number, which starts at 1, times 2^40): waking it does nothing but end the loop's wait for
+/// events.
+const NO_TASK: TaskKey = TaskKey { co: 0, epoch: 0 };
 
 impl Waker {
     /// Ends the wait this waker was made for, if it is still going on (see the type docs).
@@ -52,7 +61,20 @@ impl Waker {
             WakerKind::Thread(p) => {
                 p.woken.store(true, Ordering::Release);
                 p.thread.unpark();
+                if let Some(remote) = &p.poke {
+                    deliver(remote, Msg::Wake(NO_TASK));
+                }
             }
+        }
+    }
+}
+
+impl Waker {
+    /// The loop and the key of the task wait this waker ends; `None` for a parked thread.
+    pub(crate) fn task_key(&self) -> Option<(u64, TaskKey)> {
+        match &self.kind {
+            WakerKind::Task { remote, key } => Some((remote.loop_id(), *key)),
+            WakerKind::Thread(_) => None,
         }
     }
 }
@@ -73,10 +95,12 @@ impl fmt::Debug for Waker {
     }
 }
 
-/// The waiting side of a [`Waker`]: a task's wait, or a parked thread.
+/// The waiting side of a [`Waker`]: a task's wait, a parked thread, or a thread that runs its
+/// loop while it waits.
 pub(crate) enum Park {
     Task(Wait),
     Thread(Arc<ThreadParker>),
+    Drive(Arc<ThreadParker>, Rc<Inner>),
 }
 
 /// Starts a wait of the caller (a task, or a thread outside any coroutine) and returns the
@@ -96,6 +120,7 @@ pub(crate) fn prepare_park() -> (Waker, Park) {
             let p = Arc::new(ThreadParker {
                 thread: std::thread::current(),
                 woken: AtomicBool::new(false),
+                poke: None,
             });
             (
                 Waker {
@@ -107,12 +132,55 @@ pub(crate) fn prepare_park() -> (Waker, Park) {
     }
 }
 
+/// As [`prepare_park`]; but outside any coroutine, on a thread that has an event loop, the
+/// wait runs that loop (as `JoinHandle::join` does there), so that its tasks can end the wait;
+/// the waker then also wakes the loop. A select waits this way.
+pub(crate) fn prepare_park_driving() -> (Waker, Park) {
+    let (waker, park) = prepare_park();
+    let Park::Thread(_) = park else {
+        return (waker, park);
+    };
+    let Some(inner) = current_loop() else {
+        return (waker, park);
+    };
+    let p = Arc::new(ThreadParker {
+        thread: std::thread::current(),
+        woken: AtomicBool::new(false),
+        poke: Some(inner.remote().clone()),
+    });
+    (
+        Waker {
+            kind: WakerKind::Thread(p.clone()),
+        },
+        Park::Drive(p, inner),
+    )
+}
+
 impl Park {
     /// Waits for the waker, or until `deadline`. May return early (the caller re-checks its
     /// condition).
+    ///
+    /// # Panics
+    /// `Drive`: if the loop is running already (the caller is a `call_soon` callback).
     pub(crate) fn park(&self, deadline: Option<Instant>) {
         match self {
             Park::Task(w) => w.park(deadline),
+            Park::Drive(p, inner) => {
+                // A timer entry that wakes no task bounds the loop's wait by the deadline; it is
+                // removed however `run_until` ends.
+                struct Timer<'a>(&'a Inner, Option<(Instant, u64)>);
+                impl Drop for Timer<'_> {
+                    fn drop(&mut self) {
+                        if let Some(t) = self.1 {
+                            self.0.remove_timer(t);
+                        }
+                    }
+                }
+                let _timer = Timer(inner, deadline.map(|d| inner.add_timer(d, NO_TASK)));
+                inner.run_until(&|| {
+                    p.woken.load(Ordering::Acquire) || deadline.is_some_and(|d| Instant::now() >= d)
+                });
+            }
             Park::Thread(p) => {
                 while !p.woken.load(Ordering::Acquire) {
                     match deadline {
