@@ -372,7 +372,10 @@ fn a_select_that_must_wait_in_a_call_soon_callback_panics_with_a_message() {
             costack_aio::select! { () = flag.branch() => () }
         }))
         .unwrap_err();
-        *m2.borrow_mut() = e.downcast_ref::<&str>().map(|s| s.to_string());
+        *m2.borrow_mut() = e
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| e.downcast_ref::<String>().cloned());
     });
     lp.block_on(yield_now);
     let msg = msg.borrow().clone().unwrap();
