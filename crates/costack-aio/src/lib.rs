@@ -55,6 +55,8 @@
 //!   of the `wait` module.
 //! * **Readiness and sockets**: [`io`] waits for fds ([`io::AsyncFd`]); [`net`] has TCP and
 //!   Unix sockets whose `Read`/`Write` yield on `WouldBlock`.
+//!   [`net::UdpSocket`]'s sends and receives yield the same way; [`net::lookup_host`] resolves
+//!   host names on the worker pool (so does `connect` given a name), keeping the loop running.
 //! * **Time** ([`time`]): [`sleep`], [`sleep_until`], [`timeout`] (abandons a block of code
 //!   whose wait overruns a deadline), and [`WakeableSleep`].
 //! * **Files** ([`fs`]): [`File`] reads and writes at offsets, syncs, punches holes; each
