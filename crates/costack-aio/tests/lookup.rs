@@ -76,10 +76,10 @@ fn localhost_resolves_to_loopback_with_the_port() {
 #[test]
 fn an_invalid_name_fails() {
     EventLoop::new().block_on(|| {
-        assert!(lookup_host("nonexistent.invalid:80").is_err());
+        // Each lookup of an `.invalid` name may ask the resolver (glibc does not know the
+        // name is reserved), so there are few of them.
         assert!(lookup_host(("nonexistent.invalid", 80)).is_err());
         assert!(TcpStream::connect("nonexistent.invalid:80").is_err());
-        assert!(UdpSocket::bind("nonexistent.invalid:0").is_err());
     });
 }
 

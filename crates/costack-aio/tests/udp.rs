@@ -121,6 +121,13 @@ fn connected_socket_reports_refusal_and_filters_peers() {
         peer.send_to(b"peer", s.local_addr().unwrap()).unwrap();
         let n = s.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"peer");
+        // peek leaves the datagram for the next recv.
+        peer.send_to(b"twice", s.local_addr().unwrap()).unwrap();
+        let mut peeked = [0u8; 8];
+        let n = s.peek(&mut peeked).unwrap();
+        assert_eq!(&peeked[..n], b"twice");
+        let n = s.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"twice");
     });
 }
 
@@ -199,10 +206,10 @@ fn recv_in_timeout_is_cut_cleanly_and_the_socket_still_works() {
         assert!(r.is_err(), "nothing was sent, yet recv returned {r:?}");
         assert!(took >= Duration::from_millis(50), "cut early: {took:?}");
         assert!(took < Duration::from_secs(2), "cut late: {took:?}");
-        // Another task sends later; the abandoned wait left nothing behind.
+        // Another task sends while this one waits again; the abandoned wait left nothing
+        // behind.
         let addr = s.local_addr().unwrap();
         let sender = spawn(move || {
-            costack_aio::sleep(Duration::from_millis(5));
             UdpSocket::bind("127.0.0.1:0")
                 .unwrap()
                 .send_to(b"late", addr)

@@ -110,6 +110,10 @@ impl UdpSocket {
     /// Sends `buf` as one datagram to `target` (its first address, if it gives several);
     /// yields while the send buffer is full. The number of bytes sent.
     ///
+    /// A host name is looked up on every call (on the worker pool, see
+    /// [`lookup_host`](super::lookup_host)): to send to one repeatedly, look it up once and
+    /// pass the `SocketAddr`.
+    ///
     /// # Errors
     /// `InvalidInput` if `target` gives no address; std's errors otherwise (a datagram larger
     /// than the protocol allows is refused whole, with the system's `EMSGSIZE`).
