@@ -62,6 +62,8 @@
 //!   readiness, a timer, a channel — any [`select::Selectable`]), the others untouched.
 //! * **Readiness and sockets**: [`io`] waits for fds ([`io::AsyncFd`]); [`net`] has TCP and
 //!   Unix sockets whose `Read`/`Write` yield on `WouldBlock`.
+//!   [`net::UdpSocket`]'s sends and receives yield the same way; [`net::lookup_host`] resolves
+//!   host names on the worker pool (so does `connect` given a name), keeping the loop running.
 //! * **Time** ([`time`]): [`sleep`], [`sleep_until`], [`timeout`] (abandons a block of code
 //!   whose wait overruns a deadline), [`WakeableSleep`], and [`interval`] ([`Interval`]: ticks
 //!   at a period, with a [`MissedTickBehavior`]).
