@@ -70,6 +70,8 @@
 //!   any thread; [`suspend`] gives a [`Waker`] that resumes a task from any thread — on its own
 //!   loop: coroutines never migrate.
 //! * **Locks across loops** ([`sync`]): [`sync::Mutex`], for tasks on different threads.
+//! * **Channels** ([`channel`]): oneshot and mpsc (bounded, unbounded) whose waits yield the
+//!   task; a `Send` flavour across loops and threads, and a faster local one for one loop.
 //!
 //! ## Rules of the road
 //!
@@ -123,6 +125,7 @@
 pub mod blocking;
 pub mod buf;
 mod builder;
+pub mod channel;
 mod event_loop;
 pub mod fs;
 pub mod io;
