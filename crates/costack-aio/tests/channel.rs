@@ -524,7 +524,11 @@ fn waker() -> Waker {
     out.unwrap()
 }
 
-flavour_tests!(send, costack_aio::channel::mpsc, costack_aio::channel::oneshot);
+flavour_tests!(
+    send,
+    costack_aio::channel::mpsc,
+    costack_aio::channel::oneshot
+);
 flavour_tests!(
     local,
     costack_aio::channel::local::mpsc,
@@ -546,11 +550,17 @@ fn errors_display_debug_and_are_errors() {
     is_error(&f);
     assert_eq!(f.to_string(), "sending on a full channel");
     assert_eq!(c.to_string(), "sending on a closed channel");
-    assert_eq!((format!("{f:?}"), format!("{c:?}")), ("Full(..)".into(), "Closed(..)".into()));
+    assert_eq!(
+        (format!("{f:?}"), format!("{c:?}")),
+        ("Full(..)".into(), "Closed(..)".into())
+    );
     assert_eq!((f.into_inner(), c.into_inner()), (1, 2));
     assert_eq!(TrySendError::from(SendError(3)), TrySendError::Closed(3));
     is_error(&TryRecvError::Empty);
-    assert_eq!(TryRecvError::Empty.to_string(), "receiving on an empty channel");
+    assert_eq!(
+        TryRecvError::Empty.to_string(),
+        "receiving on an empty channel"
+    );
     assert_eq!(
         TryRecvError::Disconnected.to_string(),
         "receiving on a closed channel (every sender is gone)"
@@ -598,7 +608,10 @@ fn a_task_feeds_a_plain_thread_that_blocks_in_recv() {
 fn until(f: impl Fn() -> bool) {
     let t0 = std::time::Instant::now();
     while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "condition not reached");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "condition not reached"
+        );
         std::thread::yield_now();
     }
 }
@@ -699,14 +712,26 @@ fn a_select_branch_is_woken_from_another_thread() {
         let mut b = rx.recv_branch();
         assert_eq!(b.try_select(), None);
         let t = std::thread::spawn(move || tx.send(99u32).unwrap());
-        loop {
-            suspend(|w| b.register(&w));
+        // The select protocol: try, register, try again (a value may have come between),
+        // park; when woken, try again.
+        let got = loop {
             if let Some(v) = b.try_select() {
-                assert_eq!(v, Some(99));
-                break;
+                break v;
             }
-        }
+            let mut again = None;
+            suspend(|w| {
+                b.register(&w);
+                again = b.try_select();
+                if again.is_some() {
+                    w.wake();
+                }
+            });
+            if let Some(v) = again {
+                break v;
+            }
+        };
         b.deregister();
+        assert_eq!(got, Some(99));
         t.join().unwrap();
     });
 }

@@ -3,7 +3,7 @@
 //!
 //! Imports the wakers (`waker`), the mailbox's `lock` and the channel state (`core`).
 
-use super::core::{Wake, WaitQueue};
+use super::core::{WaitQueue, Wake};
 use crate::mailbox::lock;
 use crate::waker::{prepare_park, Waker};
 use std::sync::{Mutex, MutexGuard};
@@ -25,7 +25,12 @@ pub(crate) type Ready<S> = fn(&S) -> bool;
 /// out of the queue (if still there: a spurious resume) when it locks again. If the wait is
 /// abandoned by unwinding (a `timeout`, a cancelled task), the waiter leaves the queue; if it
 /// had been woken already, it passes the wake-up on to the next waiter.
-pub(crate) fn wait<S>(m: &Mutex<S>, mut g: MutexGuard<'_, S>, queue: Queue<S>, ready: Ready<S>) -> u64 {
+pub(crate) fn wait<S>(
+    m: &Mutex<S>,
+    mut g: MutexGuard<'_, S>,
+    queue: Queue<S>,
+    ready: Ready<S>,
+) -> u64 {
     let (waker, park) = prepare_park();
     let ticket = queue(&mut g).push(waker);
     drop(g);

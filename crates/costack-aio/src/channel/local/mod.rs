@@ -19,7 +19,7 @@
 pub mod mpsc;
 pub mod oneshot;
 
-use super::core::{Wake, WaitQueue};
+use super::core::{WaitQueue, Wake};
 use crate::key::TaskKey;
 use crate::runtime::{current_loop, Inner};
 use crate::wait::begin_wait;

@@ -28,9 +28,9 @@
 //! assert_eq!(got, [0, 1, 2, 3, 4]);
 //! ```
 
+use super::{leave, wait, Waiter};
 use crate::channel::core::{wake_all, wake_opt, Chan};
 pub use crate::channel::error::{SendError, TryRecvError, TrySendError};
-use super::{leave, wait, Waiter};
 use crate::select::Selectable;
 use crate::waker::Waker;
 use std::cell::RefCell;
@@ -324,7 +324,10 @@ impl<T> Selectable for RecvBranch<'_, T> {
 
     fn register(&mut self, waker: &Waker) {
         let mut g = self.rx.shared.borrow_mut();
-        self.ticket = Some(g.rx_waiters.replace_or_push(self.ticket, Waiter::Waker(waker.clone())));
+        self.ticket = Some(
+            g.rx_waiters
+                .replace_or_push(self.ticket, Waiter::Waker(waker.clone())),
+        );
     }
 
     fn deregister(&mut self) {
@@ -382,7 +385,10 @@ impl<T> Selectable for SendBranch<'_, T> {
 
     fn register(&mut self, waker: &Waker) {
         let mut g = self.tx.shared.borrow_mut();
-        self.ticket = Some(g.tx_waiters.replace_or_push(self.ticket, Waiter::Waker(waker.clone())));
+        self.ticket = Some(
+            g.tx_waiters
+                .replace_or_push(self.ticket, Waiter::Waker(waker.clone())),
+        );
     }
 
     fn deregister(&mut self) {

@@ -19,9 +19,9 @@
 //! assert_eq!(v, Some("done"));
 //! ```
 
+use super::{leave, wait, Waiter};
 use crate::channel::core::{wake_all, One};
 pub use crate::channel::error::TryRecvError;
-use super::{leave, wait, Waiter};
 use crate::select::Selectable;
 use crate::waker::Waker;
 use std::cell::RefCell;
@@ -171,7 +171,10 @@ impl<T> Selectable for RecvBranch<'_, T> {
 
     fn register(&mut self, waker: &Waker) {
         let mut g = self.rx.shared.borrow_mut();
-        self.ticket = Some(g.rx_waiters.replace_or_push(self.ticket, Waiter::Waker(waker.clone())));
+        self.ticket = Some(
+            g.rx_waiters
+                .replace_or_push(self.ticket, Waiter::Waker(waker.clone())),
+        );
     }
 
     fn deregister(&mut self) {
