@@ -117,6 +117,7 @@
 //! * **Operations** — built on `wait`: readiness ([`io`], [`net`]), file requests (`request`,
 //!   [`fs`]), worker jobs ([`blocking`]), timers ([`time`]), wakers (`waker`), [`sync`], and
 //!   tasks (`task`: [`JoinHandle`], [`TaskBuilder`]).
+//!   The channels ([`channel`]) are on this floor too.
 //! * **Top floor** — [`remote`] ([`LoopHandle`]), `event_loop` ([`EventLoop`]) and `builder`
 //!   ([`LoopBuilder`], which composes the drivers into a loop).
 

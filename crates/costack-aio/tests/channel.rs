@@ -488,6 +488,27 @@ macro_rules! flavour_tests {
             }
 
             #[test]
+            fn oneshot_send_branch_sends_once_and_keeps_a_value_it_did_not_send() {
+                in_task(|| {
+                    let (tx, rx) = oneshot::channel();
+                    let lost = tx.send_branch(1);
+                    assert_eq!(lost.into_value(), Some(1));
+                    let mut b = tx.send_branch(2);
+                    let w = waker();
+                    b.register(&w);
+                    assert_eq!(b.try_select(), Some(Ok(())));
+                    b.deregister();
+                    assert_eq!(b.into_value(), None);
+                    let mut again = tx.send_branch(3);
+                    assert_eq!(again.try_select(), Some(Err(SendError(3))));
+                    assert_eq!(rx.recv(), Some(2));
+                    let (tx, rx) = oneshot::channel();
+                    drop(rx);
+                    assert_eq!(tx.send_branch(4).try_select(), Some(Err(SendError(4))));
+                });
+            }
+
+            #[test]
             fn a_deregistered_branch_that_was_woken_passes_the_wake_up_on() {
                 // Two receivers of one (shared) channel wait; a value wakes the first, a select
                 // branch that then loses: the second must get the value.

@@ -28,9 +28,10 @@
 //!
 //! # In a select
 //!
-//! Every receiver has `recv_branch()` and every mpsc sender `send_branch(value)`, which
-//! implement [`Selectable`](crate::select::Selectable): a receive branch that loses consumes
-//! nothing; a send branch that loses keeps its value unsent (`into_value` gives it back).
+//! Every receiver has `recv_branch()` and every sender `send_branch(value)`, which implement
+//! [`Selectable`](crate::select::Selectable): a receive branch that loses consumes nothing; a
+//! send branch that loses keeps its value unsent (`into_value` gives it back; dropping the
+//! branch drops it).
 //!
 //! ```
 //! use costack_aio::channel::{local, mpsc};

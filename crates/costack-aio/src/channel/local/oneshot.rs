@@ -21,7 +21,7 @@
 
 use super::{leave, wait, Waiter};
 use crate::channel::core::{wake_all, One};
-pub use crate::channel::error::TryRecvError;
+pub use crate::channel::error::{SendError, TryRecvError};
 use crate::select::Selectable;
 use crate::waker::Waker;
 use std::cell::RefCell;
@@ -59,6 +59,18 @@ impl<T> Sender<T> {
         let ws = self.shared.borrow_mut().send(v)?;
         wake_all(ws);
         Ok(())
+    }
+
+    /// A select branch that sends `value`; its output is the result of the send, with the
+    /// value in a [`SendError`] if the receiver is closed or gone. A oneshot send never waits,
+    /// so the branch is always ready; it sends once: a second branch of the same sender fails
+    /// with its value. A branch that loses (another was picked first) keeps its value:
+    /// [`SendBranch::into_value`] gives it back.
+    pub fn send_branch(&self, value: T) -> SendBranch<'_, T> {
+        SendBranch {
+            tx: self,
+            value: Some(value),
+        }
     }
 
     /// Whether the receiver is closed or gone (a send would fail).
@@ -194,6 +206,52 @@ impl<T> fmt::Debug for RecvBranch<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("oneshot::RecvBranch")
             .field("registered", &self.ticket.is_some())
+            .finish()
+    }
+}
+
+/// A select branch that sends on a oneshot [`Sender`]; made by [`Sender::send_branch`].
+///
+/// Output: `Ok(())` once sent, or `Err(SendError(value))` if the receiver is closed or gone
+/// (or this sender sent already). Always ready. A branch that loses keeps its value:
+/// [`into_value`](SendBranch::into_value) gives it back.
+pub struct SendBranch<'a, T> {
+    tx: &'a Sender<T>,
+    value: Option<T>,
+}
+
+impl<T> SendBranch<'_, T> {
+    /// The value, if the branch has not sent it (it lost, or never ran).
+    pub fn into_value(mut self) -> Option<T> {
+        self.value.take()
+    }
+}
+
+impl<T> Selectable for SendBranch<'_, T> {
+    type Output = Result<(), SendError<T>>;
+
+    fn try_select(&mut self) -> Option<Self::Output> {
+        let v = self.value.take()?;
+        let r = self.tx.shared.borrow_mut().send(v);
+        Some(match r {
+            Ok(ws) => {
+                wake_all(ws);
+                Ok(())
+            }
+            Err(v) => Err(SendError(v)),
+        })
+    }
+
+    /// Nothing to do: the branch is always ready.
+    fn register(&mut self, _waker: &Waker) {}
+
+    fn deregister(&mut self) {}
+}
+
+impl<T> fmt::Debug for SendBranch<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("oneshot::SendBranch")
+            .field("has_value", &self.value.is_some())
             .finish()
     }
 }
