@@ -10,7 +10,13 @@
 //! tasks that talk to each other, a connection's reader and writer tasks. When a side is on
 //! another loop or a plain thread, use [`channel::mpsc`](crate::channel::mpsc) and
 //! [`channel::oneshot`](crate::channel::oneshot) (the compiler says so: these types are not
-//! `Send`).
+//! `Send`):
+//!
+//! ```compile_fail
+//! let (tx, rx) = costack_aio::channel::local::mpsc::unbounded::<u32>();
+//! std::thread::spawn(move || tx.send(1)); // error: `Rc<..>` cannot be sent between threads
+//! # drop(rx);
+//! ```
 //!
 //! Outside any coroutine (in `main`, say, with the loop not running), a call that must wait
 //! runs the thread's loop until it can go on, as [`JoinHandle::join`](crate::JoinHandle::join)
