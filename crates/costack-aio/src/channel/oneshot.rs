@@ -60,7 +60,8 @@ pub struct Receiver<T> {
 }
 
 impl<T> Sender<T> {
-    /// Sends the value, without waiting; gives it back if the receiver is closed or gone.
+    /// Sends the value, without waiting; gives it back if the receiver is closed or gone (or
+    /// a [`send_branch`](Sender::send_branch) of this sender sent already).
     pub fn send(self, v: T) -> Result<(), T> {
         let ws = lock(&self.shared).send(v)?;
         wake_all(ws);

@@ -71,8 +71,8 @@ pub struct Sender<T> {
 }
 
 /// The receiving side of a [`bounded`] or [`unbounded`] channel, for tasks of one loop (not
-/// `Send`). Dropping it drops the values still buffered
-/// and fails the senders, waiting or not.
+/// `Send`). Dropping it drops the values still buffered and fails the senders, waiting or
+/// not.
 ///
 /// It is an [`Iterator`] of the values received: `for v in rx` ends when every sender is gone
 /// and the buffer is drained (or the receiver was closed and drained).
@@ -82,9 +82,9 @@ pub struct Receiver<T> {
 
 impl<T> Sender<T> {
     /// Sends `v`, waiting while the channel is full (the task yields to its loop; outside any
-    /// coroutine the thread's loop runs until it can go on). Fails, giving `v` back, if the receiver is closed or
-    /// gone — also while waiting: a sender waiting for room is woken with the error when the
-    /// receiver drops or closes.
+    /// coroutine the thread's loop runs until it can go on). Fails, giving `v` back, if the
+    /// receiver is closed or gone — also while waiting: a sender waiting for room is woken
+    /// with the error when the receiver drops or closes.
     ///
     /// If a [`timeout`](crate::timeout) expires (or the task is cancelled) while the send waits
     /// for room, the send is abandoned and `v` is dropped, unsent. To keep the value, use
@@ -192,8 +192,9 @@ impl<T> fmt::Debug for Sender<T> {
 
 impl<T> Receiver<T> {
     /// Receives the next value, waiting while there is none (the task yields to its loop;
-    /// outside any coroutine the thread's loop runs until it can go on). `None` once every sender is gone (or the
-    /// receiver was [`close`](Receiver::close)d) and every buffered value was received.
+    /// outside any coroutine the thread's loop runs until it can go on). `None` once every
+    /// sender is gone (or the receiver was [`close`](Receiver::close)d) and every buffered
+    /// value was received.
     ///
     /// A `recv` interrupted by a [`timeout`](crate::timeout) (or a cancel) consumes nothing.
     ///

@@ -47,14 +47,15 @@ pub struct Sender<T> {
     shared: Shared<T>,
 }
 
-/// The receiving side of a [`oneshot`](self) channel (not `Send`). Dropping it drops
-/// the value if one was sent and not received.
+/// The receiving side of a [`oneshot`](self) channel (not `Send`). Dropping it drops the
+/// value if one was sent and not received.
 pub struct Receiver<T> {
     shared: Shared<T>,
 }
 
 impl<T> Sender<T> {
-    /// Sends the value, without waiting; gives it back if the receiver is closed or gone.
+    /// Sends the value, without waiting; gives it back if the receiver is closed or gone (or
+    /// a [`send_branch`](Sender::send_branch) of this sender sent already).
     pub fn send(self, v: T) -> Result<(), T> {
         let ws = self.shared.borrow_mut().send(v)?;
         wake_all(ws);
@@ -96,8 +97,8 @@ impl<T> fmt::Debug for Sender<T> {
 
 impl<T> Receiver<T> {
     /// Waits for the value (the task yields to its loop; outside any coroutine the thread's
-    /// loop runs until it can go on). `None` if the sender went away without sending, the receiver was closed before
-    /// a value came, or the value was received already.
+    /// loop runs until it can go on). `None` if the sender went away without sending, the
+    /// receiver was closed before a value came, or the value was received already.
     ///
     /// A `recv` interrupted by a [`timeout`](crate::timeout) (or a cancel) consumes nothing:
     /// call it again later.
