@@ -808,3 +808,70 @@ fn a_local_channel_in_a_task_of_a_waiting_sender_is_not_leaked_by_cancel() {
         assert_eq!(rx.collect::<Vec<_>>(), [0]);
     });
 }
+
+#[test]
+fn receives_cut_short_by_timeouts_under_cross_thread_sends_lose_nothing() {
+    // Two threads send 0..N each through a small channel; the receiving task receives with
+    // short timeouts, so wake-ups and expiries race. Every value arrives exactly once.
+    const N: u32 = 20_000;
+    within(60, || {
+        let (tx, rx) = mpsc::bounded(2);
+        let producers: Vec<_> = (0..2u32)
+            .map(|p| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for i in 0..N {
+                        tx.send(p * N + i).unwrap();
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let lp = EventLoop::new();
+        let (seen, expired) = lp.block_on(move || {
+            let mut seen = vec![false; 2 * N as usize];
+            let mut expired = 0u32;
+            loop {
+                match timeout(Duration::from_micros(20), || rx.recv()) {
+                    Ok(Some(v)) => {
+                        assert!(!seen[v as usize], "{v} received twice");
+                        seen[v as usize] = true;
+                    }
+                    Ok(None) => break,
+                    Err(_) => expired += 1,
+                }
+            }
+            assert!(format!("{rx:?}").contains("waiting_receivers: 0"), "{rx:?}");
+            (seen, expired)
+        });
+        producers.into_iter().for_each(|p| p.join().unwrap());
+        assert!(seen.iter().all(|&s| s), "a value was lost");
+        eprintln!("{expired} receives were cut short");
+    });
+}
+
+#[test]
+fn sends_cut_short_by_timeouts_deliver_exactly_the_values_they_report_sent() {
+    // A task sends with short timeouts to a plain thread through a channel of capacity 1: a
+    // send that returns Ok was delivered, one cut short was not (its value was dropped).
+    const N: u32 = 20_000;
+    within(60, || {
+        let (tx, rx) = mpsc::bounded(1);
+        let consumer = std::thread::spawn(move || rx.into_iter().collect::<Vec<u32>>());
+        let lp = EventLoop::new();
+        let sent = lp.block_on(move || {
+            let mut sent = Vec::new();
+            for i in 0..N {
+                if let Ok(r) = timeout(Duration::from_micros(20), || tx.send(i)) {
+                    r.unwrap();
+                    sent.push(i);
+                }
+            }
+            assert!(format!("{tx:?}").contains("waiting_senders: 0"), "{tx:?}");
+            sent
+        });
+        let got = consumer.join().unwrap();
+        eprintln!("{} of {N} sends went through", sent.len());
+        assert_eq!(got, sent);
+    });
+}
