@@ -20,7 +20,9 @@
 //!
 //! Outside any coroutine (in `main`, say, with the loop not running), a call that must wait
 //! runs the thread's loop until it can go on, as [`JoinHandle::join`](crate::JoinHandle::join)
-//! does; without a loop on the thread it panics, since nothing could ever wake it.
+//! does; without a loop on the thread it panics, since nothing could ever wake it. (As with a
+//! std channel, a `recv` outside any task whose only senders are held by the caller itself,
+//! not by a task, waits for ever.)
 
 pub mod mpsc;
 pub mod oneshot;

@@ -408,7 +408,7 @@ impl<T> Drop for SendBranch<'_, T> {
 impl<T> fmt::Debug for SendBranch<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SendBranch")
-            .field("sent", &self.value.is_none())
+            .field("has_value", &self.value.is_some())
             .field("registered", &self.ticket.is_some())
             .finish()
     }
