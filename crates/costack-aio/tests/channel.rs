@@ -875,3 +875,29 @@ fn sends_cut_short_by_timeouts_deliver_exactly_the_values_they_report_sent() {
         assert_eq!(got, sent);
     });
 }
+
+#[test]
+fn producers_on_threads_racing_a_consumer_task_at_capacity_one_lose_no_wake_up() {
+    // Capacity 1: every send finds the channel full about as often as not, so the hand-over
+    // between a receiver handing out a value and a sender starting to wait is raced each time;
+    // a lost wake-up would hang (the time bound fails the test).
+    const N: u64 = 20_000;
+    within(60, || {
+        let (tx, rx) = mpsc::bounded(1);
+        let producers: Vec<_> = (0..2u64)
+            .map(|p| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for i in 0..N {
+                        tx.send(p * N + i).unwrap();
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let lp = EventLoop::new();
+        let (n, sum) = lp.block_on(move || rx.fold((0u64, 0u64), |(n, s), v| (n + 1, s + v)));
+        producers.into_iter().for_each(|p| p.join().unwrap());
+        assert_eq!((n, sum), (2 * N, (2 * N) * (2 * N - 1) / 2));
+    });
+}

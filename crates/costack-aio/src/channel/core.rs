@@ -137,14 +137,42 @@ impl<T, W> Chan<T, W> {
     /// Queues `v` if there is room; on success, the receiver to wake.
     #[inline]
     pub(crate) fn try_send(&mut self, v: T) -> Result<Option<W>, TrySendError<T>> {
+        self.try_send_counting(v, 0)
+    }
+
+    /// [`try_send`](Chan::try_send), counting `held` more values against the capacity (values
+    /// the receiver took out of the buffer but has not handed out yet).
+    #[inline]
+    pub(crate) fn try_send_counting(
+        &mut self,
+        v: T,
+        held: usize,
+    ) -> Result<Option<W>, TrySendError<T>> {
         if self.closed {
             return Err(TrySendError::Closed(v));
         }
-        if self.buf.len() >= self.cap {
+        if !self.has_room(held) {
             return Err(TrySendError::Full(v));
         }
         self.buf.push_back(v);
         Ok(self.rx_waiters.pop())
+    }
+
+    /// Whether one more value fits, with `held` values held outside the buffer.
+    #[inline]
+    pub(crate) fn has_room(&self, held: usize) -> bool {
+        self.buf.len().saturating_add(held) < self.cap
+    }
+
+    /// Moves every buffered value to the back of `into`; returns how many.
+    pub(crate) fn take_buf(&mut self, into: &mut VecDeque<T>) -> usize {
+        let n = self.buf.len();
+        if into.is_empty() {
+            std::mem::swap(&mut self.buf, into);
+        } else {
+            into.extend(self.buf.drain(..));
+        }
+        n
     }
 
     /// Takes the first value; on success, the sender to wake (one waiting for room).
@@ -166,7 +194,7 @@ impl<T, W> Chan<T, W> {
     /// Whether a sender waiting now could go on: there is room or the receiver is gone.
     #[inline]
     pub(crate) fn send_ready(&self) -> bool {
-        self.closed || self.buf.len() < self.cap
+        self.closed || self.has_room(0)
     }
 
     pub(crate) fn add_sender(&mut self) {

@@ -10,7 +10,8 @@
 //!
 //! * **`Send` channels**, [`channel::mpsc`](mpsc) and [`channel::oneshot`](oneshot): senders
 //!   and receiver may be anywhere — tasks of different loops, plain threads. The state is
-//!   behind a `std::sync::Mutex`; a send that ends a wait on another loop wakes that task
+//!   behind a `std::sync::Mutex` (an mpsc receiver takes the buffered values out in batches,
+//!   so a busy producer and consumer do not meet at the lock for every value); a send that ends a wait on another loop wakes that task
 //!   through its loop's eventfd (a [`Waker`](crate::Waker)); a plain thread that must wait
 //!   blocks.
 //! * **Local channels**, [`channel::local::mpsc`](local::mpsc) and

@@ -36,12 +36,59 @@ use super::park::{leave, wait};
 use crate::mailbox::lock;
 use crate::select::Selectable;
 use crate::waker::Waker;
-use std::cell::Cell;
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
-use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-type Shared<T> = Arc<Mutex<Chan<T, Waker>>>;
+/// The state of a channel, with what the receiver and the senders share without the lock.
+///
+/// The receiver takes the buffer in batches (every value there, in one lock) into a cache of
+/// its own, and hands them out from it without locking, so that a producer and a consumer on
+/// two threads do not contend for the lock at every value. The values in the cache still
+/// count against the capacity: `held` says how many there are, and a sender whose count (under
+/// the lock) says the channel is full reads it before deciding so.
+struct Shared<T> {
+    chan: Mutex<Locked<T>>,
+    /// Values in the receiver's cache: taken from the buffer, not yet received.
+    held: AtomicUsize,
+    /// A sender may wait for room: set (under the lock) by a sender that joins the queue,
+    /// cleared (under the lock) when the receiver finds the queue empty. A receiver that
+    /// hands out a value from its cache looks at it to know whether to wake a sender.
+    tx_waiting: AtomicBool,
+}
+
+struct Locked<T> {
+    chan: Chan<T, Waker>,
+    /// An upper bound of `held` (which only the receiver lowers, without the lock): while
+    /// the buffer plus this leaves room, there is room, and `held` need not be read.
+    held_seen: usize,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, Locked<T>> {
+        lock(&self.chan)
+    }
+
+    /// Whether a sender waiting for room could go on (for `leave`).
+    fn send_ready(&self, l: &Locked<T>) -> bool {
+        l.chan.is_closed() || l.chan.has_room(self.held.load(SeqCst))
+    }
+
+    /// Queues `v` if there is room; on success, the receiver to wake.
+    fn try_send(&self, l: &mut Locked<T>, v: T) -> Result<Option<Waker>, TrySendError<T>> {
+        match l.chan.try_send_counting(v, l.held_seen) {
+            Err(TrySendError::Full(v)) => {
+                l.held_seen = self.held.load(SeqCst);
+                l.chan.try_send_counting(v, l.held_seen)
+            }
+            r => r,
+        }
+    }
+}
+
+type Rx<T> = Arc<Shared<T>>;
 
 /// Makes a channel that holds at most `cap` values; a send waits while it is full.
 ///
@@ -58,14 +105,21 @@ pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
 }
 
 fn make<T>(cap: Option<usize>) -> (Sender<T>, Receiver<T>) {
-    let shared = Arc::new(Mutex::new(Chan::new(cap)));
+    let shared = Arc::new(Shared {
+        chan: Mutex::new(Locked {
+            chan: Chan::new(cap),
+            held_seen: 0,
+        }),
+        held: AtomicUsize::new(0),
+        tx_waiting: AtomicBool::new(false),
+    });
     (
         Sender {
             shared: shared.clone(),
         },
         Receiver {
             shared,
-            _not_sync: PhantomData,
+            cache: RefCell::new(VecDeque::new()),
         },
     )
 }
@@ -74,7 +128,7 @@ fn make<T>(cap: Option<usize>) -> (Sender<T>, Receiver<T>) {
 /// it is `Send` and `Sync` (with `T: Send`). When every sender is gone, the receiver gets the
 /// values still buffered, then `None`.
 pub struct Sender<T> {
-    shared: Shared<T>,
+    shared: Rx<T>,
 }
 
 /// The receiving side of a [`bounded`] or [`unbounded`] channel. It is `Send` (move it to the
@@ -84,8 +138,9 @@ pub struct Sender<T> {
 /// It is an [`Iterator`] of the values received: `for v in rx` ends when every sender is gone
 /// and the buffer is drained (or the receiver was closed and drained).
 pub struct Receiver<T> {
-    shared: Shared<T>,
-    _not_sync: PhantomData<Cell<()>>,
+    shared: Rx<T>,
+    /// Values taken from the buffer in a batch, handed out by `recv` (see [`Shared`]).
+    cache: RefCell<VecDeque<T>>,
 }
 
 impl<T> Sender<T> {
@@ -101,14 +156,15 @@ impl<T> Sender<T> {
     /// # Panics
     /// Inside a coroutine that is not a task of this thread's loop, if it must wait.
     pub fn send(&self, v: T) -> Result<(), SendError<T>> {
+        let sh = &*self.shared;
         let mut v = v;
         let mut pending = None;
         loop {
-            let mut g = lock(&self.shared);
+            let mut g = sh.lock();
             if let Some(t) = pending.take() {
-                g.tx_waiters.remove(t);
+                g.chan.tx_waiters.remove(t);
             }
-            match g.try_send(v) {
+            match sh.try_send(&mut g, v) {
                 Ok(w) => {
                     drop(g);
                     wake_opt(w);
@@ -117,12 +173,15 @@ impl<T> Sender<T> {
                 Err(TrySendError::Closed(x)) => return Err(SendError(x)),
                 Err(TrySendError::Full(x)) => {
                     v = x;
-                    pending = Some(wait(
-                        &self.shared,
-                        g,
-                        |c| &mut c.tx_waiters,
-                        Chan::send_ready,
-                    ));
+                    // Say that a sender waits, then look again: a receiver that handed out a
+                    // value meanwhile (lowering `held`) either sees the flag or is seen here.
+                    sh.tx_waiting.store(true, SeqCst);
+                    if sh.send_ready(&g) {
+                        continue;
+                    }
+                    pending = Some(wait(&sh.chan, g, |l| &mut l.chan.tx_waiters, &|l| {
+                        sh.send_ready(l)
+                    }));
                 }
             }
         }
@@ -132,8 +191,8 @@ impl<T> Sender<T> {
     /// `cap` values, [`Closed`](TrySendError::Closed) if the receiver is closed or gone; both
     /// give `v` back.
     pub fn try_send(&self, v: T) -> Result<(), TrySendError<T>> {
-        let mut g = lock(&self.shared);
-        let w = g.try_send(v)?;
+        let mut g = self.shared.lock();
+        let w = self.shared.try_send(&mut g, v)?;
         drop(g);
         wake_opt(w);
         Ok(())
@@ -141,12 +200,12 @@ impl<T> Sender<T> {
 
     /// Whether the receiver is closed or gone (every send fails from now on).
     pub fn is_closed(&self) -> bool {
-        lock(&self.shared).is_closed()
+        self.shared.lock().chan.is_closed()
     }
 
     /// How many values the channel holds now.
     pub fn len(&self) -> usize {
-        lock(&self.shared).len()
+        self.shared.lock().chan.len() + self.shared.held.load(SeqCst)
     }
 
     /// Whether the channel holds no value now.
@@ -156,7 +215,7 @@ impl<T> Sender<T> {
 
     /// The bound of the channel; `None` for an [`unbounded`] one.
     pub fn capacity(&self) -> Option<usize> {
-        lock(&self.shared).capacity()
+        self.shared.lock().chan.capacity()
     }
 
     /// A select branch that sends `value` when there is room; its output is the result of the
@@ -174,7 +233,7 @@ impl<T> Sender<T> {
 impl<T> Clone for Sender<T> {
     /// Another sender of the same channel.
     fn clone(&self) -> Self {
-        lock(&self.shared).add_sender();
+        self.shared.lock().chan.add_sender();
         Sender {
             shared: self.shared.clone(),
         }
@@ -183,20 +242,20 @@ impl<T> Clone for Sender<T> {
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        let ws = lock(&self.shared).drop_sender();
+        let ws = self.shared.lock().chan.drop_sender();
         wake_all(ws);
     }
 }
 
 impl<T> fmt::Debug for Sender<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let g = lock(&self.shared);
+        let g = self.shared.lock();
         f.debug_struct("Sender")
-            .field("len", &g.len())
-            .field("capacity", &g.capacity())
-            .field("closed", &g.is_closed())
-            .field("waiting_receivers", &g.rx_waiters.len())
-            .field("waiting_senders", &g.tx_waiters.len())
+            .field("len", &(g.chan.len() + self.shared.held.load(SeqCst)))
+            .field("capacity", &g.chan.capacity())
+            .field("closed", &g.chan.is_closed())
+            .field("waiting_receivers", &g.chan.rx_waiters.len())
+            .field("waiting_senders", &g.chan.tx_waiters.len())
             .finish()
     }
 }
@@ -211,58 +270,93 @@ impl<T> Receiver<T> {
     /// # Panics
     /// Inside a coroutine that is not a task of this thread's loop, if it must wait.
     pub fn recv(&self) -> Option<T> {
+        let sh = &*self.shared;
         let mut pending = None;
         loop {
-            let mut g = lock(&self.shared);
+            if let Some(v) = self.take_cached() {
+                return Some(v);
+            }
+            let mut g = sh.lock();
             if let Some(t) = pending.take() {
-                g.rx_waiters.remove(t);
+                g.chan.rx_waiters.remove(t);
             }
-            match g.try_recv() {
-                Ok((v, w)) => {
-                    drop(g);
-                    wake_opt(w);
-                    return Some(v);
-                }
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => {
-                    pending = Some(wait(
-                        &self.shared,
-                        g,
-                        |c| &mut c.rx_waiters,
-                        Chan::recv_ready,
-                    ));
-                }
+            if self.refill(&mut g) {
+                continue;
             }
+            if g.chan.no_more_sends() {
+                return None;
+            }
+            pending = Some(wait(&sh.chan, g, |l| &mut l.chan.rx_waiters, &|l| {
+                l.chan.recv_ready()
+            }));
         }
+    }
+
+    /// Hands out the first cached value, and wakes a sender waiting for the room it leaves.
+    #[inline]
+    fn take_cached(&self) -> Option<T> {
+        let v = self.cache.borrow_mut().pop_front()?;
+        let sh = &*self.shared;
+        sh.held.fetch_sub(1, SeqCst);
+        if sh.tx_waiting.load(SeqCst) {
+            let mut g = sh.lock();
+            let w = g.chan.tx_waiters.pop();
+            if g.chan.tx_waiters.len() == 0 {
+                sh.tx_waiting.store(false, SeqCst);
+            }
+            drop(g);
+            wake_opt(w);
+        }
+        Some(v)
+    }
+
+    /// Moves the buffer into the (empty) cache; whether there was anything.
+    fn refill(&self, g: &mut Locked<T>) -> bool {
+        let mut cache = self.cache.borrow_mut();
+        let n = g.chan.take_buf(&mut cache);
+        if n == 0 {
+            return false;
+        }
+        self.shared.held.fetch_add(n, SeqCst);
+        g.held_seen += n;
+        true
     }
 
     /// Receives the next value if one is buffered: [`Empty`](TryRecvError::Empty) if none is
     /// but a sender may still send, [`Disconnected`](TryRecvError::Disconnected) if none ever
     /// will.
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        let mut g = lock(&self.shared);
-        let (v, w) = g.try_recv()?;
-        drop(g);
-        wake_opt(w);
-        Ok(v)
+        if let Some(v) = self.take_cached() {
+            return Ok(v);
+        }
+        let mut g = self.shared.lock();
+        if self.refill(&mut g) {
+            drop(g);
+            return Ok(self.take_cached().expect("refilled"));
+        }
+        Err(if g.chan.no_more_sends() {
+            TryRecvError::Disconnected
+        } else {
+            TryRecvError::Empty
+        })
     }
 
     /// Refuses new sends (they fail with the value; senders waiting for room are woken with
     /// that error) while the values already buffered can still be received.
     pub fn close(&self) {
-        let ws = lock(&self.shared).close();
+        let ws = self.shared.lock().chan.close();
         wake_all(ws);
     }
 
     /// Whether no value can come any more: the receiver was closed or every sender is gone.
     /// (Values may still be buffered: see [`len`](Receiver::len).)
     pub fn is_closed(&self) -> bool {
-        lock(&self.shared).no_more_sends()
+        self.shared.lock().chan.no_more_sends()
     }
 
     /// How many values are buffered.
     pub fn len(&self) -> usize {
-        lock(&self.shared).len()
+        self.cache.borrow().len() + self.shared.lock().chan.len()
     }
 
     /// Whether no value is buffered.
@@ -272,7 +366,7 @@ impl<T> Receiver<T> {
 
     /// The bound of the channel; `None` for an [`unbounded`] one.
     pub fn capacity(&self) -> Option<usize> {
-        lock(&self.shared).capacity()
+        self.shared.lock().chan.capacity()
     }
 
     /// A select branch that receives the next value; its output is what
@@ -297,21 +391,26 @@ impl<T> Iterator for Receiver<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        let (values, ws) = lock(&self.shared).drop_receiver();
+        let cache = std::mem::take(self.cache.get_mut());
+        let mut g = self.shared.lock();
+        let (values, ws) = g.chan.drop_receiver();
+        self.shared.held.store(0, SeqCst);
+        drop(g);
         wake_all(ws);
         drop(values);
+        drop(cache);
     }
 }
 
 impl<T> fmt::Debug for Receiver<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let g = lock(&self.shared);
+        let g = self.shared.lock();
         f.debug_struct("Receiver")
-            .field("len", &g.len())
-            .field("capacity", &g.capacity())
-            .field("closed", &g.no_more_sends())
-            .field("waiting_receivers", &g.rx_waiters.len())
-            .field("waiting_senders", &g.tx_waiters.len())
+            .field("len", &(self.cache.borrow().len() + g.chan.len()))
+            .field("capacity", &g.chan.capacity())
+            .field("closed", &g.chan.no_more_sends())
+            .field("waiting_receivers", &g.chan.rx_waiters.len())
+            .field("waiting_senders", &g.chan.tx_waiters.len())
             .finish()
     }
 }
@@ -337,13 +436,18 @@ impl<T> Selectable for RecvBranch<'_, T> {
     }
 
     fn register(&mut self, waker: &Waker) {
-        let mut g = lock(&self.rx.shared);
-        self.ticket = Some(g.rx_waiters.replace_or_push(self.ticket, waker.clone()));
+        let mut g = self.rx.shared.lock();
+        self.ticket = Some(
+            g.chan
+                .rx_waiters
+                .replace_or_push(self.ticket, waker.clone()),
+        );
     }
 
     fn deregister(&mut self) {
         if let Some(t) = self.ticket.take() {
-            leave(&self.rx.shared, |c| &mut c.rx_waiters, Chan::recv_ready, t);
+            let ready = |l: &Locked<T>| l.chan.recv_ready();
+            leave(&self.rx.shared.chan, |l| &mut l.chan.rx_waiters, &ready, t);
         }
     }
 }
@@ -394,14 +498,28 @@ impl<T> Selectable for SendBranch<'_, T> {
         }
     }
 
+    /// Joins the senders waiting for room (the select tries the branch again afterwards, which
+    /// sees room made meanwhile).
     fn register(&mut self, waker: &Waker) {
-        let mut g = lock(&self.tx.shared);
-        self.ticket = Some(g.tx_waiters.replace_or_push(self.ticket, waker.clone()));
+        let sh = &*self.tx.shared;
+        let mut g = sh.lock();
+        self.ticket = Some(
+            g.chan
+                .tx_waiters
+                .replace_or_push(self.ticket, waker.clone()),
+        );
+        sh.tx_waiting.store(true, SeqCst);
     }
 
     fn deregister(&mut self) {
         if let Some(t) = self.ticket.take() {
-            leave(&self.tx.shared, |c| &mut c.tx_waiters, Chan::send_ready, t);
+            let sh = &*self.tx.shared;
+            leave(
+                &sh.chan,
+                |l| &mut l.chan.tx_waiters,
+                &|l| sh.send_ready(l),
+                t,
+            );
         }
     }
 }

@@ -126,7 +126,7 @@ impl<T> Receiver<T> {
                         &self.shared,
                         g,
                         |c| &mut c.rx_waiters,
-                        One::recv_ready,
+                        &One::recv_ready,
                     ));
                 }
             }
@@ -198,7 +198,7 @@ impl<T> Selectable for RecvBranch<'_, T> {
 
     fn deregister(&mut self) {
         if let Some(t) = self.ticket.take() {
-            leave(&self.rx.shared, |c| &mut c.rx_waiters, One::recv_ready, t);
+            leave(&self.rx.shared, |c| &mut c.rx_waiters, &One::recv_ready, t);
         }
     }
 }

@@ -18,7 +18,7 @@ impl Wake for Waker {
 /// Which wait queue of the state `S` a waiter joins.
 pub(crate) type Queue<S> = fn(&mut S) -> &mut WaitQueue<Waker>;
 /// Whether a waiter of that queue could go on now.
-pub(crate) type Ready<S> = fn(&S) -> bool;
+pub(crate) type Ready<'r, S> = &'r dyn Fn(&S) -> bool;
 
 /// Joins `queue` of the state that `g` holds locked, unlocks, and waits to be woken (a task
 /// yields to its loop, a thread parks). Returns the waiter's ticket, which the caller takes
@@ -45,12 +45,12 @@ pub(crate) fn wait<S>(
     ticket
 }
 
-/// Takes a waiter out of its queue when its wait (or its select branch) ends without it.
-pub(crate) struct Abandon<'a, S> {
-    pub(crate) m: &'a Mutex<S>,
-    pub(crate) queue: Queue<S>,
-    pub(crate) ready: Ready<S>,
-    pub(crate) ticket: u64,
+/// Takes a waiter out of its queue when its wait ends by unwinding.
+struct Abandon<'a, S> {
+    m: &'a Mutex<S>,
+    queue: Queue<S>,
+    ready: Ready<'a, S>,
+    ticket: u64,
 }
 
 impl<S> Drop for Abandon<'_, S> {
@@ -61,7 +61,7 @@ impl<S> Drop for Abandon<'_, S> {
 
 /// Takes the waiter `ticket` out of `queue`; if it is not there (it was woken) and a waiter
 /// could go on, wakes the next one in its place, so that no wake-up is lost.
-pub(crate) fn leave<S>(m: &Mutex<S>, queue: Queue<S>, ready: Ready<S>, ticket: u64) {
+pub(crate) fn leave<S>(m: &Mutex<S>, queue: Queue<S>, ready: Ready<'_, S>, ticket: u64) {
     let mut g = lock(m);
     if queue(&mut g).remove(ticket) || !ready(&g) {
         return;
