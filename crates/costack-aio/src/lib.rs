@@ -83,6 +83,8 @@
 //! * **Locks across loops** ([`sync`]): [`sync::Mutex`], for tasks on different threads.
 //! * **Signals and child processes**: [`signal::Signals`] receives Unix signals in a task;
 //!   [`process::Command`] spawns children whose exit and pipes a task waits for by yielding.
+//! * **Channels** ([`channel`]): oneshot and mpsc (bounded, unbounded) whose waits yield the
+//!   task; a `Send` flavour across loops and threads, and a faster local one for one loop.
 //!
 //! ## Rules of the road
 //!
@@ -130,7 +132,8 @@
 //!   [`fs`]), worker jobs ([`blocking`]), timers ([`time`]), wakers (`waker`), [`sync`], and
 //!   tasks (`task`: [`JoinHandle`], [`TaskBuilder`]), [`signal`] and [`process`]; selects
 //!   ([`select`](mod@select): its protocol, which `io`, `net` and `task` implement for their
-//!   branches, and the executor) and sets of tasks (`joinset`: [`JoinSet`]).
+//!   branches, and the executor) and sets of tasks (`joinset`: [`JoinSet`]); the
+//!   channels ([`channel`]).
 //! * **Top floor** — [`remote`] ([`LoopHandle`]), `event_loop` ([`EventLoop`]) and `builder`
 //!   ([`LoopBuilder`], which composes the drivers into a loop).
 
@@ -140,6 +143,7 @@ mod bh;
 pub mod blocking;
 pub mod buf;
 mod builder;
+pub mod channel;
 mod event_loop;
 pub mod fs;
 pub mod io;
