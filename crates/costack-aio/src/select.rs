@@ -181,6 +181,28 @@ impl<S: Selectable + ?Sized> Selectable for &mut S {
     }
 }
 
+/// A boxed branch, so that branches of different types can share one list (a
+/// `Vec<Box<dyn Selectable<Output = T>>>` for [`select_any`]).
+impl<S: Selectable + ?Sized> Selectable for Box<S> {
+    type Output = S::Output;
+
+    fn try_select(&mut self) -> Option<S::Output> {
+        (**self).try_select()
+    }
+
+    fn register(&mut self, waker: &Waker) {
+        (**self).register(waker)
+    }
+
+    fn deregister(&mut self) {
+        (**self).deregister()
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        (**self).deadline()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Timers
 
