@@ -1,9 +1,9 @@
 //! Child processes whose exit and pipes a task waits for by yielding: [`Command`], [`Child`].
 //!
 //! Operations floor: imports readiness ([`io`](crate::io): the pipes and the pidfd are
-//! watched like sockets), worker jobs ([`blocking`](crate::blocking), for the fallback wait) and
-//! the task functions (`task`'s [`spawn`](crate::spawn), `wait`'s [`in_task`](crate::in_task)),
-//! nothing above.
+//! watched like sockets), the loop's worker pool (`runtime`) and the one-shot channel
+//! (`waker`), for the fallback wait, and the task functions (`task`'s [`spawn`](crate::spawn),
+//! `wait`'s [`in_task`](crate::in_task)), nothing above.
 //!
 //! [`Command`] wraps [`std::process::Command`]; what differs is that every wait yields the task
 //! instead of blocking the thread: [`Child::wait`], reading the child's stdout and stderr,
@@ -43,10 +43,12 @@
 //! Where the kernel has `pidfd_open(2)` (Linux 5.3), the child gets a pidfd, which becomes
 //! readable when the child exits: [`Child::wait`] waits for that readiness in the loop like for a
 //! socket, then reaps the child. Elsewhere (an older kernel, or a sandbox that refuses the call)
-//! the wait runs `waitid(WNOWAIT)` on the loop's worker pool ([`run_blocking`](crate::run_blocking))
-//! — which blocks a worker thread until the child exits — and then reaps the child on the loop's
-//! thread. If a task is cancelled (or times out) during such a wait, the worker stays in
-//! `waitid` until the child exits. [`Child::uses_pidfd`] tells which way a child is awaited.
+//! the wait runs `waitid(WNOWAIT)` on the loop's worker pool (as
+//! [`run_blocking`](crate::run_blocking) does) — which blocks a worker thread until the child
+//! exits — and then reaps the child on the loop's thread. If a task is cancelled (or times out)
+//! during such a wait, the worker stays in `waitid` until the child exits; the next wait of that
+//! child takes up the same job, so a child never holds more than one worker.
+//! [`Child::uses_pidfd`] tells which way a child is awaited.
 //!
 //! # Dropping a `Child`
 //!
@@ -60,6 +62,7 @@
 //! with that thread's loop on their first wait): they are not `Send`.
 
 use crate::io::AsyncFd;
+use crate::waker::{oneshot, OneShot};
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
@@ -67,7 +70,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::process::{ExitStatus, Output, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A process builder, as [`std::process::Command`], whose children are waited for by yielding.
 /// See the [module docs](self).
@@ -205,6 +208,7 @@ impl Command {
             std: Some(std),
             pidfd,
             status: None,
+            exit_job: None,
             stdin: None,
             stdout: None,
             stderr: None,
@@ -281,6 +285,10 @@ pub struct Child {
     pidfd: Option<AsyncFd<OwnedFd>>,
     /// The status, once reaped.
     status: Option<ExitStatus>,
+    /// Without a pidfd, in a task: the worker job in `waitid` until the child exits, once a
+    /// wait started it. A wait abandoned by a timeout leaves it running, and the next wait
+    /// takes it up again instead of occupying another worker.
+    exit_job: Option<Arc<OneShot<io::Result<()>>>>,
     /// The child's stdin, if it was piped.
     pub stdin: Option<ChildStdin>,
     /// The child's stdout, if it was piped.
@@ -360,12 +368,33 @@ impl Child {
             }
             match &self.pidfd {
                 Some(fd) => fd.readable()?,
-                None => {
-                    let pid = self.id() as libc::pid_t;
-                    crate::run_blocking(move || wait_exited(pid))?;
-                }
+                None if crate::in_task() => self.wait_exit_job()?,
+                None => wait_exited(self.id() as libc::pid_t)?,
             }
         }
+    }
+
+    /// In a task, without a pidfd: waits for the worker job that waits for the child's exit,
+    /// starting it unless an earlier (abandoned) wait did.
+    fn wait_exit_job(&mut self) -> io::Result<()> {
+        let pid = self.id() as libc::pid_t;
+        let job = self
+            .exit_job
+            .get_or_insert_with(|| {
+                let (tx, rx) = oneshot();
+                let pool = crate::runtime::expect_loop("Child::wait").pool().clone();
+                // Not withdrawn if the task stops waiting: the next wait takes it up.
+                pool.submit(Box::new(move || tx.send(wait_exited(pid))));
+                rx
+            })
+            .clone();
+        let r = job.recv();
+        self.exit_job = None;
+        r.unwrap_or_else(|| {
+            Err(io::Error::other(
+                "costack-aio: the worker pool shut down before the child's exit was seen",
+            ))
+        })
     }
 
     /// Waits for the child to exit, reading all of its stdout and stderr meanwhile (those that

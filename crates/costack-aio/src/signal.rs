@@ -60,7 +60,7 @@
 //!
 //! # In a select
 //!
-//! [`Signals::recv_branch`] is a [select](crate::select) branch. A select parks with a
+//! [`Signals::recv_branch`] is a [select](mod@crate::select) branch. A select parks with a
 //! [`Waker`], which a signal handler cannot wake (waking takes locks), so the first branch that
 //! registers starts a process-wide helper thread, `costack-signals`: the handler also writes to
 //! the helper's eventfd, and the helper wakes the registered wakers of the listeners that have
@@ -281,7 +281,7 @@ impl Signals {
 }
 
 impl Signals {
-    /// A [select](crate::select) branch that receives the next delivery, as
+    /// A [select](mod@crate::select) branch that receives the next delivery, as
     /// [`try_recv`](Signals::try_recv) would: a branch that loses takes nothing. See the
     /// [module docs](self#in-a-select) for the helper thread it needs.
     pub fn recv_branch(&mut self) -> RecvBranch<'_> {
@@ -292,7 +292,7 @@ impl Signals {
     }
 }
 
-/// A [select](crate::select) branch that receives one signal of a [`Signals`]; made by
+/// A [select](mod@crate::select) branch that receives one signal of a [`Signals`]; made by
 /// [`Signals::recv_branch`]. Its output is the signal number.
 ///
 /// The protocol by hand (a select does this for you):

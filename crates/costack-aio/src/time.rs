@@ -470,15 +470,18 @@ pub struct TickBranch<'a> {
 enum TickRegistration {
     /// A timer entry on the loop.
     Loop(Rc<Inner>, (Instant, u64)),
-    /// A helper thread that sleeps until the tick; dropping the sender ends it early.
-    Thread(mpsc::Sender<()>),
+    /// A helper thread that sleeps until the tick; dropping the sender ends it early. It holds
+    /// a clone of the waker, which may keep a loop's mailbox open (a select on a thread that
+    /// drives its loop): deregistering joins it, so that the clone is gone when the branch
+    /// is, and a blocking `EventLoop::poll` does not wait for a wake that can no longer come.
+    Thread(mpsc::Sender<()>, std::thread::JoinHandle<()>),
 }
 
 impl fmt::Debug for TickRegistration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TickRegistration::Loop(_, (at, _)) => f.debug_tuple("Loop").field(at).finish(),
-            TickRegistration::Thread(_) => f.write_str("Thread"),
+            TickRegistration::Thread(..) => f.write_str("Thread"),
         }
     }
 }
@@ -504,13 +507,22 @@ impl Selectable for TickBranch<'_> {
             }
             None => {
                 let (tx, rx) = mpsc::channel::<()>();
-                std::thread::spawn(move || {
+                let w = waker.clone();
+                let spawned = std::thread::Builder::new().spawn(move || {
                     let wait = at.saturating_duration_since(Instant::now());
                     if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
-                        waker.wake();
+                        w.wake();
                     }
                 });
-                TickRegistration::Thread(tx)
+                match spawned {
+                    Ok(t) => TickRegistration::Thread(tx, t),
+                    // No thread left: wake at once, so that the select looks again instead of
+                    // waiting for nothing (it polls, but does not hang).
+                    Err(_) => {
+                        waker.wake();
+                        return;
+                    }
+                }
             }
         });
     }
@@ -518,7 +530,10 @@ impl Selectable for TickBranch<'_> {
     fn deregister(&mut self) {
         match self.registration.take() {
             Some(TickRegistration::Loop(inner, entry)) => inner.remove_timer(entry),
-            Some(TickRegistration::Thread(tx)) => drop(tx),
+            Some(TickRegistration::Thread(tx, t)) => {
+                drop(tx); // ends the thread's sleep at once
+                let _ = t.join();
+            }
             None => {}
         }
     }

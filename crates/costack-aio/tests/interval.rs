@@ -254,3 +254,28 @@ fn a_deregistered_tick_branch_leaves_no_timer_on_the_loop() {
     assert!(!lp.poll(true));
     assert!(t.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn a_tick_branch_that_lost_a_select_on_a_driving_thread_leaves_a_blocking_poll_idle() {
+    // A select on a plain thread that has a loop drives the loop, and its waker keeps the
+    // loop's mailbox open. The losing branch's helper thread held a clone of that waker for a
+    // moment after the select returned; a blocking poll that started then saw "someone could
+    // still send" and waited forever. 20 rounds: the first one hung.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..20 {
+            let lp = EventLoop::new();
+            let mut far = interval_at(Instant::now() + Duration::from_secs(3600), MS);
+            let mut near = interval_at(Instant::now() + 2 * MS, MS);
+            let won = {
+                let mut branches = [far.tick_branch(), near.tick_branch()];
+                costack_aio::select::select_any(&mut branches).map(|(i, _)| i)
+            };
+            assert_eq!(won, Some(1));
+            assert!(!lp.poll(true));
+        }
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("a blocking poll waited for nothing");
+}

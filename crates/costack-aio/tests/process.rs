@@ -324,3 +324,32 @@ fn a_missing_program_is_a_clear_error() {
         .unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::NotFound);
 }
+
+#[test]
+fn repeated_abandoned_fallback_waits_hold_one_worker_not_one_each() {
+    bounded(60, || {
+        // Two workers. Each abandoned wait on the worker pool used to leave its own job in
+        // `waitid`: two timeouts filled the pool, and every later job waited for the child.
+        let lp = EventLoop::builder().blocking_threads(2).build().unwrap();
+        lp.block_on(|| {
+            let mut child = Command::new("cat")
+                .use_pidfd(false)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            let stdin = child.stdin.take().unwrap();
+            for _ in 0..5 {
+                assert!(timeout(Duration::from_millis(20), || child.wait()).is_err());
+            }
+            assert_eq!(child.try_wait().unwrap(), None);
+            // A worker is free for other jobs while the child runs.
+            let got = timeout(LIMIT, || costack_aio::run_blocking(|| 42));
+            assert_eq!(got.ok(), Some(42));
+            // The wait that comes next takes up the job already in `waitid`.
+            drop(stdin);
+            let st = timeout(LIMIT, || child.wait().unwrap()).unwrap();
+            assert!(st.success());
+        });
+    });
+}

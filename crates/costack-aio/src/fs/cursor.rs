@@ -6,6 +6,7 @@
 use super::File;
 use crate::op::sys::einval;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 
 impl File {
     /// The cursor's `read`: at the position, which moves by the count.
@@ -29,11 +30,24 @@ impl File {
     }
 
     /// The cursor's `seek`.
+    /// Where `SeekFrom::End(0)` is, as std has it: the length, or for a block device (whose
+    /// `fstat` size is 0) its size, which only `lseek(SEEK_END)` tells. That moves the
+    /// kernel's file offset, which this type never uses.
+    fn end(&self) -> io::Result<u64> {
+        let st = self.stat()?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFBLK {
+            return Ok(st.st_size as u64);
+        }
+        // SAFETY: lseek on a descriptor this `File` owns takes only integers.
+        let end = unsafe { libc::lseek(self.as_raw_fd(), 0, libc::SEEK_END) };
+        u64::try_from(end).map_err(|_| io::Error::last_os_error())
+    }
+
     fn cursor_seek(&self, to: SeekFrom) -> io::Result<u64> {
         let (base, delta) = match to {
             SeekFrom::Start(n) => (0, i128::from(n)),
             SeekFrom::Current(d) => (self.pos.get(), i128::from(d)),
-            SeekFrom::End(d) => (self.len()?, i128::from(d)),
+            SeekFrom::End(d) => (self.end()?, i128::from(d)),
         };
         let at = i128::from(base) + delta;
         if !(0..=i128::from(i64::MAX)).contains(&at) {

@@ -213,7 +213,7 @@ mod vectored;
 /// position by the count, and so does `write`. In append mode (`O_APPEND`, from
 /// [`OpenOptions::append`]) every `write` goes to the end of the file, and the position is
 /// the file's length afterwards. [`SeekFrom::End`](std::io::SeekFrom::End) is from the
-/// file's length (`fstat`); seeking before the start or past `i64::MAX` is `EINVAL`
+/// file's length (`fstat`; for a block device, its size, from `lseek`); seeking before the start or past `i64::MAX` is `EINVAL`
 /// ([`io::ErrorKind::InvalidInput`]) and leaves the position as it was; past the end is
 /// allowed (reads there give 0, writes extend the file). The positional methods neither use
 /// nor move the position. A `File` starts at position 0; [`from_std`](File::from_std) takes
