@@ -156,6 +156,17 @@ pub(crate) fn prepare_park_driving() -> (Waker, Park) {
     )
 }
 
+/// As [`prepare_park_driving`], except that on a thread whose loop is running already (the
+/// caller is a `call_soon` callback or a bottom half) the thread parks instead of panicking.
+/// A blocking channel operation waits this way: outside any task it runs the thread's loop,
+/// whose tasks may be the other side, and in a callback it can still be ended by a thread.
+pub(crate) fn prepare_park_blocking() -> (Waker, Park) {
+    match current_loop() {
+        Some(l) if l.is_running() => prepare_park(),
+        _ => prepare_park_driving(),
+    }
+}
+
 impl Park {
     /// Waits for the waker, or until `deadline`. May return early (the caller re-checks its
     /// condition).
