@@ -945,7 +945,7 @@ fn a_send_flavour_recv_in_a_callback_parks_and_another_thread_ends_it() {
             std::thread::sleep(Duration::from_millis(5));
             tx.send(9).unwrap();
         });
-        lp.block_on(|| yield_now());
+        lp.block_on(yield_now);
         t.join().unwrap();
         assert_eq!(got.get(), Some(9));
     });
