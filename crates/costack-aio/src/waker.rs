@@ -132,15 +132,17 @@ pub(crate) fn prepare_park() -> (Waker, Park) {
     }
 }
 
-/// As [`prepare_park`]; but outside any coroutine, on a thread that has an event loop, the
-/// wait runs that loop (as `JoinHandle::join` does there), so that its tasks can end the wait;
+/// As [`prepare_park`]; but outside any coroutine, on a thread that has an event loop (not
+/// shutting down), the wait runs that loop (as `JoinHandle::join` does there), so that its tasks can end the wait;
 /// the waker then also wakes the loop. A select waits this way.
 pub(crate) fn prepare_park_driving() -> (Waker, Park) {
     let (waker, park) = prepare_park();
     let Park::Thread(_) = park else {
         return (waker, park);
     };
-    let Some(inner) = current_loop() else {
+    // A loop that is shutting down is not run: its mailbox may be closed already, so that a
+    // wake from another thread could not reach it (it would wait for ever).
+    let Some(inner) = current_loop().filter(|l| !l.is_closing()) else {
         return (waker, park);
     };
     let p = Arc::new(ThreadParker {

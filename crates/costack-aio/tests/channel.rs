@@ -950,3 +950,35 @@ fn a_send_flavour_recv_in_a_callback_parks_and_another_thread_ends_it() {
         assert_eq!(got.get(), Some(9));
     });
 }
+
+/// A blocking `recv` in a destructor that the loop's shutdown runs after the loop closed its
+/// mailbox (a call sent from another thread that never ran) parks the thread, to be woken by
+/// the sending thread: running the closing loop would wait for an eventfd no one writes.
+#[test]
+fn a_blocking_recv_in_a_destructor_run_by_the_loops_shutdown_is_woken_by_a_thread() {
+    use costack_aio::channel::mpsc;
+    struct RecvOnDrop(mpsc::Receiver<u32>, Arc<AtomicUsize>);
+    impl Drop for RecvOnDrop {
+        fn drop(&mut self) {
+            let v = self.0.recv().unwrap();
+            self.1.store(v as usize, Ordering::SeqCst);
+        }
+    }
+    within(10, || {
+        let lp = EventLoop::new();
+        let (tx, rx) = mpsc::bounded::<u32>(1);
+        let got = Arc::new(AtomicUsize::new(0));
+        let guard = RecvOnDrop(rx, got.clone());
+        let h = lp.handle();
+        std::thread::spawn(move || h.call_soon(move || drop(guard)).unwrap())
+            .join()
+            .unwrap();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            tx.send(5).unwrap();
+        });
+        drop(lp); // never ran the call: drops it (and so the guard) while shutting down
+        sender.join().unwrap();
+        assert_eq!(got.load(Ordering::SeqCst), 5);
+    });
+}
