@@ -56,8 +56,7 @@ use crate::waker::Waker;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -373,13 +372,15 @@ pub fn wait_writable(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// A branch for [`select!`](crate::select!) that fires when `fd` is readable; see [`Ready`].
-/// The fd is registered with the loop while the branch waits in a task, and withdrawn when the
-/// branch is dropped.
+/// While the branch waits in a task, a duplicate of the fd (made on the first wait, closed
+/// when the branch is dropped) is registered with the loop, never `fd` itself: so the branch
+/// also works on an fd that an [`AsyncFd`] or a socket of this crate has registered, and does
+/// not keep them from registering it meanwhile (for those, their own `readable_branch` costs
+/// less: it needs no duplicate).
 ///
 /// # Errors
-/// The branch fires with an error if the fd is not valid, or is registered with the loop
-/// already (it belongs to an [`AsyncFd`] or a socket of this crate: use their
-/// `readable_branch`).
+/// The branch fires with an error if the fd is not valid, or cannot be duplicated (the
+/// process is out of fds).
 pub fn readable_branch(fd: BorrowedFd<'_>) -> Ready<'_> {
     Ready::owned(fd, Dir::Read)
 }
@@ -393,10 +394,19 @@ pub fn writable_branch(fd: BorrowedFd<'_>) -> Ready<'_> {
 /// a parked thread that an fd became ready).
 const THREAD_POLL: Duration = Duration::from_millis(1);
 
-/// The source a [`Ready`] branch watches: an fd's own, or one made for the branch.
+/// The source a [`Ready`] branch watches: an fd's own; or a bare fd, with the duplicate that
+/// the branch registers with the loop once it waits in a task (epoll keys a registration by
+/// fd number, so the fd itself might be registered already, or be registered meanwhile).
 enum SrcRef<'a> {
     Borrowed(&'a Source),
-    Owned(Source, PhantomData<BorrowedFd<'a>>),
+    Owned(BorrowedFd<'a>, Option<Dup>),
+}
+
+/// The duplicate of a bare fd that a [`Ready`] branch registers. The fields drop in order: the
+/// source leaves the loop, then the duplicate closes.
+struct Dup {
+    src: Source,
+    _fd: OwnedFd,
 }
 
 /// A [select](mod@crate::select) branch that fires when an fd is ready for reading or writing
@@ -437,7 +447,7 @@ impl<'a> Ready<'a> {
 
     fn owned(fd: BorrowedFd<'a>, dir: Dir) -> Ready<'a> {
         Ready {
-            src: SrcRef::Owned(Source::new(fd.as_raw_fd()), PhantomData),
+            src: SrcRef::Owned(fd, None),
             dir,
             reg: None,
             polling: false,
@@ -445,10 +455,37 @@ impl<'a> Ready<'a> {
         }
     }
 
-    fn source(&self) -> &Source {
+    /// The fd the branch watches (a bare fd itself, not its duplicate).
+    fn fd(&self) -> RawFd {
         match &self.src {
-            SrcRef::Borrowed(s) => s,
-            SrcRef::Owned(s, _) => s,
+            SrcRef::Borrowed(s) => s.fd,
+            SrcRef::Owned(fd, _) => fd.as_raw_fd(),
+        }
+    }
+
+    /// Whether the fd's owner closed it (a bare fd cannot be closed under a branch).
+    fn is_closed(&self) -> bool {
+        matches!(&self.src, SrcRef::Borrowed(s) if s.is_closed())
+    }
+
+    /// The registration with `inner`'s reactor, made now if need be (for a bare fd, of its
+    /// duplicate, made now if need be).
+    fn slot_in(&mut self, inner: &Inner) -> io::Result<Slot> {
+        match &mut self.src {
+            SrcRef::Borrowed(s) => s.slot_in(inner),
+            SrcRef::Owned(fd, dup) => {
+                let d = match dup {
+                    Some(d) => d,
+                    None => {
+                        let fd = fd.try_clone_to_owned()?;
+                        dup.insert(Dup {
+                            src: Source::new(fd.as_raw_fd()),
+                            _fd: fd,
+                        })
+                    }
+                };
+                d.src.slot_in(inner)
+            }
         }
     }
 }
@@ -460,11 +497,10 @@ impl Selectable for Ready<'_> {
         if let Some(e) = self.err.take() {
             return Some(Err(e));
         }
-        let src = self.source();
-        if src.is_closed() {
+        if self.is_closed() {
             return Some(Err(closed_error()));
         }
-        match poll_fd(src.fd, self.dir, 0) {
+        match poll_fd(self.fd(), self.dir, 0) {
             Ok(true) => Some(Ok(())),
             Ok(false) => None,
             Err(e) => Some(Err(e)),
@@ -473,7 +509,7 @@ impl Selectable for Ready<'_> {
 
     fn register(&mut self, waker: &Waker) {
         self.deregister();
-        if self.source().is_closed() {
+        if self.is_closed() {
             return; // `try_select` fires with the error; a closed fd stays out of the loop
         }
         let inner = waker
@@ -483,7 +519,7 @@ impl Selectable for Ready<'_> {
             self.polling = true;
             return;
         };
-        match self.source().slot_in(&inner) {
+        match self.slot_in(&inner) {
             Ok(slot) => {
                 inner.reactor().add_waiter(slot, self.dir, key);
                 self.reg = Some((inner.id(), slot, key));
@@ -516,7 +552,7 @@ impl Drop for Ready<'_> {
 impl fmt::Debug for Ready<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ready")
-            .field("fd", &self.source().fd)
+            .field("fd", &self.fd())
             .field("dir", &self.dir)
             .field("registered", &self.reg.is_some())
             .finish()

@@ -224,6 +224,11 @@ impl Inner {
         self.id
     }
 
+    /// Whether the loop is running (a task, callback or bottom half of it is on the stack).
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.get()
+    }
+
     /// The readiness driver.
     #[inline]
     pub(crate) fn reactor(&self) -> &Reactor {

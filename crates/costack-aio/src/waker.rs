@@ -132,15 +132,17 @@ pub(crate) fn prepare_park() -> (Waker, Park) {
     }
 }
 
-/// As [`prepare_park`]; but outside any coroutine, on a thread that has an event loop, the
-/// wait runs that loop (as `JoinHandle::join` does there), so that its tasks can end the wait;
+/// As [`prepare_park`]; but outside any coroutine, on a thread that has an event loop (not
+/// shutting down), the wait runs that loop (as `JoinHandle::join` does there), so that its tasks can end the wait;
 /// the waker then also wakes the loop. A select waits this way.
 pub(crate) fn prepare_park_driving() -> (Waker, Park) {
     let (waker, park) = prepare_park();
     let Park::Thread(_) = park else {
         return (waker, park);
     };
-    let Some(inner) = current_loop() else {
+    // A loop that is shutting down is not run: its mailbox may be closed already, so that a
+    // wake from another thread could not reach it (it would wait for ever).
+    let Some(inner) = current_loop().filter(|l| !l.is_closing()) else {
         return (waker, park);
     };
     let p = Arc::new(ThreadParker {
@@ -154,6 +156,17 @@ pub(crate) fn prepare_park_driving() -> (Waker, Park) {
         },
         Park::Drive(p, inner),
     )
+}
+
+/// As [`prepare_park_driving`], except that on a thread whose loop is running already (the
+/// caller is a `call_soon` callback or a bottom half) the thread parks instead of panicking.
+/// A blocking channel operation waits this way: outside any task it runs the thread's loop,
+/// whose tasks may be the other side, and in a callback it can still be ended by a thread.
+pub(crate) fn prepare_park_blocking() -> (Waker, Park) {
+    match current_loop() {
+        Some(l) if l.is_running() => prepare_park(),
+        _ => prepare_park_driving(),
+    }
 }
 
 impl Park {

@@ -901,3 +901,84 @@ fn producers_on_threads_racing_a_consumer_task_at_capacity_one_lose_no_wake_up()
         assert_eq!((n, sum), (2 * N, (2 * N) * (2 * N - 1) / 2));
     });
 }
+
+/// Outside any task, on a thread whose event loop is not running, a blocking `recv` or `send`
+/// of the `Send` flavour runs that loop (as `join` does): its tasks can be the other side.
+/// (It used to park the thread, and hang.)
+#[test]
+fn send_flavour_waits_outside_any_task_run_the_threads_loop() {
+    within(10, || {
+        use costack_aio::channel::{mpsc, oneshot};
+        let lp = EventLoop::new();
+        let (tx, rx) = mpsc::bounded::<u32>(1);
+        let (otx, orx) = oneshot::channel::<u32>();
+        let (back_tx, back_rx) = mpsc::bounded::<u32>(1);
+        let producer = lp.spawn(move || {
+            costack_aio::sleep(Duration::from_millis(2));
+            tx.send(7).unwrap();
+            costack_aio::sleep(Duration::from_millis(2));
+            otx.send(8).unwrap();
+            // Takes nothing for a while, so that the second send below must wait for room.
+            costack_aio::sleep(Duration::from_millis(2));
+            (back_rx.recv().unwrap(), back_rx.recv().unwrap())
+        });
+        assert_eq!(rx.recv(), Some(7));
+        assert_eq!(orx.recv(), Some(8));
+        back_tx.send(1).unwrap();
+        back_tx.send(2).unwrap();
+        assert_eq!(producer.join(), (1, 2));
+    });
+}
+
+/// In a `call_soon` callback (the loop is running) a blocking `recv` of the `Send` flavour
+/// parks the thread, to be woken by another thread, instead of panicking.
+#[test]
+fn a_send_flavour_recv_in_a_callback_parks_and_another_thread_ends_it() {
+    within(10, || {
+        use costack_aio::channel::mpsc;
+        let lp = EventLoop::new();
+        let (tx, rx) = mpsc::bounded::<u32>(1);
+        let got = Rc::new(std::cell::Cell::new(None));
+        let g2 = got.clone();
+        lp.call_soon(move || g2.set(rx.recv()));
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            tx.send(9).unwrap();
+        });
+        lp.block_on(yield_now);
+        t.join().unwrap();
+        assert_eq!(got.get(), Some(9));
+    });
+}
+
+/// A blocking `recv` in a destructor that the loop's shutdown runs after the loop closed its
+/// mailbox (a call sent from another thread that never ran) parks the thread, to be woken by
+/// the sending thread: running the closing loop would wait for an eventfd no one writes.
+#[test]
+fn a_blocking_recv_in_a_destructor_run_by_the_loops_shutdown_is_woken_by_a_thread() {
+    use costack_aio::channel::mpsc;
+    struct RecvOnDrop(mpsc::Receiver<u32>, Arc<AtomicUsize>);
+    impl Drop for RecvOnDrop {
+        fn drop(&mut self) {
+            let v = self.0.recv().unwrap();
+            self.1.store(v as usize, Ordering::SeqCst);
+        }
+    }
+    within(10, || {
+        let lp = EventLoop::new();
+        let (tx, rx) = mpsc::bounded::<u32>(1);
+        let got = Arc::new(AtomicUsize::new(0));
+        let guard = RecvOnDrop(rx, got.clone());
+        let h = lp.handle();
+        std::thread::spawn(move || h.call_soon(move || drop(guard)).unwrap())
+            .join()
+            .unwrap();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            tx.send(5).unwrap();
+        });
+        drop(lp); // never ran the call: drops it (and so the guard) while shutting down
+        sender.join().unwrap();
+        assert_eq!(got.load(Ordering::SeqCst), 5);
+    });
+}

@@ -468,7 +468,7 @@ fn readiness_of_sockets_and_of_any_fd() {
 }
 
 #[test]
-fn a_readiness_branch_of_an_fd_registered_elsewhere_fires_with_an_error() {
+fn a_readiness_branch_works_on_an_fd_registered_elsewhere() {
     let lp = EventLoop::new();
     lp.block_on(|| {
         let (a, b) = pair();
@@ -480,13 +480,55 @@ fn a_readiness_branch_of_an_fd_registered_elsewhere_fires_with_an_error() {
             a2.read_with(|s| (&*s).read(&mut buf)).unwrap()
         });
         yield_now();
+        // The branch registers a duplicate of the fd: it waits (it used to fire at once with
+        // `AlreadyExists`), and loses to the timer as nothing was written.
+        let t0 = Instant::now();
         let r = costack_aio::select! {
-            r = aio_io::readable_branch(a.as_fd()) => r,
-            () = sleep_branch(Duration::from_secs(60)) => Ok(()),
+            r = aio_io::readable_branch(a.as_fd()) => Some(r),
+            () = sleep_branch(Duration::from_millis(10)) => None,
         };
-        assert_eq!(r.unwrap_err().kind(), ErrorKind::AlreadyExists);
-        (&b).write_all(b"x").unwrap();
+        assert!(r.is_none(), "{r:?}");
+        assert!(t0.elapsed() >= Duration::from_millis(10));
+        // And it fires, as does the reader, once there is something to read.
+        let writer = spawn(move || {
+            sleep(Duration::from_millis(2));
+            (&b).write_all(b"x").unwrap();
+            b
+        });
+        let r = costack_aio::select! {
+            r = aio_io::readable_branch(a.as_fd()) => Some(r),
+            () = sleep_branch(Duration::from_secs(60)) => None,
+        };
+        assert!(matches!(r, Some(Ok(()))), "{r:?}");
         assert_eq!(reader.join(), 1);
+        drop(writer.join());
+    });
+}
+
+/// A readiness branch on a bare fd, waiting in a task, does not keep the fd's owner (a socket
+/// of this crate) from registering it: the owner's read used to fail with `AlreadyExists`.
+#[test]
+fn a_socket_registers_and_reads_while_a_readiness_branch_waits_on_its_fd() {
+    let lp = EventLoop::new();
+    lp.block_on(|| {
+        let (a, b) = StdUnixStream::pair().unwrap();
+        let a = Rc::new(costack_aio::net::UnixStream::from_std(a).unwrap());
+        let a2 = a.clone();
+        let sel = spawn(move || {
+            costack_aio::select! {
+                r = aio_io::readable_branch(a2.as_fd()) => Some(r.map_err(|e| e.kind())),
+                () = sleep_branch(Duration::from_secs(60)) => None,
+            }
+        });
+        yield_now(); // the branch waits, registered
+        let reader = spawn(move || {
+            let mut buf = [0u8; 4];
+            (&*a).read(&mut buf).map(|n| buf[..n].to_vec())
+        });
+        yield_now(); // the read waits, registered too
+        (&b).write_all(b"hi").unwrap();
+        assert_eq!(reader.join().unwrap(), b"hi");
+        assert_eq!(sel.join(), Some(Ok(())));
     });
 }
 

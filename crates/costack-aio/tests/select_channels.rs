@@ -225,11 +225,23 @@ fn a_plain_thread_without_a_loop_selects_over_send_channels_fed_by_a_loop() {
         });
         let mut got = Vec::new();
         let mut done = None;
-        while done.is_none() || got.len() < 10 {
+        let mut rx_open = true;
+        // Select while both are open: a closed, drained channel is always ready (with `None`),
+        // so, selected first, it would starve the other branch.
+        while rx_open && done.is_none() {
             costack_aio::select! {
-                v = rx.recv_branch() => got.extend(v),
-                d = done_rx.recv_branch() => done = d.or(done),
+                v = rx.recv_branch() => match v {
+                    Some(v) => got.push(v),
+                    None => rx_open = false,
+                },
+                d = done_rx.recv_branch() => done = Some(d.expect("sent")),
             }
+        }
+        if done.is_none() {
+            done = done_rx.recv();
+        }
+        while let Some(v) = rx.recv() {
+            got.push(v);
         }
         t.join().unwrap();
         assert_eq!(got, (0..10).collect::<Vec<_>>());

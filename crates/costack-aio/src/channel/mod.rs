@@ -13,7 +13,7 @@
 //!   behind a `std::sync::Mutex` (an mpsc receiver takes the buffered values out in batches,
 //!   so a busy producer and consumer do not meet at the lock for every value); a send that ends a wait on another loop wakes that task
 //!   through its loop's eventfd (a [`Waker`](crate::Waker)); a plain thread that must wait
-//!   blocks.
+//!   blocks (running its event loop meanwhile, if it has one that is not running).
 //! * **Local channels**, [`channel::local::mpsc`](local::mpsc) and
 //!   [`channel::local::oneshot`](local::oneshot): every side is on one loop. The types are
 //!   not `Send`; the state is an `Rc<RefCell<..>>`, and ending a wait puts the task straight on

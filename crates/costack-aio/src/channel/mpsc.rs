@@ -7,7 +7,9 @@
 //! [`bounded`] holds at most `cap` values: [`Sender::send`] waits while it is full. [`unbounded`]
 //! never makes a sender wait. Senders and the receiver may live on any loop or plain thread:
 //! a send from another thread wakes the receiving task on its own loop (through its eventfd),
-//! and a receiver (or a sender waiting for room) on a plain thread blocks the thread.
+//! and a receiver (or a sender waiting for room) on a plain thread blocks the thread — or, on a
+//! thread with an event loop (not running), runs that loop meanwhile, as
+//! [`JoinHandle::join`](crate::JoinHandle::join) does, so that its tasks can be the other side.
 //!
 //! For tasks that all run on one loop, [`channel::local::mpsc`](crate::channel::local::mpsc)
 //! does the same without atomics or locks, and is faster.
@@ -145,7 +147,7 @@ pub struct Receiver<T> {
 
 impl<T> Sender<T> {
     /// Sends `v`, waiting while the channel is full (the task yields to its loop; outside any
-    /// coroutine the thread blocks). Fails, giving `v` back, if the receiver is closed or
+    /// coroutine the thread blocks, running its event loop meanwhile if it has one). Fails, giving `v` back, if the receiver is closed or
     /// gone — also while waiting: a sender waiting for room is woken with the error when the
     /// receiver drops or closes.
     ///
@@ -262,7 +264,8 @@ impl<T> fmt::Debug for Sender<T> {
 
 impl<T> Receiver<T> {
     /// Receives the next value, waiting while there is none (the task yields to its loop;
-    /// outside any coroutine the thread blocks). `None` once every sender is gone (or the
+    /// outside any coroutine the thread blocks, running its event loop meanwhile if it has
+    /// one). `None` once every sender is gone (or the
     /// receiver was [`close`](Receiver::close)d) and every buffered value was received.
     ///
     /// A `recv` interrupted by a [`timeout`](crate::timeout) (or a cancel) consumes nothing.

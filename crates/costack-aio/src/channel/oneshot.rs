@@ -5,7 +5,7 @@
 //! `error`, `park`).
 //!
 //! [`Sender::send`] never waits; [`Receiver::recv`] waits for the value (a task yields to its
-//! loop, a plain thread blocks) and returns `None` if the sender went away without sending.
+//! loop, a plain thread blocks, running its event loop meanwhile if it has one) and returns `None` if the sender went away without sending.
 //! For tasks of one loop, [`channel::local::oneshot`](crate::channel::local::oneshot) does the
 //! same without atomics or locks.
 //!
@@ -103,7 +103,7 @@ impl<T> fmt::Debug for Sender<T> {
 
 impl<T> Receiver<T> {
     /// Waits for the value (the task yields to its loop; outside any coroutine the thread
-    /// blocks). `None` if the sender went away without sending, the receiver was closed before
+    /// blocks, running its event loop meanwhile if it has one). `None` if the sender went away without sending, the receiver was closed before
     /// a value came, or the value was received already.
     ///
     /// A `recv` interrupted by a [`timeout`](crate::timeout) (or a cancel) consumes nothing:

@@ -5,7 +5,7 @@
 
 use super::core::{WaitQueue, Wake};
 use crate::mailbox::lock;
-use crate::waker::{prepare_park, Waker};
+use crate::waker::{prepare_park_blocking, Waker};
 use std::sync::{Mutex, MutexGuard};
 
 impl Wake for Waker {
@@ -21,7 +21,8 @@ pub(crate) type Queue<S> = fn(&mut S) -> &mut WaitQueue<Waker>;
 pub(crate) type Ready<'r, S> = &'r dyn Fn(&S) -> bool;
 
 /// Joins `queue` of the state that `g` holds locked, unlocks, and waits to be woken (a task
-/// yields to its loop, a thread parks). Returns the waiter's ticket, which the caller takes
+/// yields to its loop; outside any coroutine, a thread with an event loop runs it meanwhile,
+/// whose tasks may be the other side, and any other thread parks). Returns the waiter's ticket, which the caller takes
 /// out of the queue (if still there: a spurious resume) when it locks again. If the wait is
 /// abandoned by unwinding (a `timeout`, a cancelled task), the waiter leaves the queue; if it
 /// had been woken already, it passes the wake-up on to the next waiter.
@@ -31,7 +32,7 @@ pub(crate) fn wait<S>(
     queue: Queue<S>,
     ready: Ready<S>,
 ) -> u64 {
-    let (waker, park) = prepare_park();
+    let (waker, park) = prepare_park_blocking();
     let ticket = queue(&mut g).push(waker);
     drop(g);
     let abandon = Abandon {
