@@ -652,7 +652,7 @@ fn every_branch_is_deregistered_once_whatever_ends_the_select() {
         let r = costack_aio::select! {
             v = a.branch() => Some(v),
             v = b.branch() => Some(v),
-            () = sleep_branch(Duration::from_millis(1)) => None,
+            () = sleep_branch(Duration::from_millis(30)) => None,
         };
         assert_eq!(r, None);
         assert_eq!(a.counts(), (1, 1, 0));
