@@ -6,10 +6,11 @@
 #   (gdb) costack bt ADDRESS    # backtrace of the suspended coroutine whose control block is there
 #   (gdb) costack bt-all        # backtraces of every suspended coroutine of this thread
 #
-# It needs a live process (it calls costack_gdb_live_head() in it; a process under qemu-user's
-# gdb stub works too) and a costack built with the assembly backend. The switch context sits at
-# offset COSTACK_GDB_LAYOUT[0] of a coroutine's control block; its first word is the suspended
-# coroutine's saved stack pointer `sp`. The registers as they were at the yield are rebuilt from
+# It needs a live process (on x86_64 it finds the thread's live list from the executable's TLS
+# segment and $fs_base; elsewhere, or if that fails, it calls costack_gdb_live_head() in it; a
+# process under qemu-user's gdb stub works too) and a costack built with the assembly backend.
+# The switch context sits at offset COSTACK_GDB_LAYOUT[0] of a coroutine's control block; its
+# first word is the suspended coroutine's saved stack pointer `sp`. The registers as they were at the yield are rebuilt from
 # it as each CPU's switch left them (src/arch/<cpu>.rs), with the program counter just past the
 # resume code that the next enter runs, where the compiler's unwind information is right again:
 #
@@ -21,6 +22,8 @@
 #            s0 = [sp], s1 = [sp + 8]
 #
 # The command loads those into the selected frame, runs `bt`, and puts the real registers back.
+
+import struct
 
 import gdb
 
@@ -52,10 +55,73 @@ def _layout():
     return [_u64(base + 8 * i) for i in range(4)]
 
 
+def _elf_tls_live_head_address():
+    """x86_64: the address of this thread's live-list head, read from the executable's ELF file
+    (the thread-local's offset in the TLS segment) and the thread pointer ($fs_base), without
+    running code in the process; None if that is not possible (another CPU, a stripped binary,
+    costack in a shared library).
+
+    Why not just call costack_gdb_live_head(): gdb 13 cannot call a function in the process on
+    CPUs whose extended register state is larger than it knows (AMX): restoring the registers
+    after the call fails with "Couldn't write extended state status: Bad address"."""
+    if gdb.selected_frame().architecture().name() != "i386:x86-64":
+        return None
+    path = gdb.current_progspace().filename
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        elf = f.read()
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        return None
+    phoff, shoff = struct.unpack_from("<QQ", elf, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", elf, 0x36)
+    tls = None
+    for i in range(phnum):
+        p_type, _, _, p_vaddr, _, _, p_memsz, p_align = struct.unpack_from(
+            "<IIQQQQQQ", elf, phoff + i * phentsize)
+        if p_type == 7:  # PT_TLS
+            tls = (p_vaddr, p_memsz, max(p_align, 1))
+    if tls is None:
+        return None
+    for i in range(shnum):
+        sh = struct.unpack_from("<IIQQQQIIQQ", elf, shoff + i * shentsize)
+        if sh[1] != 2:  # SHT_SYMTAB
+            continue
+        sym_off, sym_size, link, entsize = sh[4], sh[5], sh[6], sh[9]
+        str_off = struct.unpack_from("<IIQQQQIIQQ", elf, shoff + link * shentsize)[4]
+        for j in range(sym_size // entsize):
+            st_name, st_info, _, _, st_value, _ = struct.unpack_from(
+                "<IBBHQQ", elf, sym_off + j * entsize)
+            if st_info & 0xF != 6:  # STT_TLS
+                continue
+            start = str_off + st_name
+            name = elf[start:elf.index(b"\0", start)]
+            if b"costack" not in name or b"LIVE_HEAD" not in name:
+                continue
+            # The executable's TLS block ends at the thread pointer (x86_64's TLS variant II),
+            # placed as glibc's _dl_determine_tlsoffset places it.
+            vaddr, memsz, align = tls
+            firstbyte = (-(vaddr & (align - 1))) & (align - 1)
+            offset = (memsz - firstbyte + align - 1) // align * align + firstbyte
+            tp = int(gdb.parse_and_eval("$fs_base")) & 0xFFFFFFFFFFFFFFFF
+            return tp - offset + st_value
+    return None
+
+
+def _live_head():
+    try:
+        addr = _elf_tls_live_head_address()
+    except (gdb.error, OSError, ValueError, struct.error):
+        addr = None
+    if addr is not None:
+        return _u64(addr)
+    with _CLanguage():
+        return int(gdb.parse_and_eval("((unsigned long long (*)(void))costack_gdb_live_head)()"))
+
+
 def _live():
     sp_off, next_off, id_off, state_off = _layout()
-    with _CLanguage():
-        head = int(gdb.parse_and_eval("((unsigned long long (*)(void))costack_gdb_live_head)()"))
+    head = _live_head()
     out = []
     while head:
         cid = _u64(head + id_off)

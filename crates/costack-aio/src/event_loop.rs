@@ -111,7 +111,10 @@ impl EventLoop {
     /// bottom half — is no progress; so with `blocking == true` the result can still be `false`,
     /// as in QEMU. With `blocking == true` on a loop where nothing could ever happen (no tasks,
     /// no timers, nothing queued, and no [`LoopHandle`] or [`Waker`](crate::Waker) that another
-    /// thread could use), it only looks (as with `false`) instead of waiting forever.
+    /// thread could use), it only looks (as with `false`) instead of waiting forever. That is
+    /// judged when the wait starts: if the last handle held elsewhere is dropped unused while
+    /// the loop waits, the wait goes on, as QEMU's `aio_poll(ctx, true)` on an idle context
+    /// does (bound it with a timer or a task's [`sleep`](crate::sleep) if that can happen).
     ///
     /// `while lp.poll(false) {}` runs the loop until it has nothing left to do without waiting.
     ///
