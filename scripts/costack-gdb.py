@@ -10,9 +10,10 @@
 # segment and $fs_base; elsewhere, or if that fails, it calls costack_gdb_live_head() in it; a
 # process under qemu-user's gdb stub works too) and a costack built with the assembly backend.
 # The switch context sits at offset COSTACK_GDB_LAYOUT[0] of a coroutine's control block; its
-# first word is the suspended coroutine's saved stack pointer `sp`. The registers as they were at the yield are rebuilt from
-# it as each CPU's switch left them (src/arch/<cpu>.rs), with the program counter just past the
-# resume code that the next enter runs, where the compiler's unwind information is right again:
+# first word is the suspended coroutine's saved stack pointer `sp`. The registers as they were
+# at the yield are rebuilt from it as each CPU's switch left them (src/arch/<cpu>.rs), with the
+# program counter just past the resume code that the next enter runs, where the compiler's
+# unwind information is right again:
 #
 #   x86_64   resume address at [sp]; rip = it + 4 instructions, rsp = sp + 24,
 #            rbx = [sp + 8], rbp = [sp + 16]
