@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Serve a file, or an in-memory disk, over the Network Block Device protocol.
 ///
@@ -67,6 +68,17 @@ struct Args {
     /// (io_uring, or worker threads) while the request waits.
     #[arg(long, value_enum, default_value_t = Writes::Inline)]
     writes: Writes,
+
+    /// Disconnect a client that has not finished the handshake SECS seconds after it connected
+    /// (0: no limit).
+    #[arg(long = "handshake-timeout", value_name = "SECS", default_value_t = 10)]
+    handshake_timeout: u32,
+
+    /// Serve at most NUM connections at once, those still in the handshake included; a
+    /// connection beyond them is closed at once (0: no limit).
+    #[arg(short = 'e', long = "shared", visible_alias = "max-connections", value_name = "NUM",
+          default_value_t = Config::default().max_connections)]
+    shared: usize,
 
     /// Log connections and errors to stderr.
     #[arg(short, long)]
@@ -176,6 +188,8 @@ fn main() -> ExitCode {
     let cfg = Config {
         threads,
         max_in_flight: args.in_flight as usize,
+        handshake_timeout: Some(Duration::from_secs(args.handshake_timeout.into())),
+        max_connections: args.shared,
         ..Config::default()
     };
     let size = export.size();

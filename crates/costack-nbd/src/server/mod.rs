@@ -37,6 +37,34 @@
 //! than 32 MiB (its payload is not read; the error is replied first). Whatever a connection
 //! does, it can only end itself: the others, and every acknowledged write, are untouched.
 //!
+//! # Limits
+//!
+//! What a client can hold without doing anything useful is bounded:
+//!
+//! * **The handshake has a deadline** ([`Config::handshake_timeout`], 10 s by default, as
+//!   qemu-nbd's): from the moment a connection is accepted until the client picks an export,
+//!   whatever it sends or does not send in between. The deadline is a
+//!   [`timeout`](costack_aio::timeout) around the whole negotiation, so every wait inside it
+//!   is cut short; the connection is then closed (and logged). Transmission has no deadline.
+//! * **Connections are counted** ([`Config::max_connections`], 512 by default), across every
+//!   thread, those in the handshake included. The acceptor takes a connection beyond the
+//!   limit out of the backlog and closes it at once, so the client reads end-of-file instead
+//!   of waiting; a connection's place is given back by a guard, however it ends.
+//! * **Running out of file descriptors** does not stop the acceptor nor make it spin. It
+//!   holds one spare descriptor; when `accept` fails with `EMFILE`/`ENFILE` it closes the
+//!   spare, accepts the waiting connection, closes it at once (end-of-file for the client)
+//!   and takes the spare back, then waits for the next connection as usual. A client is
+//!   thus refused at once while the process is full, and served as soon as a descriptor is
+//!   free again (stalled handshakes free theirs at their deadline). Other failures of
+//!   `accept` are retried at once when they belonged to one connection (`ECONNABORTED`,
+//!   network errors passed on by Linux), or after a short back-off (100 ms when short of
+//!   descriptors or kernel memory, 1 s for anything unknown), so a lasting failure costs next
+//!   to no CPU.
+//!
+//! Raise the process's `RLIMIT_NOFILE` above `max_connections` plus a few dozen (the loops'
+//! own descriptors) for the limit on connections, rather than the descriptors, to be what
+//! refuses clients first.
+//!
 //! # Shutdown
 //!
 //! [`ServerHandle::stop`] tells every loop to stop: the acceptor closes, connections still in
@@ -52,8 +80,9 @@
 //! # Floors
 //!
 //! ```text
-//! server (this file)   threads, loops, accept, handshake hand-off, stop   → conn, verbose
+//! server (this file)   threads, loops, accept, handshake hand-off, stop   → conn, limits, verbose
 //!   conn               transmission: dispatch, in-flight slots, refusing   → wire, verbose
+//!   limits             connection count, spare fd, accept errors           (nothing)
 //!   wire               input buffer, replies, batched writes               → verbose
 //!   verbose            set_verbose and the log! macro                      (nothing)
 //! ```
@@ -65,6 +94,7 @@
 //! stop flag) as arguments.
 
 mod conn;
+mod limits;
 mod verbose;
 mod wire;
 
@@ -76,6 +106,7 @@ use crate::handshake;
 use costack_aio::io::AsyncFd;
 use costack_aio::net::TcpStream;
 use costack_aio::{EventLoop, LoopHandle, WakeableSleep};
+use limits::{Accepted, Admitted, AfterError, ConnCount, Spare};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
@@ -87,6 +118,24 @@ use std::time::Duration;
 use verbose::log;
 
 /// Server settings other than the export.
+///
+/// The defaults suit a server facing clients it does not trust; the limits (see
+/// [Limits](self#limits)) can be changed or turned off:
+///
+/// ```
+/// use costack_nbd::Config;
+/// use std::time::Duration;
+///
+/// let cfg = Config {
+///     threads: 2,
+///     handshake_timeout: Some(Duration::from_secs(30)), // slow clients on a slow link
+///     max_connections: 64,
+///     ..Config::default()
+/// };
+/// assert_eq!(Config::default().handshake_timeout, Some(Duration::from_secs(10)));
+/// assert_eq!(Config::default().max_connections, 512);
+/// # let _ = cfg;
+/// ```
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Event-loop threads; connections are spread over them (at least 1).
@@ -98,6 +147,21 @@ pub struct Config {
     /// How long a stop waits for connections to finish their requests before it cuts them
     /// (a client that does not read its replies could otherwise hold it up for ever).
     pub shutdown_grace: Duration,
+    /// How long a client has to finish the whole handshake, from the moment its connection is
+    /// accepted until it enters transmission (`GO`/`EXPORT_NAME`); a client still negotiating
+    /// then is disconnected, and its place counts no more against
+    /// [`max_connections`](Config::max_connections). The deadline covers everything the
+    /// handshake waits for, however the client spreads its bytes. `None` or zero: no
+    /// deadline. Default: 10 s, as qemu-nbd's. Transmission itself has no deadline (an idle
+    /// client may stay).
+    pub handshake_timeout: Option<Duration>,
+    /// The most connections open at once, across every thread, those still in the handshake
+    /// included. A connection beyond it is accepted and closed at once (the client reads
+    /// end-of-file instead of waiting in the listen backlog). 0: no limit (as qemu-nbd's
+    /// `--shared=0`). Default: 512 — far more than the clients of one disk (QEMU opens at most
+    /// 16 connections to an export with multi-conn), and less than the usual 1024 file
+    /// descriptors per process.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -107,6 +171,8 @@ impl Default for Config {
             max_in_flight: 16,
             stack_size: 256 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            handshake_timeout: Some(Duration::from_secs(10)),
+            max_connections: 512,
         }
     }
 }
@@ -246,6 +312,7 @@ fn loop_thread(
         listener: RefCell::new(None),
         idle: WakeableSleep::new(),
         grace: cfg.shutdown_grace,
+        handshake_timeout: cfg.handshake_timeout.filter(|d| !d.is_zero()),
     });
     STATE.with(|s| *s.borrow_mut() = Some(state.clone()));
     let st = state.clone();
@@ -254,7 +321,8 @@ fn loop_thread(
             let l = Rc::new(AsyncFd::new(listener));
             *st.listener.borrow_mut() = Some(l.clone());
             let s2 = st.clone();
-            costack_aio::spawn(move || accept_loop(s2, l, peers));
+            let count = ConnCount::new(cfg.max_connections);
+            costack_aio::spawn(move || accept_loop(s2, l, peers, count));
         }
         while !(st.stopping.get() && st.conns.borrow().is_empty() && st.listener.borrow().is_none())
         {
@@ -281,6 +349,8 @@ struct LoopState {
     idle: WakeableSleep,
     /// How long a stop waits for busy connections.
     grace: Duration,
+    /// [`Config::handshake_timeout`] (`None`: none).
+    handshake_timeout: Option<Duration>,
 }
 
 thread_local! {
@@ -320,14 +390,19 @@ impl LoopState {
     }
 }
 
-/// Takes a connection out of the loop's table when its task ends (however it ends).
+/// Takes a connection out of the loop's table, and gives its place in the connection count
+/// back, when its task ends (however it ends).
 struct ConnGuard {
     state: Rc<LoopState>,
     id: u64,
+    place: Option<Admitted>,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        // The place first: the socket closes after it, so a client that has read end-of-file
+        // finds the place free when it connects again.
+        self.place = None;
         self.state.conns.borrow_mut().remove(&self.id);
         self.state.idle.wake();
     }
@@ -337,39 +412,50 @@ fn accept_loop(
     state: Rc<LoopState>,
     listener: Rc<AsyncFd<std::net::TcpListener>>,
     peers: Vec<LoopHandle>,
+    count: ConnCount,
 ) {
     let mut next = 0usize;
+    let mut spare = Spare::new();
     loop {
-        match listener.read_with(|l| l.accept()) {
-            Ok((s, peer)) => {
+        match listener.read_with(|l| spare.accept(|| l.accept())) {
+            Ok(Accepted::Conn((s, peer))) => {
+                let Some(place) = count.admit() else {
+                    log!("refused {peer}: {} connections already", count.open());
+                    continue; // `s` is closed: the client reads end-of-file
+                };
                 log!("connection from {peer}");
                 let i = next % peers.len();
                 next = next.wrapping_add(1);
                 if i == 0 {
                     let st = state.clone();
-                    costack_aio::spawn(move || connection(st, s));
+                    costack_aio::spawn(move || connection(st, s, place));
                 } else {
+                    // If that loop is gone, the closure is dropped: so are `s` and `place`.
                     let _ = peers[i].call_soon(move || {
                         with_state(|st| {
                             let st = st.clone();
-                            costack_aio::spawn(move || connection(st, s));
+                            costack_aio::spawn(move || connection(st, s, place));
                         })
                     });
                 }
             }
+            Ok(Accepted::Shed) => log!("out of file descriptors: refused a connection"),
             Err(_) if listener.is_closed() => break,
-            Err(e) => {
-                // Out of fds, a connection reset before it was accepted...: keep serving.
-                log!("accept: {e}");
-                costack_aio::sleep(Duration::from_millis(10));
-            }
+            Err(e) => match limits::after_error(&e) {
+                AfterError::Retry => log!("accept: {e}"),
+                AfterError::BackOff(d) => {
+                    log!("accept: {e}: trying again in {d:?}");
+                    costack_aio::sleep(d);
+                    spare.refill();
+                }
+            },
         }
     }
     *state.listener.borrow_mut() = None;
     state.idle.wake();
 }
 
-fn connection(state: Rc<LoopState>, s: std::net::TcpStream) {
+fn connection(state: Rc<LoopState>, s: std::net::TcpStream, place: Admitted) {
     let Ok(stream) = TcpStream::from_std(s) else {
         return;
     };
@@ -384,8 +470,20 @@ fn connection(state: Rc<LoopState>, s: std::net::TcpStream) {
     let _guard = ConnGuard {
         state: state.clone(),
         id,
+        place: Some(place),
     };
-    let neg = match handshake::handshake(&*stream, &state.export) {
+    let shake = || handshake::handshake(&*stream, &state.export);
+    let result = match state.handshake_timeout {
+        // The whole handshake: every wait inside it is cut short at the deadline.
+        Some(d) => costack_aio::timeout(d, shake).unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("not finished within {d:?}: disconnected"),
+            ))
+        }),
+        None => shake(),
+    };
+    let neg = match result {
         Ok(Some(n)) => n,
         Ok(None) => return,
         Err(e) => {

@@ -195,6 +195,16 @@ impl Client {
         c
     }
 
+    /// A client on a connection whose greeting was read and whose flags were sent.
+    pub fn from_stream(s: TcpStream) -> Client {
+        Client {
+            s,
+            structured: false,
+            reads: HashMap::new(),
+            next_cookie: 1,
+        }
+    }
+
     /// Connects with fixed newstyle and NO_ZEROES, ready for options.
     pub fn connect(addr: SocketAddr) -> Client {
         let mut c = Client::greet(addr);
