@@ -215,7 +215,8 @@ fn connections_beyond_the_maximum_are_refused_at_once() {
         handshake_timeout: None,
         ..Config::default()
     });
-    // Three admitted: two still in the handshake, one in transmission.
+    // Three admitted: two still in the handshake, one in transmission. Connections go round
+    // robin (refused ones do not count): `a` and `c` on the accepting loop, `b` on the other.
     let (mut a, ga) = connect(srv.addr);
     let (_b, gb) = connect(srv.addr);
     let (mut c, _) = Client::open(srv.addr, false);
@@ -238,7 +239,9 @@ fn connections_beyond_the_maximum_are_refused_at_once() {
     let (_d, gd) = connect(srv.addr);
     assert_eq!(gd, Greeted::Yes);
     assert_eq!(connect(srv.addr).1, Greeted::Refused);
-    // One in transmission leaves (DISC): its place is free too.
+    // One in transmission leaves (DISC): its place is free too. (Transmission shuts the socket
+    // down just before the place is given back; `c` runs on the accepting loop, so the
+    // acceptor cannot look at the count in between.)
     c.disconnect();
     let (mut e, _) = Client::open(srv.addr, true);
     use_the_disk(&mut e);
