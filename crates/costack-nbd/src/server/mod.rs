@@ -73,8 +73,8 @@ pub use verbose::set_verbose;
 
 use crate::export::{Backend, Export};
 use crate::handshake;
+use crate::transport::{Accepted, ListenAddr, Listener, Stream, TlsMode};
 use costack_aio::io::AsyncFd;
-use costack_aio::net::TcpStream;
 use costack_aio::{EventLoop, LoopHandle, WakeableSleep};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -98,6 +98,8 @@ pub struct Config {
     /// How long a stop waits for connections to finish their requests before it cuts them
     /// (a client that does not read its replies could otherwise hold it up for ever).
     pub shutdown_grace: Duration,
+    /// TLS: off, offered, or required before anything else (see [`TlsMode`]).
+    pub tls: TlsMode,
 }
 
 impl Default for Config {
@@ -107,6 +109,7 @@ impl Default for Config {
             max_in_flight: 16,
             stack_size: 256 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            tls: TlsMode::Off,
         }
     }
 }
@@ -115,16 +118,25 @@ impl Default for Config {
 /// [`shutdown`](ServerHandle::shutdown), without the flush's result).
 #[derive(Debug)]
 pub struct ServerHandle {
-    addr: SocketAddr,
+    addr: ListenAddr,
     loops: Vec<LoopHandle>,
     threads: Vec<thread::JoinHandle<()>>,
     export: Arc<Export>,
 }
 
 impl ServerHandle {
-    /// The address the server listens on.
+    /// The TCP address the server listens on; for a Unix socket, the unspecified address
+    /// `0.0.0.0:0` (see [`address`](ServerHandle::address)).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        match &self.addr {
+            ListenAddr::Tcp(a) => *a,
+            ListenAddr::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+
+    /// Where the server listens: a TCP address or a Unix socket's path.
+    pub fn address(&self) -> &ListenAddr {
+        &self.addr
     }
 
     /// Starts a graceful stop and returns at once: no new connections, no new requests; the
@@ -169,18 +181,19 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Serves `export` on `listener` (bound already) with `cfg`; returns once every loop is
-/// running.
+/// Serves `export` on `listener` (bound already: a `std::net::TcpListener`, or any
+/// [`Listener`]) with `cfg`; returns once every loop is running.
 ///
 /// # Errors
 /// If the listener cannot be made non-blocking, or a thread or an event loop cannot be
 /// created.
 pub fn serve(
     export: Arc<Export>,
-    listener: std::net::TcpListener,
+    listener: impl Into<Listener>,
     cfg: Config,
 ) -> io::Result<ServerHandle> {
-    let addr = listener.local_addr()?;
+    let listener = listener.into();
+    let addr = listener.address()?;
     listener.set_nonblocking(true)?;
     let n = cfg.threads.max(1);
     // If a thread cannot start, dropping the handle stops (and joins) those that did.
@@ -212,7 +225,7 @@ pub fn serve(
     Ok(handle)
 }
 
-type Acceptor = (std::net::TcpListener, mpsc::Receiver<Vec<LoopHandle>>);
+type Acceptor = (Listener, mpsc::Receiver<Vec<LoopHandle>>);
 
 fn loop_thread(
     export: Arc<Export>,
@@ -246,6 +259,7 @@ fn loop_thread(
         listener: RefCell::new(None),
         idle: WakeableSleep::new(),
         grace: cfg.shutdown_grace,
+        tls: cfg.tls.clone(),
     });
     STATE.with(|s| *s.borrow_mut() = Some(state.clone()));
     let st = state.clone();
@@ -273,14 +287,16 @@ struct LoopState {
     max_in_flight: usize,
     stopping: Cell<bool>,
     /// Live connections, to stop them.
-    conns: RefCell<HashMap<u64, Rc<TcpStream>>>,
+    conns: RefCell<HashMap<u64, Rc<Stream>>>,
     next_conn: Cell<u64>,
     /// The listening socket, on the loop that accepts, until it stops.
-    listener: RefCell<Option<Rc<AsyncFd<std::net::TcpListener>>>>,
+    listener: RefCell<Option<Rc<AsyncFd<Listener>>>>,
     /// Wakes the loop's main task when it may be done.
     idle: WakeableSleep,
     /// How long a stop waits for busy connections.
     grace: Duration,
+    /// TLS for the handshake.
+    tls: TlsMode,
 }
 
 thread_local! {
@@ -333,11 +349,7 @@ impl Drop for ConnGuard {
     }
 }
 
-fn accept_loop(
-    state: Rc<LoopState>,
-    listener: Rc<AsyncFd<std::net::TcpListener>>,
-    peers: Vec<LoopHandle>,
-) {
+fn accept_loop(state: Rc<LoopState>, listener: Rc<AsyncFd<Listener>>, peers: Vec<LoopHandle>) {
     let mut next = 0usize;
     loop {
         match listener.read_with(|l| l.accept()) {
@@ -369,8 +381,8 @@ fn accept_loop(
     state.idle.wake();
 }
 
-fn connection(state: Rc<LoopState>, s: std::net::TcpStream) {
-    let Ok(stream) = TcpStream::from_std(s) else {
+fn connection(state: Rc<LoopState>, s: Accepted) {
+    let Ok(stream) = Stream::from_accepted(s) else {
         return;
     };
     if state.stopping.get() {
@@ -385,7 +397,7 @@ fn connection(state: Rc<LoopState>, s: std::net::TcpStream) {
         state: state.clone(),
         id,
     };
-    let neg = match handshake::handshake(&*stream, &state.export) {
+    let neg = match handshake::handshake(&*stream, &state.export, &state.tls) {
         Ok(Some(n)) => n,
         Ok(None) => return,
         Err(e) => {
