@@ -105,12 +105,15 @@ impl TlsMode {
 #[derive(Clone)]
 pub struct TlsCredentials {
     config: Arc<ServerConfig>,
+    /// Whether client certificates are checked, for `Debug` (unknown for a configuration
+    /// built elsewhere).
+    verify_peer: Option<bool>,
 }
 
 impl fmt::Debug for TlsCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsCredentials")
-            .field("alpn", &self.config.alpn_protocols)
+            .field("verify_peer", &self.verify_peer)
             .finish_non_exhaustive()
     }
 }
@@ -193,12 +196,17 @@ impl TlsCredentials {
             .map_err(|e| bad(key, "does not fit the certificate", e))?;
         Ok(TlsCredentials {
             config: Arc::new(config),
+            verify_peer: Some(client_ca.is_some()),
         })
     }
 
-    /// Uses a rustls configuration built elsewhere.
+    /// Uses a rustls configuration built elsewhere (its client verifier decides about
+    /// client certificates).
     pub fn from_config(config: Arc<ServerConfig>) -> TlsCredentials {
-        TlsCredentials { config }
+        TlsCredentials {
+            config,
+            verify_peer: None,
+        }
     }
 }
 
@@ -352,6 +360,20 @@ impl Stream {
             Sock::Tcp(s) => s.shutdown(how),
             Sock::Unix(s) => s.shutdown(how),
         }
+    }
+
+    /// Ends the connection (a hard disconnect in the spec's terms): with TLS on, sends
+    /// `close_notify` first (yielding while the socket is full), as the spec asks ("SHOULD
+    /// shutdown TLS first"); then shuts the socket down both ways. Errors are ignored: the
+    /// connection is over either way.
+    pub fn close(&self) {
+        if self.tls_on.get() {
+            if let Some(t) = self.tls.borrow_mut().as_mut() {
+                t.conn.send_close_notify();
+            }
+            let _ = self.flush_tls();
+        }
+        let _ = self.shutdown(Shutdown::Both);
     }
 
     /// `TCP_NODELAY` on a TCP stream; nothing on a Unix one.

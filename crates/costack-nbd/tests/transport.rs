@@ -264,6 +264,16 @@ fn request(
     (err, out)
 }
 
+/// `NBD_CMD_DISC` (no reply).
+fn disc_request() -> Vec<u8> {
+    let mut b = Vec::with_capacity(28);
+    b.extend_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
+    b.extend_from_slice(&0u16.to_be_bytes());
+    b.extend_from_slice(&cmd::DISC.to_be_bytes());
+    b.extend_from_slice(&[0u8; 20]);
+    b
+}
+
 /// Whether the peer closed `s` (end of file or an error; the socket's read timeout is 20 s)
 /// after at most 1 KiB more (a TLS alert, say).
 fn closed(s: &mut impl Read) -> bool {
@@ -346,7 +356,11 @@ fn data_over_tls_reads_back_and_starttls_twice_is_invalid() {
     go(&mut t2);
     let (err, back) = request(&mut t2, cmd::READ, 4096, &[], 1000);
     assert_eq!((err, &back[..]), (0, &data[..1000]));
-    // A clean TLS close ends the connection like end of file.
+    // DISC: the server ends TLS cleanly (close_notify, so not UnexpectedEof) and closes.
+    t.write_all(&disc_request()).unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(t.read(&mut b).unwrap(), 0);
+    // A clean TLS close from the client ends the connection like end of file.
     t2.conn.send_close_notify();
     t2.conn.complete_io(&mut t2.sock).unwrap();
     assert!(closed(&mut t2.sock));
@@ -763,6 +777,16 @@ fn binary_tls_flags() {
     assert!(e.contains("--tls-certificates"), "{e}");
     let e = bin_fails(&["-p", "0", "--tls-certificates", pki.client.s()]);
     assert!(e.contains("server-cert.pem"), "{e}");
+    let e = bin_fails(&[
+        "-p",
+        "0",
+        "--tls",
+        "off",
+        "--tls-certificates",
+        pki.server.s(),
+        "--tls-verify-peer",
+    ]);
+    assert!(e.contains("--tls-verify-peer needs TLS"), "{e}");
     // Certificates alone: TLS required (qemu-nbd's default).
     let mut c = Command::new(BIN);
     c.args(["-p", "0", "-s", "1M", "--tls-certificates", pki.server.s()]);

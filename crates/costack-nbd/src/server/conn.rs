@@ -28,7 +28,6 @@ use costack::sync::CoSemaphore;
 use costack_aio::buf;
 use std::cell::Cell;
 use std::io;
-use std::net::Shutdown;
 use std::rc::Rc;
 
 /// Most extents in one `BLOCK_STATUS` reply (the spec's recommended ceiling is 2^20).
@@ -154,7 +153,7 @@ pub(super) fn transmission(
     }
     // Finish what is in flight: every slot comes back.
     drop(conn.slots.acquire(max_in_flight));
-    let _ = conn.stream.shutdown(Shutdown::Both);
+    conn.stream.close();
 }
 
 /// Most requests answered `ESHUTDOWN` by one connection at a stop.

@@ -59,7 +59,8 @@
 //! ```
 //!
 //! Each file imports only the ones below it (and [`proto`](crate::proto),
-//! [`export`](crate::export), [`handshake`] of the crate). This file owns
+//! [`export`](crate::export), [`handshake`] and [`transport`](crate::transport) of the
+//! crate: the connection's [`Stream`] and the [`Listener`]). This file owns
 //! the per-loop state ([`Config`], the connection table, the stop); a connection gets from it
 //! only what it needs (the backend, the export's read-only flag, the in-flight limit and the
 //! stop flag) as arguments.
