@@ -94,13 +94,25 @@ impl TlsMode {
 /// A server's TLS setup: its certificate chain and key, and whether (and against which CA)
 /// client certificates are checked. Cheap to clone.
 ///
-/// ```no_run
+/// ```
 /// use costack_nbd::transport::{TlsCredentials, TlsMode};
 /// use costack_nbd::Config;
 ///
-/// // ca-cert.pem, server-cert.pem, server-key.pem, as qemu-nbd and nbdkit read them.
-/// let creds = TlsCredentials::from_dir("/etc/pki/qemu".as_ref(), false).unwrap();
+/// // server-cert.pem and server-key.pem (and ca-cert.pem to check clients), as qemu-nbd and
+/// // nbdkit read them; here a self-signed certificate made on the spot.
+/// let dir = std::env::temp_dir().join(format!("costack-nbd-doc-tls-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+/// std::fs::write(dir.join("server-cert.pem"), c.cert.pem()).unwrap();
+/// std::fs::write(dir.join("server-key.pem"), c.signing_key.serialize_pem()).unwrap();
+///
+/// let creds = TlsCredentials::from_dir(&dir, false).unwrap();
 /// let cfg = Config { tls: TlsMode::Require(creds), ..Config::default() };
+/// assert!(cfg.tls.is_required());
+/// // Without ca-cert.pem, client certificates cannot be checked: a clear error.
+/// let e = TlsCredentials::from_dir(&dir, true).unwrap_err();
+/// assert!(e.to_string().contains("ca-cert.pem"));
+/// std::fs::remove_dir_all(&dir).unwrap();
 /// ```
 #[derive(Clone)]
 pub struct TlsCredentials {
@@ -277,6 +289,21 @@ pub(crate) enum Accepted {
 ///
 /// `&Stream` is [`Read`] and [`Write`]; each call yields the running task while the socket is
 /// not ready. It belongs to the loop (thread) that made it.
+///
+/// ```
+/// use costack_nbd::transport::Stream;
+/// use std::io::{Read, Write};
+///
+/// costack_aio::EventLoop::new().block_on(|| {
+///     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+///     let (a, b) = (Stream::unix(a).unwrap(), Stream::unix(b).unwrap());
+///     (&a).write_all(b"hello").unwrap();
+///     let mut buf = [0u8; 5];
+///     (&b).read_exact(&mut buf).unwrap(); // yields until the bytes are there
+///     assert_eq!(&buf, b"hello");
+///     assert_eq!((a.peer(), a.is_tls()), ("unix", false));
+/// });
+/// ```
 pub struct Stream {
     sock: Sock,
     peer: String,

@@ -693,6 +693,49 @@ fn nbdinfo_over_nbds_in_require_and_on_modes() {
     );
 }
 
+/// Many requests in flight on several TLS connections at once: each connection's reader and
+/// its replies' writer interleave on the TLS stream.
+#[test]
+fn nbdcopy_round_trip_over_tls() {
+    require!("nbdcopy");
+    let pki = pki();
+    let srv = tls_server(TlsMode::Require(creds(&pki, false)), 2);
+    let uri = format!(
+        "nbds://127.0.0.1:{}/test?tls-certificates={}",
+        srv.addr.port(),
+        pki.client.s()
+    );
+    let data = pattern(16 << 20, 77);
+    let src = TempFile::with_data("tls-nbdcopy-src", &data);
+    run(
+        "nbdcopy",
+        &[
+            "--connections=4",
+            "--requests=32",
+            "--request-size=1048576",
+            src.path().to_str().unwrap(),
+            &uri,
+        ],
+    );
+    let dst = TempFile::new("tls-nbdcopy-dst");
+    run(
+        "nbdcopy",
+        &[
+            "--connections=4",
+            "--requests=32",
+            &uri,
+            dst.path().to_str().unwrap(),
+        ],
+    );
+    let got = std::fs::read(dst.path()).unwrap();
+    assert_eq!(got.len(), 64 << 20, "the whole export comes back");
+    assert!(
+        got[..data.len()] == data[..],
+        "the copy back over TLS differs"
+    );
+    assert!(got[data.len()..].iter().all(|&b| b == 0));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The binary: TLS flags, Unix sockets, socket activation
 
@@ -990,6 +1033,12 @@ fn socket_activation_tcp_and_unix() {
         e.contains("-p/--port cannot be used with socket activation"),
         "{e}"
     );
+    // A datagram socket: refused clearly.
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let out = activated(u.as_raw_fd(), &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("fd 3 is not a stream socket"), "{e}");
     // fd 3 not a socket: refused clearly.
     let f = std::fs::File::open("/dev/null").unwrap();
     let out = activated(f.as_raw_fd(), &[]).output().unwrap();
