@@ -390,15 +390,19 @@ impl Stream {
     }
 
     /// Ends the connection (a hard disconnect in the spec's terms): with TLS on, sends
-    /// `close_notify` first (yielding while the socket is full), as the spec asks ("SHOULD
-    /// shutdown TLS first"); then shuts the socket down both ways. Errors are ignored: the
-    /// connection is over either way.
+    /// `close_notify` first, as the spec asks ("SHOULD shutdown TLS first"), yielding while
+    /// the socket is full; then shuts the socket down both ways, which also wakes a task
+    /// waiting on it. If another task is writing (a client that does not read could keep it
+    /// there for ever), `close_notify` is skipped rather than waited for. Errors are ignored:
+    /// the connection is over either way.
     pub fn close(&self) {
         if self.tls_on.get() {
-            if let Some(t) = self.tls.borrow_mut().as_mut() {
-                t.conn.send_close_notify();
+            if let Some(_w) = self.wlock.try_lock() {
+                if let Some(t) = self.tls.borrow_mut().as_mut() {
+                    t.conn.send_close_notify();
+                }
+                let _ = self.drain_locked();
             }
-            let _ = self.flush_tls();
         }
         let _ = self.shutdown(Shutdown::Both);
     }

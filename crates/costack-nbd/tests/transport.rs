@@ -388,6 +388,27 @@ fn starttls_forgets_state_and_on_mode_serves_plaintext() {
 }
 
 #[test]
+fn stop_ends_idle_tls_connections_cleanly() {
+    let pki = pki();
+    let srv = tls_server(TlsMode::Require(creds(&pki, false)), 2);
+    let mut clients: Vec<Tls> = (0..3)
+        .map(|_| starttls(srv.addr, client_config(pki.client.path(), false)).unwrap())
+        .collect();
+    for c in &mut clients {
+        go(c);
+        assert_eq!(request(c, cmd::WRITE, 0, b"abc", 3).0, 0);
+    }
+    let t0 = Instant::now();
+    srv.shutdown();
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    for c in &mut clients {
+        // close_notify, then end of file: a clean end for the client's TLS.
+        let mut b = [0u8; 1];
+        assert_eq!(c.read(&mut b).unwrap(), 0);
+    }
+}
+
+#[test]
 fn off_mode_refuses_starttls() {
     let srv = TestServer::memory(1 << 20);
     let mut s = plain(srv.addr);
