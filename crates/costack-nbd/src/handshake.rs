@@ -11,8 +11,9 @@
 //! [`proto`], so the two can be read, and tested, apart. Its public items are the
 //! limits and ids a client meets; the negotiation itself is run by the server, not by users.
 //!
-//! May import: [`proto`], [`export`](crate::export) (the [`Export`] it
-//! describes) and [`transport`](crate::transport) (the stream, and TLS). The server imports it; it imports nothing of the server.
+//! May import: [`proto`], [`export`](crate::export) (the [`Export`] it describes) and
+//! [`transport`](crate::transport) (the stream, and TLS). The server imports it; it imports
+//! nothing of the server.
 //!
 //! # What is answered how
 //!
