@@ -11,8 +11,9 @@
 //! [`proto`], so the two can be read, and tested, apart. Its public items are the
 //! limits and ids a client meets; the negotiation itself is run by the server, not by users.
 //!
-//! May import: [`proto`] and [`export`](crate::export) (the [`Export`] it
-//! describes). The server imports it; it imports nothing of the server.
+//! May import: [`proto`], [`export`](crate::export) (the [`Export`] it describes) and
+//! [`transport`](crate::transport) (the stream, and TLS). The server imports it; it imports
+//! nothing of the server.
 //!
 //! # What is answered how
 //!
@@ -24,8 +25,13 @@
 //! | `INFO` / `GO` | `INFO`s: `EXPORT`, `BLOCK_SIZE` (1 / 4096 / 32 MiB), and `NAME` / `DESCRIPTION` when asked; `ACK`. Unknown export: `ERR_UNKNOWN`; malformed: `ERR_INVALID` |
 //! | `STRUCTURED_REPLY` | `ACK`; with data or repeated: `ERR_INVALID` |
 //! | `LIST_META_CONTEXT` / `SET_META_CONTEXT` | `base:allocation` (id 0 when listing, [`META_ID`] when set), `ACK`; before `STRUCTURED_REPLY`: `ERR_INVALID` |
-//! | `STARTTLS` | `ERR_UNSUP` (this server runs in the spec's NOTLS mode); with data: `ERR_INVALID` |
+//! | `STARTTLS` | TLS off: `ERR_UNSUP` (the spec's NOTLS mode). TLS on or required: `ACK`, then the TLS handshake; negotiation state (structured replies, metadata contexts) is forgotten. With data, or TLS already up: `ERR_INVALID` |
 //! | `EXTENDED_HEADERS`, anything else | `ERR_UNSUP` |
+//!
+//! With TLS required ([`TlsMode::Require`], the spec's FORCEDTLS), until TLS is up every option
+//! but `STARTTLS` and `ABORT` gets `ERR_TLS_REQD` (after its data is read), and `EXPORT_NAME`,
+//! which cannot be refused, ends the session. With TLS on ([`TlsMode::On`]) plaintext clients
+//! are served as with TLS off; `STARTTLS` is there for those who want it.
 //!
 //! Every option's data is read in full before it is answered (or skipped, if it is not
 //! wanted), so the next option header is always parsed from the right place. Option data over
@@ -34,6 +40,7 @@
 
 use crate::export::Export;
 use crate::proto::{self, info, opt, rep, tflag, MetaMatch, OptionHeader};
+use crate::transport::{StartTls, TlsMode};
 use std::io::{self, Read, Write};
 
 /// The metadata context id given to `base:allocation` by `SET_META_CONTEXT`.
@@ -200,7 +207,11 @@ where
 ///
 /// # Errors
 /// I/O errors of the socket.
-pub(crate) fn handshake<S>(io: &S, export: &Export) -> io::Result<Option<Negotiated>>
+pub(crate) fn handshake<S: StartTls>(
+    io: &S,
+    export: &Export,
+    tls: &TlsMode,
+) -> io::Result<Option<Negotiated>>
 where
     for<'x> &'x S: Read + Write,
 {
@@ -230,12 +241,20 @@ where
         else {
             return Ok(None); // not an option: nothing else can be parsed
         };
+        // FORCEDTLS: nothing but STARTTLS and ABORT until TLS is up.
+        let tls_reqd =
+            tls.is_required() && !io.is_tls() && option != opt::STARTTLS && option != opt::ABORT;
+        if tls_reqd && option == opt::EXPORT_NAME {
+            return Ok(None); // cannot be refused: end the session
+        }
         if len > MAX_OPTION_DATA {
             if option == opt::EXPORT_NAME || len > MAX_OPTION_SKIP {
                 return Ok(None);
             }
             st.skip(len)?;
-            let typ = if is_known(option) {
+            let typ = if tls_reqd {
+                rep::ERR_TLS_REQD
+            } else if is_known(option) {
                 rep::ERR_TOO_BIG
             } else {
                 rep::ERR_UNSUP
@@ -245,6 +264,14 @@ where
         }
         let mut data = vec![0u8; len as usize];
         read_exact(io, &mut data)?;
+        if tls_reqd {
+            st.error(
+                option,
+                rep::ERR_TLS_REQD,
+                "TLS is required: send NBD_OPT_STARTTLS first",
+            )?;
+            continue;
+        }
         match option {
             opt::EXPORT_NAME => {
                 let name = std::str::from_utf8(&data).unwrap_or("\u{0}");
@@ -307,13 +334,22 @@ where
                 }
             }
             opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => st.meta_context(option, &data)?,
-            opt::STARTTLS => {
-                if !data.is_empty() {
+            opt::STARTTLS => match tls.credentials() {
+                _ if !data.is_empty() => {
                     st.error(option, rep::ERR_INVALID, "STARTTLS takes no data")?;
-                } else {
-                    st.error(option, rep::ERR_UNSUP, "this server does not support TLS")?;
                 }
-            }
+                None => st.error(option, rep::ERR_UNSUP, "this server does not support TLS")?,
+                Some(_) if io.is_tls() => {
+                    st.error(option, rep::ERR_INVALID, "TLS is already on")?;
+                }
+                Some(creds) => {
+                    st.ack(option)?;
+                    io.start_tls(creds)?;
+                    // "the server MUST NOT preserve any negotiation state"
+                    st.structured = false;
+                    st.meta = false;
+                }
+            },
             _ => st.error(
                 option,
                 rep::ERR_UNSUP,

@@ -50,6 +50,8 @@
 //!
 //! * [`server`]: threads, event loops, accepting and stopping ([`serve`]); inside it, one
 //!   connection's transmission phase and the wire under it (private).
+//! * [`transport`]: the connection's byte stream (TCP or Unix, TLS switched on by
+//!   `STARTTLS`) and the listener (TCP, Unix socket, socket activation).
 //! * [`handshake`]: the option negotiation, and the limits and ids a client meets in it.
 //! * [`export`]: the [`Export`] (a file, or memory) and the per-thread [`Backend`] requests run
 //!   on.
@@ -62,6 +64,7 @@ pub mod export;
 pub mod handshake;
 pub mod proto;
 pub mod server;
+pub mod transport;
 
 pub use export::{Backend, Export, WritePath, ZeroMode};
 pub use server::{serve, set_verbose, Config, ServerHandle};

@@ -4,10 +4,12 @@
 //! in flight, flushes the export and exits 0. A second signal while that is going on exits at
 //! once (status 1).
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use costack_aio::signal::{Signals, SIGINT, SIGTERM};
+use costack_nbd::transport::{Listener, TlsCredentials, TlsMode};
 use costack_nbd::{serve, set_verbose, Config, Export, WritePath};
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -80,9 +82,36 @@ struct Args {
           default_value_t = Config::default().max_connections)]
     shared: usize,
 
+    /// Listen on a Unix socket at PATH instead of TCP (a stale socket file left there is
+    /// replaced; the file is removed at exit). With systemd socket activation (LISTEN_FDS set
+    /// for this process) the inherited socket is used and -b, -p and -k are refused.
+    #[arg(short = 'k', long = "socket", value_name = "PATH", conflicts_with_all = ["bind", "port"])]
+    socket: Option<PathBuf>,
+
+    /// TLS: `off`, `on` (offered, plaintext clients served too) or `require` (clients must
+    /// start TLS first) [default: require with --tls-certificates, else off].
+    #[arg(long, value_enum, value_name = "MODE")]
+    tls: Option<TlsArg>,
+
+    /// Directory with the TLS certificates, in the layout qemu-nbd and nbdkit use:
+    /// server-cert.pem, server-key.pem, and ca-cert.pem (for --tls-verify-peer).
+    #[arg(long, value_name = "DIR")]
+    tls_certificates: Option<PathBuf>,
+
+    /// Require a client certificate signed by the CA in ca-cert.pem.
+    #[arg(long, requires = "tls_certificates")]
+    tls_verify_peer: bool,
+
     /// Log connections and errors to stderr.
     #[arg(short, long)]
     verbose: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TlsArg {
+    Off,
+    On,
+    Require,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -130,6 +159,31 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
+/// The TLS mode from --tls and --tls-certificates (qemu-nbd's rule: certificates without
+/// --tls mean TLS required).
+fn tls_mode(args: &Args) -> Result<TlsMode, String> {
+    let creds = || -> Result<TlsCredentials, String> {
+        let Some(dir) = &args.tls_certificates else {
+            return Err("--tls on/require needs --tls-certificates DIR".into());
+        };
+        TlsCredentials::from_dir(dir, args.tls_verify_peer)
+            .map_err(|e| format!("TLS certificates: {e}"))
+    };
+    let mode = args.tls.unwrap_or(if args.tls_certificates.is_some() {
+        TlsArg::Require
+    } else {
+        TlsArg::Off
+    });
+    Ok(match mode {
+        TlsArg::Off if args.tls_verify_peer => {
+            return Err("--tls-verify-peer needs TLS (--tls on or require)".into())
+        }
+        TlsArg::Off => TlsMode::Off,
+        TlsArg::On => TlsMode::On(creds()?),
+        TlsArg::Require => TlsMode::Require(creds()?),
+    })
+}
+
 /// The next SIGINT or SIGTERM. If the listener cannot wait (its eventfd cannot be polled,
 /// which does not happen to a valid descriptor), exits at once as a second signal would.
 fn wait_signal(sigs: &mut Signals) -> i32 {
@@ -143,8 +197,45 @@ fn wait_signal(sigs: &mut Signals) -> i32 {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     set_verbose(args.verbose);
+    // SAFETY: called once, first thing in main, before any other thread starts; nothing else
+    // in this process owns fd 3.
+    let activated = match unsafe { Listener::from_systemd() } {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("costack-nbd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if activated.is_some() {
+        let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        if let Some(flag) = [
+            ("bind", "-b/--bind"),
+            ("port", "-p/--port"),
+            ("socket", "-k/--socket"),
+        ]
+        .iter()
+        .find_map(|(id, flag)| given(id).then_some(*flag))
+        {
+            eprintln!(
+                "costack-nbd: {flag} cannot be used with socket activation (LISTEN_FDS): \
+                 the server listens on the socket it was given"
+            );
+            return ExitCode::from(1);
+        }
+    }
+    let tls = match tls_mode(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("costack-nbd: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let writes = match args.writes {
         Writes::Inline => WritePath::Inline,
         Writes::Aio => WritePath::Aio,
@@ -163,12 +254,24 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let addr = SocketAddr::new(args.bind, args.port);
-    let listener = match TcpListener::bind(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("costack-nbd: cannot listen on {addr}: {e}");
-            return ExitCode::from(1);
+    let listener = match (activated, &args.socket) {
+        (Some(l), _) => l,
+        (None, Some(path)) => match Listener::unix(path) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("costack-nbd: cannot listen on {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        },
+        (None, None) => {
+            let addr = SocketAddr::new(args.bind, args.port);
+            match Listener::tcp(addr) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("costack-nbd: cannot listen on {addr}: {e}");
+                    return ExitCode::from(1);
+                }
+            }
         }
     };
     // Before any thread starts (the registry's advice: no handler is installed concurrently).
@@ -190,12 +293,18 @@ fn main() -> ExitCode {
         max_in_flight: args.in_flight as usize,
         handshake_timeout: Some(Duration::from_secs(args.handshake_timeout.into())),
         max_connections: args.shared,
+        tls,
         ..Config::default()
     };
     let size = export.size();
     let what = match &args.file {
         Some(p) => p.display().to_string(),
         None => "memory".to_owned(),
+    };
+    let tls_note = match &cfg.tls {
+        TlsMode::Off => "",
+        TlsMode::On(_) => ", TLS offered",
+        TlsMode::Require(_) => ", TLS required",
     };
     let server = match serve(export, listener, cfg) {
         Ok(s) => s,
@@ -205,10 +314,11 @@ fn main() -> ExitCode {
         }
     };
     eprintln!(
-        "costack-nbd: serving {what} ({size} bytes{}) as {:?} on {} with {threads} thread(s)",
+        "costack-nbd: serving {what} ({size} bytes{}) as {:?} on {} with {threads} thread(s){}",
         if args.read_only { ", read-only" } else { "" },
         args.name,
-        server.local_addr(),
+        server.address(),
+        tls_note,
     );
     // The main thread is not a task: `recv` blocks it in poll(2) until a signal is handled.
     let sig = wait_signal(&mut sigs);

@@ -23,12 +23,11 @@ use super::wire::{InBuf, Outbox, Reply};
 use crate::export::{Backend, ZeroMode};
 use crate::handshake::Negotiated;
 use crate::proto::{self, cflag, cmd, Check, Limits, Request};
+use crate::transport::Stream;
 use costack::sync::CoSemaphore;
 use costack_aio::buf;
-use costack_aio::net::TcpStream;
 use std::cell::Cell;
 use std::io;
-use std::net::Shutdown;
 use std::rc::Rc;
 
 /// Most extents in one `BLOCK_STATUS` reply (the spec's recommended ceiling is 2^20).
@@ -36,7 +35,7 @@ pub const MAX_EXTENTS: usize = 1 << 20;
 
 /// One connection in the transmission phase, shared by its reader and its request tasks.
 struct Conn {
-    stream: Rc<TcpStream>,
+    stream: Rc<Stream>,
     backend: Rc<dyn Backend>,
     /// Replies waiting to be written, and the lock of whoever writes them.
     out: Outbox,
@@ -70,7 +69,7 @@ impl Drop for Slot {
 /// `backend` is the loop's backend of the export, `read_only` the export's, and at most
 /// `max_in_flight` requests run at once.
 pub(super) fn transmission(
-    stream: Rc<TcpStream>,
+    stream: Rc<Stream>,
     neg: Negotiated,
     backend: &Rc<dyn Backend>,
     read_only: bool,
@@ -154,7 +153,7 @@ pub(super) fn transmission(
     }
     // Finish what is in flight: every slot comes back.
     drop(conn.slots.acquire(max_in_flight));
-    let _ = conn.stream.shutdown(Shutdown::Both);
+    conn.stream.close();
 }
 
 /// Most requests answered `ESHUTDOWN` by one connection at a stop.

@@ -70,7 +70,7 @@ impl Drop for Admitted {
 }
 
 /// What [`Spare::accept`] got.
-pub(super) enum Accepted<T> {
+pub(super) enum Took<T> {
     /// A connection to serve.
     Conn(T),
     /// The process was out of file descriptors: one pending connection was accepted with the
@@ -97,22 +97,22 @@ impl Spare {
 
     /// Runs the non-blocking `accept` once. If it fails because the process or the system is
     /// out of file descriptors and the spare is held, frees the spare, accepts once more, closes
-    /// what that accepted and reopens the spare: [`Accepted::Shed`]. Any other result, and the
+    /// what that accepted and reopens the spare: [`Took::Shed`]. Any other result, and the
     /// error of the second try (`WouldBlock` when nobody was waiting after all), is returned
     /// as it is, so this fits in [`AsyncFd::read_with`](costack_aio::io::AsyncFd::read_with).
     pub(super) fn accept<T>(
         &mut self,
         mut accept: impl FnMut() -> io::Result<T>,
-    ) -> io::Result<Accepted<T>> {
+    ) -> io::Result<Took<T>> {
         match accept() {
-            Ok(c) => Ok(Accepted::Conn(c)),
+            Ok(c) => Ok(Took::Conn(c)),
             Err(e) if out_of_fds(&e) && self.0.is_some() => {
                 self.0 = None;
                 let r = accept();
                 // Closed before the spare is reopened, so the spare gets this number back.
                 let r = r.map(drop);
                 self.0 = open_spare();
-                r.map(|()| Accepted::Shed)
+                r.map(|()| Took::Shed)
             }
             Err(e) => Err(e),
         }
@@ -237,7 +237,7 @@ mod tests {
         let mut s = Spare::new();
         assert!(s.0.is_some());
         // A connection: passed on.
-        assert!(matches!(s.accept(|| Ok(7)), Ok(Accepted::Conn(7))));
+        assert!(matches!(s.accept(|| Ok(7)), Ok(Took::Conn(7))));
         // Out of fds, then one waiting: shed, and the spare is back.
         let mut tries = 0;
         let r = s.accept(|| {
@@ -248,7 +248,7 @@ mod tests {
                 Ok(1)
             }
         });
-        assert!(matches!(r, Ok(Accepted::Shed)));
+        assert!(matches!(r, Ok(Took::Shed)));
         assert_eq!(tries, 2);
         assert!(s.0.is_some());
         // Out of fds and nobody waiting: WouldBlock, for the caller to wait on.

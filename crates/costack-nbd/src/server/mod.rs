@@ -88,7 +88,8 @@
 //! ```
 //!
 //! Each file imports only the ones below it (and [`proto`](crate::proto),
-//! [`export`](crate::export), [`handshake`] of the crate). This file owns
+//! [`export`](crate::export), [`handshake`] and [`transport`](crate::transport) of the
+//! crate: the connection's [`Stream`] and the [`Listener`]). This file owns
 //! the per-loop state ([`Config`], the connection table, the stop); a connection gets from it
 //! only what it needs (the backend, the export's read-only flag, the in-flight limit and the
 //! stop flag) as arguments.
@@ -103,10 +104,10 @@ pub use verbose::set_verbose;
 
 use crate::export::{Backend, Export};
 use crate::handshake;
+use crate::transport::{Accepted, ListenAddr, Listener, Stream, TlsMode};
 use costack_aio::io::AsyncFd;
-use costack_aio::net::TcpStream;
 use costack_aio::{EventLoop, LoopHandle, WakeableSleep};
-use limits::{Accepted, Admitted, AfterError, ConnCount, Spare};
+use limits::{Admitted, AfterError, ConnCount, Spare, Took};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
@@ -162,6 +163,8 @@ pub struct Config {
     /// 16 connections to an export with multi-conn), and less than the usual 1024 file
     /// descriptors per process.
     pub max_connections: usize,
+    /// TLS: off, offered, or required before anything else (see [`TlsMode`]).
+    pub tls: TlsMode,
 }
 
 impl Default for Config {
@@ -173,6 +176,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             handshake_timeout: Some(Duration::from_secs(10)),
             max_connections: 512,
+            tls: TlsMode::Off,
         }
     }
 }
@@ -181,16 +185,25 @@ impl Default for Config {
 /// [`shutdown`](ServerHandle::shutdown), without the flush's result).
 #[derive(Debug)]
 pub struct ServerHandle {
-    addr: SocketAddr,
+    addr: ListenAddr,
     loops: Vec<LoopHandle>,
     threads: Vec<thread::JoinHandle<()>>,
     export: Arc<Export>,
 }
 
 impl ServerHandle {
-    /// The address the server listens on.
+    /// The TCP address the server listens on; for a Unix socket, the unspecified address
+    /// `0.0.0.0:0` (see [`address`](ServerHandle::address)).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        match &self.addr {
+            ListenAddr::Tcp(a) => *a,
+            ListenAddr::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+
+    /// Where the server listens: a TCP address or a Unix socket's path.
+    pub fn address(&self) -> &ListenAddr {
+        &self.addr
     }
 
     /// Starts a graceful stop and returns at once: no new connections, no new requests; the
@@ -235,18 +248,19 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Serves `export` on `listener` (bound already) with `cfg`; returns once every loop is
-/// running.
+/// Serves `export` on `listener` (bound already: a `std::net::TcpListener`, or any
+/// [`Listener`]) with `cfg`; returns once every loop is running.
 ///
 /// # Errors
 /// If the listener cannot be made non-blocking, or a thread or an event loop cannot be
 /// created.
 pub fn serve(
     export: Arc<Export>,
-    listener: std::net::TcpListener,
+    listener: impl Into<Listener>,
     cfg: Config,
 ) -> io::Result<ServerHandle> {
-    let addr = listener.local_addr()?;
+    let listener = listener.into();
+    let addr = listener.address()?;
     listener.set_nonblocking(true)?;
     let n = cfg.threads.max(1);
     // If a thread cannot start, dropping the handle stops (and joins) those that did.
@@ -278,7 +292,7 @@ pub fn serve(
     Ok(handle)
 }
 
-type Acceptor = (std::net::TcpListener, mpsc::Receiver<Vec<LoopHandle>>);
+type Acceptor = (Listener, mpsc::Receiver<Vec<LoopHandle>>);
 
 fn loop_thread(
     export: Arc<Export>,
@@ -313,6 +327,7 @@ fn loop_thread(
         idle: WakeableSleep::new(),
         grace: cfg.shutdown_grace,
         handshake_timeout: cfg.handshake_timeout.filter(|d| !d.is_zero()),
+        tls: cfg.tls.clone(),
     });
     STATE.with(|s| *s.borrow_mut() = Some(state.clone()));
     let st = state.clone();
@@ -341,16 +356,18 @@ struct LoopState {
     max_in_flight: usize,
     stopping: Cell<bool>,
     /// Live connections, to stop them.
-    conns: RefCell<HashMap<u64, Rc<TcpStream>>>,
+    conns: RefCell<HashMap<u64, Rc<Stream>>>,
     next_conn: Cell<u64>,
     /// The listening socket, on the loop that accepts, until it stops.
-    listener: RefCell<Option<Rc<AsyncFd<std::net::TcpListener>>>>,
+    listener: RefCell<Option<Rc<AsyncFd<Listener>>>>,
     /// Wakes the loop's main task when it may be done.
     idle: WakeableSleep,
     /// How long a stop waits for busy connections.
     grace: Duration,
     /// [`Config::handshake_timeout`] (`None`: none).
     handshake_timeout: Option<Duration>,
+    /// TLS for the handshake.
+    tls: TlsMode,
 }
 
 thread_local! {
@@ -410,7 +427,7 @@ impl Drop for ConnGuard {
 
 fn accept_loop(
     state: Rc<LoopState>,
-    listener: Rc<AsyncFd<std::net::TcpListener>>,
+    listener: Rc<AsyncFd<Listener>>,
     peers: Vec<LoopHandle>,
     count: ConnCount,
 ) {
@@ -418,7 +435,7 @@ fn accept_loop(
     let mut spare = Spare::new();
     loop {
         match listener.read_with(|l| spare.accept(|| l.accept())) {
-            Ok(Accepted::Conn((s, peer))) => {
+            Ok(Took::Conn((s, peer))) => {
                 let Some(place) = count.admit() else {
                     log!("refused {peer}: {} connections already", count.open());
                     continue; // `s` is closed: the client reads end-of-file
@@ -439,7 +456,7 @@ fn accept_loop(
                     });
                 }
             }
-            Ok(Accepted::Shed) => log!("out of file descriptors: refused a connection"),
+            Ok(Took::Shed) => log!("out of file descriptors: refused a connection"),
             Err(_) if listener.is_closed() => break,
             Err(e) => match limits::after_error(&e) {
                 AfterError::Retry => log!("accept: {e}"),
@@ -455,8 +472,8 @@ fn accept_loop(
     state.idle.wake();
 }
 
-fn connection(state: Rc<LoopState>, s: std::net::TcpStream, place: Admitted) {
-    let Ok(stream) = TcpStream::from_std(s) else {
+fn connection(state: Rc<LoopState>, s: Accepted, place: Admitted) {
+    let Ok(stream) = Stream::from_accepted(s) else {
         return;
     };
     if state.stopping.get() {
@@ -472,7 +489,7 @@ fn connection(state: Rc<LoopState>, s: std::net::TcpStream, place: Admitted) {
         id,
         place: Some(place),
     };
-    let shake = || handshake::handshake(&*stream, &state.export);
+    let shake = || handshake::handshake(&*stream, &state.export, &state.tls);
     let result = match state.handshake_timeout {
         // The whole handshake: every wait inside it is cut short at the deadline.
         Some(d) => costack_aio::timeout(d, shake).unwrap_or_else(|_| {

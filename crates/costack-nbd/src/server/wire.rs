@@ -18,9 +18,9 @@
 
 use super::verbose::log;
 use crate::proto::{self, Extent};
+use crate::transport::Stream;
 use costack::sync::CoMutex;
 use costack_aio::buf;
-use costack_aio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
@@ -127,7 +127,7 @@ impl Outbox {
     ///
     /// If writing fails the outbox is broken from then on: what is queued is dropped, later
     /// replies too, and `s` is shut down so that the connection's reader wakes up and ends.
-    pub(super) fn send(&self, s: &TcpStream, reply: Reply, in_flight: impl FnOnce() -> usize) {
+    pub(super) fn send(&self, s: &Stream, reply: Reply, in_flight: impl FnOnce() -> usize) {
         if self.broken.get() {
             buf::give(reply.body);
             return;
@@ -164,7 +164,7 @@ impl Outbox {
 }
 
 /// Writes whole replies with as few `writev`s as the socket allows.
-fn write_batch(s: &TcpStream, batch: &[Reply]) -> io::Result<()> {
+fn write_batch(s: &Stream, batch: &[Reply]) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
     for r in batch {
         if r.head_len > 0 {
@@ -212,7 +212,7 @@ impl InBuf {
     }
 
     /// Reads more from the socket (one `read`); 0 at end of file.
-    fn fill(&mut self, s: &TcpStream) -> io::Result<usize> {
+    fn fill(&mut self, s: &Stream) -> io::Result<usize> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -233,7 +233,7 @@ impl InBuf {
     }
 
     /// The next request header; `None` at a clean end of file.
-    pub(super) fn header(&mut self, s: &TcpStream) -> io::Result<Option<[u8; proto::REQUEST_LEN]>> {
+    pub(super) fn header(&mut self, s: &Stream) -> io::Result<Option<[u8; proto::REQUEST_LEN]>> {
         while self.available() < proto::REQUEST_LEN {
             if self.fill(s)? == 0 {
                 if self.available() == 0 {
@@ -257,7 +257,7 @@ impl InBuf {
     }
 
     /// A write's payload of `len` bytes.
-    pub(super) fn payload(&mut self, s: &TcpStream, len: usize) -> io::Result<Vec<u8>> {
+    pub(super) fn payload(&mut self, s: &Stream, len: usize) -> io::Result<Vec<u8>> {
         let mut v = buf::take(len);
         let mut have = self.take_into(&mut v);
         while have < len {
@@ -281,7 +281,7 @@ impl InBuf {
     }
 
     /// Reads and drops `len` bytes.
-    pub(super) fn skip(&mut self, s: &TcpStream, len: u32) -> io::Result<()> {
+    pub(super) fn skip(&mut self, s: &Stream, len: u32) -> io::Result<()> {
         let mut left = len as usize;
         while left > 0 {
             if self.available() == 0 && self.fill(s)? == 0 {
