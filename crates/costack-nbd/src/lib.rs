@@ -64,7 +64,7 @@ pub mod proto;
 pub mod server;
 
 pub use export::{Backend, Export, WritePath, ZeroMode};
-pub use server::{serve, set_verbose, Config, ServerHandle};
+pub use server::{serve, Config, ServerHandle};
 
 /// The crate README's examples, compiled and run as doctests.
 #[cfg(doctest)]

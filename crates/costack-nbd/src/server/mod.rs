@@ -55,7 +55,7 @@
 //! server (this file)   threads, loops, accept, handshake hand-off, stop   → conn, verbose
 //!   conn               transmission: dispatch, in-flight slots, refusing   → wire, verbose
 //!   wire               input buffer, replies, batched writes               → verbose
-//!   verbose            set_verbose and the log! macro                      (nothing)
+//!   verbose            what the tracing events mean, the log! macro        (nothing)
 //! ```
 //!
 //! Each file imports only the ones below it (and [`proto`](crate::proto),
@@ -69,7 +69,6 @@ mod verbose;
 mod wire;
 
 pub use conn::MAX_EXTENTS;
-pub use verbose::set_verbose;
 
 use crate::export::{Backend, Export};
 use crate::handshake;
@@ -84,7 +83,6 @@ use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
-use verbose::log;
 
 /// Server settings other than the export.
 #[derive(Debug, Clone)]
@@ -313,7 +311,11 @@ impl LoopState {
         costack_aio::spawn(move || {
             costack_aio::sleep(st.grace);
             for c in st.conns.borrow().values() {
-                log!("shutdown: cutting a connection that is still busy");
+                tracing::warn!(
+                    peer = ?c.peer_addr().ok(),
+                    grace = ?st.grace,
+                    "shutdown: cutting a connection that is still busy"
+                );
                 let _ = c.shutdown(Shutdown::Both);
             }
         });
@@ -342,7 +344,7 @@ fn accept_loop(
     loop {
         match listener.read_with(|l| l.accept()) {
             Ok((s, peer)) => {
-                log!("connection from {peer}");
+                tracing::info!(%peer, "connection accepted");
                 let i = next % peers.len();
                 next = next.wrapping_add(1);
                 if i == 0 {
@@ -360,7 +362,7 @@ fn accept_loop(
             Err(_) if listener.is_closed() => break,
             Err(e) => {
                 // Out of fds, a connection reset before it was accepted...: keep serving.
-                log!("accept: {e}");
+                tracing::warn!(error = %e, "accept failed: retrying in 10 ms");
                 costack_aio::sleep(Duration::from_millis(10));
             }
         }
@@ -380,6 +382,7 @@ fn connection(state: Rc<LoopState>, s: std::net::TcpStream) {
     let stream = Rc::new(stream);
     let id = state.next_conn.get();
     state.next_conn.set(id + 1);
+    let tag = verbose::Tag::new(stream.peer_addr());
     state.conns.borrow_mut().insert(id, stream.clone());
     let _guard = ConnGuard {
         state: state.clone(),
@@ -387,12 +390,22 @@ fn connection(state: Rc<LoopState>, s: std::net::TcpStream) {
     };
     let neg = match handshake::handshake(&*stream, &state.export) {
         Ok(Some(n)) => n,
-        Ok(None) => return,
+        Ok(None) => {
+            tracing::info!(conn = tag.id, peer = %tag.peer, "client left in the handshake");
+            return;
+        }
         Err(e) => {
-            log!("handshake: {e}");
+            tracing::info!(conn = tag.id, peer = %tag.peer, error = %e, "handshake failed");
             return;
         }
     };
+    tracing::info!(
+        conn = tag.id,
+        peer = %tag.peer,
+        export = %state.export.name,
+        structured = neg.structured,
+        "negotiated: transmission starts"
+    );
     if state.stopping.get() {
         return;
     }
@@ -403,5 +416,7 @@ fn connection(state: Rc<LoopState>, s: std::net::TcpStream) {
         state.export.read_only,
         state.max_in_flight,
         &state.stopping,
+        &tag,
     );
+    tracing::info!(conn = tag.id, peer = %tag.peer, "connection closed");
 }

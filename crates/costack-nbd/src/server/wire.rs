@@ -16,7 +16,6 @@
 //! May import: [`proto`] (sizes and encoders) and the sibling `verbose` (messages). Not the
 //! connection (`conn`) nor the server above it: they call in, never the other way.
 
-use super::verbose::log;
 use crate::proto::{self, Extent};
 use costack::sync::CoMutex;
 use costack_aio::buf;
@@ -150,7 +149,7 @@ impl Outbox {
                 buf::give(r.body);
             }
             if let Err(e) = r {
-                log!("writing replies: {e}");
+                tracing::info!(error = %e, "writing replies failed: the client is gone");
                 self.broken.set(true);
                 for r in self.queue.borrow_mut().drain(..) {
                     buf::give(r.body);
