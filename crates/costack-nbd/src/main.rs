@@ -1,5 +1,11 @@
 //! `costack-nbd`: serve a file, or a disk in memory, over NBD.
 //!
+//! Start-up, in this order: the command line (the `--help` examples are made from its `-p`,
+//! `-x` and `-b`), the log subscriber (`-v`, `RUST_LOG`), the export, the listening socket,
+//! the pid file (opened and locked); then, with `--fork`, the fork, while the process still
+//! has one thread; then, in the server's process, the signal listener, the server's threads,
+//! the pid, the start line, and (`--fork`) the word to the parent that it may exit.
+//!
 //! SIGINT and SIGTERM stop the server gracefully: it stops accepting, finishes the requests
 //! in flight, flushes the export and exits 0. A second signal while that is going on exits at
 //! once (status 1).
@@ -640,6 +646,60 @@ mod tests {
         assert!(parse_size("1X").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    fn scan(args: &[&str]) -> Seen {
+        let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+        prescan(&Args::command(), &argv)
+    }
+
+    fn seen(port: Option<&str>, name: Option<&str>, bind: Option<&str>) -> Seen {
+        Seen {
+            port: port.map(str::to_owned),
+            name: name.map(str::to_owned),
+            bind: bind.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn prescan_finds_port_name_and_bind_in_every_form() {
+        assert_eq!(scan(&[]), seen(None, None, None));
+        assert_eq!(
+            scan(&["-p", "1", "-x", "a", "-b", "::1"]),
+            seen(Some("1"), Some("a"), Some("::1"))
+        );
+        assert_eq!(
+            scan(&["--port=2", "--name", "b", "--bind=10.0.0.1"]),
+            seen(Some("2"), Some("b"), Some("10.0.0.1"))
+        );
+        // Bunched short flags, values attached, last one wins.
+        assert_eq!(
+            scan(&["-rvp3", "-xc", "-p", "4"]),
+            seen(Some("4"), Some("c"), None)
+        );
+        // A value that is another flag's: -D takes "-p", which is no port.
+        assert_eq!(scan(&["-D", "-p", "-x", "d"]), seen(None, Some("d"), None));
+        // The FILE operand and everything after `--` are not flags.
+        assert_eq!(scan(&["disk.img", "--", "-p", "5"]), seen(None, None, None));
+        // Values clap will refuse are left to clap; a missing value too.
+        assert_eq!(
+            scan(&["-p", "99999", "-b", "nope", "-x"]),
+            seen(None, None, None)
+        );
+    }
+
+    #[test]
+    fn examples_quote_and_encode() {
+        assert_eq!(uri_path("disk0"), "disk0");
+        assert_eq!(uri_path("a b/ü"), "a%20b%2F%C3%BC");
+        assert_eq!(shell_word("disk0"), "disk0");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        let t = examples(&seen(Some("0"), None, Some("0.0.0.0")));
+        assert!(t.contains("  nbdinfo nbd://HOST:PORT/\n"), "{t}");
+        assert!(
+            t.contains("  costack-nbd -b 0.0.0.0 -p 0 disk.img\n"),
+            "{t}"
+        );
     }
 
     #[test]
