@@ -18,6 +18,10 @@
 //! [`Backend`]) and [`handshake`](crate::handshake) (what was negotiated). Not the server
 //! (`server/mod.rs`), which calls [`transmission`] with what the connection needs from its loop.
 
+// Unused here now (events are `tracing::*!` with fields); kept so code that writes `log!`
+// merges without touching imports.
+#[allow(unused_imports)]
+use super::verbose::log;
 use super::verbose::Tag;
 use super::wire::{InBuf, Outbox, Reply};
 use crate::export::{Backend, ZeroMode};

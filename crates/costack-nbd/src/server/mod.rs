@@ -83,6 +83,10 @@ use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
+// Unused here now (events are `tracing::*!` with fields); kept so code that writes `log!`
+// merges without touching imports.
+#[allow(unused_imports)]
+use verbose::log;
 
 /// Server settings other than the export.
 #[derive(Debug, Clone)]

@@ -16,6 +16,10 @@
 //! May import: [`proto`] (sizes and encoders) and the sibling `verbose` (messages). Not the
 //! connection (`conn`) nor the server above it: they call in, never the other way.
 
+// Unused here now (events are `tracing::*!` with fields); kept so code that writes `log!`
+// merges without touching imports.
+#[allow(unused_imports)]
+use super::verbose::log;
 use crate::proto::{self, Extent};
 use costack::sync::CoMutex;
 use costack_aio::buf;
