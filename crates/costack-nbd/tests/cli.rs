@@ -180,13 +180,22 @@ fn unwritable_pid_file_is_a_clear_error_at_start() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// A daemon started by `--fork` (not our child): SIGKILLed when dropped if still there.
-struct Daemon(u32);
+/// A daemon started by `--fork` (not our child): SIGKILLed when dropped unless [`gone`]
+/// says it has exited (its pid may belong to another process by then).
+///
+/// [`gone`]: Daemon::gone
+struct Daemon(Option<u32>);
+
+impl Daemon {
+    fn gone(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if kill(self.0, 0) == 0 {
-            kill(self.0, libc::SIGKILL);
+        if let Some(pid) = self.0 {
+            kill(pid, libc::SIGKILL);
         }
     }
 }
@@ -214,7 +223,7 @@ fn fork_returns_once_serving_in_a_session_of_its_own() {
         .trim()
         .parse()
         .unwrap();
-    let _guard = Daemon(daemon);
+    let guard = Daemon(Some(daemon));
     assert_ne!(daemon, parent_pid);
     // SAFETY: getsid(2) takes no pointers.
     let sid = unsafe { libc::getsid(daemon as libc::pid_t) };
@@ -235,21 +244,31 @@ fn fork_returns_once_serving_in_a_session_of_its_own() {
     assert_eq!(kill(daemon, libc::SIGTERM), 0);
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
+    guard.gone();
     assert!(rest.contains("INFO costack_nbd::main: stopped"), "{rest}");
     assert!(!pid.0.exists(), "the daemon removes its pid file");
 }
 
 #[test]
 fn fork_reports_the_servers_error_and_exits_1() {
-    // /dev/full opens and locks, but cannot be truncated: the daemon fails after the fork,
-    // and the parent prints its message.
-    let out = run(&["-p", "0", "--fork", "--pid-file", "/dev/full"], &[]);
+    // A FIFO opens and locks, but cannot be truncated: the daemon fails after the fork, and
+    // the parent prints its message.
+    let fifo = TempPath::new("fifo.pid");
+    let c = std::ffi::CString::new(fifo.s()).unwrap();
+    // SAFETY: mkfifo(3) reads the NUL-terminated path `c` owns.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let out = run(&["-p", "0", "--fork", "--pid-file", fifo.s()], &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         err.lines().collect::<Vec<_>>(),
-        ["costack-nbd: cannot write the pid file /dev/full: Invalid argument (os error 22)"]
+        [format!(
+            "costack-nbd: cannot write the pid file {}: Invalid argument (os error 22)",
+            fifo.s()
+        )]
     );
+    // The daemon does not remove a pid file it did not write.
+    assert!(fifo.0.exists());
 }
 
 #[test]
@@ -345,7 +364,7 @@ fn rust_log_and_vv_show_refused_requests() {
         .trim()
         .parse()
         .unwrap();
-    let _guard = Daemon(daemon);
+    let guard = Daemon(Some(daemon));
     assert_eq!(kill(daemon, libc::SIGTERM), 0);
     let mut err = String::new();
     parent
@@ -354,6 +373,7 @@ fn rust_log_and_vv_show_refused_requests() {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
+    guard.gone();
     assert_eq!(err, "");
     assert!(!pid.0.exists());
 }
