@@ -178,6 +178,19 @@ fn unwritable_pid_file_is_a_clear_error_at_start() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+    // A directory: refused the same way, and left alone.
+    let dir = std::env::temp_dir();
+    let out = run(&["-p", "0", "--pid-file", dir.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "costack-nbd: cannot open the pid file {}: Is a directory (os error 21)",
+            dir.display()
+        )
+    );
+    assert!(dir.is_dir());
 }
 
 /// A daemon started by `--fork` (not our child): SIGKILLed when dropped unless [`gone`]
