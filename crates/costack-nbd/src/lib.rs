@@ -44,6 +44,13 @@
 //! server.shutdown().unwrap(); // stop accepting, finish what is in flight, flush
 //! ```
 //!
+//! ## Logging
+//!
+//! The server emits [`tracing`] events (connections with their `conn` id and `peer`, refused
+//! requests, backend errors; the levels are listed in the `server::verbose` module's source)
+//! and prints nothing itself: a program that wants them installs a subscriber, as the binary
+//! does (`-v`, `RUST_LOG`).
+//!
 //! ## Modules
 //!
 //! From the top floor down; each imports only the ones below it:
@@ -67,7 +74,7 @@ pub mod server;
 pub mod transport;
 
 pub use export::{Backend, Export, WritePath, ZeroMode};
-pub use server::{serve, set_verbose, Config, ServerHandle};
+pub use server::{serve, Config, ServerHandle};
 
 /// The crate README's examples, compiled and run as doctests.
 #[cfg(doctest)]

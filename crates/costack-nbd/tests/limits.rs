@@ -340,11 +340,21 @@ fn out_of_fds_stalled_clients_are_dropped_and_a_good_client_is_served() {
     }
     let deadline = ROW3_DEADLINE.to_string();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_costack-nbd"));
-    cmd.args(["-p", "0", "-x", "test", "-t", "2", "-s", "1M", "-v"])
-        .args(["--handshake-timeout", &deadline])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-p",
+        "0",
+        "-x",
+        "test",
+        "--threads",
+        "2",
+        "--size",
+        "1M",
+        "-v",
+    ])
+    .args(["--handshake-timeout", &deadline])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     // SAFETY: the closure runs in the child between fork and exec, and only calls setrlimit(2),
     // which is async-signal-safe; it touches no memory of the parent but its own stack.
     unsafe {

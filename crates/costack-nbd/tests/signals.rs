@@ -67,7 +67,7 @@ fn wait_exit(s: &mut Server) -> std::process::ExitStatus {
 #[test]
 fn sigterm_answers_requests_in_flight_flushes_and_exits_0() {
     let f = TempFile::with_data("sigterm", &vec![0u8; 4 * MIB]);
-    let mut srv = start(&["-t", "2", f.path().to_str().unwrap()]);
+    let mut srv = start(&["--threads", "2", f.path().to_str().unwrap()]);
     let (mut c, _) = Client::open(srv.addr, true);
     for i in 0..16u64 {
         let flags = if i % 2 == 0 { cflag::FUA } else { 0 };

@@ -853,7 +853,14 @@ fn binary_tls_flags() {
     assert!(e.contains("--tls-verify-peer needs TLS"), "{e}");
     // Certificates alone: TLS required (qemu-nbd's default).
     let mut c = Command::new(BIN);
-    c.args(["-p", "0", "-s", "1M", "--tls-certificates", pki.server.s()]);
+    c.args([
+        "-p",
+        "0",
+        "--size",
+        "1M",
+        "--tls-certificates",
+        pki.server.s(),
+    ]);
     let (srv, line) = Server::spawn(c);
     assert!(line.contains("TLS required"), "{line}");
     assert!(srv.stop().success());
@@ -861,7 +868,7 @@ fn binary_tls_flags() {
     c.args([
         "-p",
         "0",
-        "-s",
+        "--size",
         "1M",
         "--tls",
         "on",
@@ -882,7 +889,7 @@ fn unix_socket_with_real_clients() {
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(Path::new(&path).exists());
     let mut c = Command::new(BIN);
-    c.args(["-k", &path, "-s", "16M", "-x", "test"]);
+    c.args(["-k", &path, "--size", "16M", "-x", "test"]);
     let (srv, line) = Server::spawn(c);
     assert!(line.contains(&format!("unix:{path}")), "{line}");
     // A second server on the same path is refused: this one answers.
@@ -1002,7 +1009,7 @@ fn socket_activation_tcp_and_unix() {
     // TCP.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let (srv, line) = Server::spawn(activated(l.as_raw_fd(), &["-s", "8M", "-x", "test"]));
+    let (srv, line) = Server::spawn(activated(l.as_raw_fd(), &["--size", "8M", "-x", "test"]));
     assert!(line.contains(&addr.to_string()), "{line}");
     drop(l); // the server has its own copy
     let uri = format!("nbd://{addr}/test");
@@ -1028,7 +1035,7 @@ fn socket_activation_tcp_and_unix() {
     // Unix.
     let sock = TempFile::new("activated.sock");
     let l = std::os::unix::net::UnixListener::bind(sock.path()).unwrap();
-    let (srv, _) = Server::spawn(activated(l.as_raw_fd(), &["-s", "8M", "-x", "test"]));
+    let (srv, _) = Server::spawn(activated(l.as_raw_fd(), &["--size", "8M", "-x", "test"]));
     drop(l);
     let out = run(
         "nbdinfo",

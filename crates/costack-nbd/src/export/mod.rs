@@ -94,6 +94,30 @@ impl Export {
         })
     }
 
+    /// Replaces the description (a line for humans that clients get from `NBD_OPT_LIST`, and
+    /// from `NBD_OPT_INFO`/`NBD_OPT_GO` when they ask for `NBD_INFO_DESCRIPTION`; `nbdinfo`
+    /// prints it). By default it says what the store is.
+    ///
+    /// # Errors
+    /// `InvalidInput` if `text` is longer than 4096 bytes or contains a NUL: the NBD spec's
+    /// limits for a string.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use costack_nbd::Export;
+    ///
+    /// let e = Export::memory("disk0", 1 << 20, false)?.with_description("scratch disk of VM 7")?;
+    /// assert_eq!(e.description, "scratch disk of VM 7");
+    /// assert!(Export::memory("d", 4096, false)?.with_description("a\0b").is_err());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn with_description(mut self, text: &str) -> io::Result<Export> {
+        check_description(text).map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?;
+        self.description = text.to_owned();
+        Ok(self)
+    }
+
     /// The size in bytes.
     pub fn size(&self) -> u64 {
         match &self.store {
@@ -126,3 +150,32 @@ impl Export {
         }
     }
 }
+
+/// Checks a description against the NBD spec's limits for a string: at most 4096 bytes, no NUL.
+///
+/// # Errors
+/// A message saying which limit `text` breaks.
+///
+/// # Example
+///
+/// ```
+/// use costack_nbd::export::check_description;
+///
+/// assert!(check_description("backup target").is_ok());
+/// assert!(check_description(&"x".repeat(4097)).is_err());
+/// ```
+pub fn check_description(text: &str) -> Result<(), String> {
+    if text.len() > MAX_DESCRIPTION {
+        return Err(format!(
+            "a description is at most {MAX_DESCRIPTION} bytes (this one has {})",
+            text.len()
+        ));
+    }
+    if text.contains('\0') {
+        return Err("a description must not contain NUL".into());
+    }
+    Ok(())
+}
+
+/// Longest description, in bytes (the NBD spec's limit for any string).
+pub const MAX_DESCRIPTION: usize = 4096;

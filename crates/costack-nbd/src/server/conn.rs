@@ -18,7 +18,11 @@
 //! [`Backend`]) and [`handshake`](crate::handshake) (what was negotiated). Not the server
 //! (`server/mod.rs`), which calls [`transmission`] with what the connection needs from its loop.
 
+// Unused here now (events are `tracing::*!` with fields); kept so code that writes `log!`
+// merges without touching imports.
+#[allow(unused_imports)]
 use super::verbose::log;
+use super::verbose::Tag;
 use super::wire::{InBuf, Outbox, Reply};
 use crate::export::{Backend, ZeroMode};
 use crate::handshake::Negotiated;
@@ -44,6 +48,8 @@ struct Conn {
     max_in_flight: usize,
     limits: Limits,
     meta_id: u32,
+    /// Who this is, for the events.
+    tag: Tag,
 }
 
 impl Conn {
@@ -67,7 +73,7 @@ impl Drop for Slot {
 /// request it started has been replied to.
 ///
 /// `backend` is the loop's backend of the export, `read_only` the export's, and at most
-/// `max_in_flight` requests run at once.
+/// `max_in_flight` requests run at once; `tag` names the connection in events.
 pub(super) fn transmission(
     stream: Rc<Stream>,
     neg: Negotiated,
@@ -75,6 +81,7 @@ pub(super) fn transmission(
     read_only: bool,
     max_in_flight: usize,
     stopping: &Cell<bool>,
+    tag: &Tag,
 ) {
     let conn = Rc::new(Conn {
         stream,
@@ -89,6 +96,7 @@ pub(super) fn transmission(
             meta: neg.meta.is_some(),
         },
         meta_id: neg.meta.unwrap_or(0),
+        tag: tag.clone(),
     });
     let mut input = InBuf::new();
     loop {
@@ -100,16 +108,34 @@ pub(super) fn transmission(
             Ok(Some(h)) => match Request::decode(&h) {
                 Some(r) => r,
                 None => {
-                    log!("bad request magic: disconnecting");
+                    tracing::info!(
+                        conn = conn.tag.id,
+                        peer = %conn.tag.peer,
+                        "bad request magic: disconnecting"
+                    );
                     break;
                 }
             },
             Ok(None) => break,
             Err(e) => {
-                log!("reading a request: {e}");
+                tracing::info!(
+                    conn = conn.tag.id,
+                    peer = %conn.tag.peer,
+                    error = %e,
+                    "reading a request failed: disconnecting"
+                );
                 break;
             }
         };
+        tracing::trace!(
+            conn = conn.tag.id,
+            command = cmd::name(req.typ),
+            flags = req.flags,
+            offset = req.offset,
+            length = req.length,
+            cookie = req.cookie,
+            "request"
+        );
         if req.typ == cmd::DISC {
             break;
         }
@@ -136,7 +162,12 @@ pub(super) fn transmission(
                 Ok(p) => Some(p),
                 Err(e) => {
                     // The client left in the middle of a write: that write never happened.
-                    log!("reading a write payload: {e}");
+                    tracing::info!(
+                        conn = conn.tag.id,
+                        peer = %conn.tag.peer,
+                        error = %e,
+                        "the client left in the middle of a write payload"
+                    );
                     break;
                 }
             }
@@ -251,12 +282,37 @@ fn run_request(conn: &Conn, req: Request, payload: Option<Vec<u8>>) {
 
 fn send_io_error(conn: &Conn, req: &Request, e: &io::Error) {
     let msg = format!("{} failed: {e}", cmd::name(req.typ));
-    send_error(conn, req, proto::errno_to_nbd(e), &msg);
+    let error = proto::errno_to_nbd(e);
+    // The backend failed: a problem of the server's storage, not of the client.
+    tracing::warn!(
+        conn = conn.tag.id,
+        peer = %conn.tag.peer,
+        command = cmd::name(req.typ),
+        offset = req.offset,
+        length = req.length,
+        error = %e,
+        nbd_error = error,
+        "backend I/O error"
+    );
+    send_reply_error(conn, req, error, &msg);
 }
 
 /// Sends an error reply (with the message once structured replies are on).
 fn send_error(conn: &Conn, req: &Request, error: u32, msg: &str) {
-    log!("{} error {error}: {msg}", cmd::name(req.typ));
+    tracing::debug!(
+        conn = conn.tag.id,
+        peer = %conn.tag.peer,
+        command = cmd::name(req.typ),
+        offset = req.offset,
+        length = req.length,
+        nbd_error = error,
+        "refused: {msg}"
+    );
+    send_reply_error(conn, req, error, msg);
+}
+
+/// Sends an error reply without an event (the caller has said why).
+fn send_reply_error(conn: &Conn, req: &Request, error: u32, msg: &str) {
     send(
         conn,
         Reply::error(conn.limits.structured, req.cookie, error, msg),

@@ -84,7 +84,7 @@
 //!   conn               transmission: dispatch, in-flight slots, refusing   → wire, verbose
 //!   limits             connection count, spare fd, accept errors           (nothing)
 //!   wire               input buffer, replies, batched writes               → verbose
-//!   verbose            set_verbose and the log! macro                      (nothing)
+//!   verbose            what the tracing events mean, the log! macro        (nothing)
 //! ```
 //!
 //! Each file imports only the ones below it (and [`proto`](crate::proto),
@@ -100,7 +100,6 @@ mod verbose;
 mod wire;
 
 pub use conn::MAX_EXTENTS;
-pub use verbose::set_verbose;
 
 use crate::export::{Backend, Export};
 use crate::handshake;
@@ -116,6 +115,9 @@ use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
+// Unused here now (events are `tracing::*!` with fields); kept so code that writes `log!`
+// merges without touching imports.
+#[allow(unused_imports)]
 use verbose::log;
 
 /// Server settings other than the export.
@@ -400,7 +402,11 @@ impl LoopState {
         costack_aio::spawn(move || {
             costack_aio::sleep(st.grace);
             for c in st.conns.borrow().values() {
-                log!("shutdown: cutting a connection that is still busy");
+                tracing::warn!(
+                    peer = %c.peer(),
+                    grace = ?st.grace,
+                    "shutdown: cutting a connection that is still busy"
+                );
                 let _ = c.shutdown(Shutdown::Both);
             }
         });
@@ -437,10 +443,10 @@ fn accept_loop(
         match listener.read_with(|l| spare.accept(|| l.accept())) {
             Ok(Took::Conn((s, peer))) => {
                 let Some(place) = count.admit() else {
-                    log!("refused {peer}: {} connections already", count.open());
+                    tracing::warn!(%peer, open = count.open(), "connection refused: at the connection limit");
                     continue; // `s` is closed: the client reads end-of-file
                 };
-                log!("connection from {peer}");
+                tracing::info!(%peer, "connection accepted");
                 let i = next % peers.len();
                 next = next.wrapping_add(1);
                 if i == 0 {
@@ -456,12 +462,14 @@ fn accept_loop(
                     });
                 }
             }
-            Ok(Took::Shed) => log!("out of file descriptors: refused a connection"),
+            Ok(Took::Shed) => {
+                tracing::warn!("out of file descriptors: refused a connection")
+            }
             Err(_) if listener.is_closed() => break,
             Err(e) => match limits::after_error(&e) {
-                AfterError::Retry => log!("accept: {e}"),
+                AfterError::Retry => tracing::info!(error = %e, "accept failed: trying again"),
                 AfterError::BackOff(d) => {
-                    log!("accept: {e}: trying again in {d:?}");
+                    tracing::warn!(error = %e, "accept failed: trying again in {d:?}");
                     costack_aio::sleep(d);
                     spare.refill();
                 }
@@ -483,6 +491,7 @@ fn connection(state: Rc<LoopState>, s: Accepted, place: Admitted) {
     let stream = Rc::new(stream);
     let id = state.next_conn.get();
     state.next_conn.set(id + 1);
+    let tag = verbose::Tag::new(stream.peer());
     state.conns.borrow_mut().insert(id, stream.clone());
     let _guard = ConnGuard {
         state: state.clone(),
@@ -502,12 +511,22 @@ fn connection(state: Rc<LoopState>, s: Accepted, place: Admitted) {
     };
     let neg = match result {
         Ok(Some(n)) => n,
-        Ok(None) => return,
+        Ok(None) => {
+            tracing::info!(conn = tag.id, peer = %tag.peer, "client left in the handshake");
+            return;
+        }
         Err(e) => {
-            log!("handshake: {e}");
+            tracing::info!(conn = tag.id, peer = %tag.peer, error = %e, "handshake failed");
             return;
         }
     };
+    tracing::info!(
+        conn = tag.id,
+        peer = %tag.peer,
+        export = %state.export.name,
+        structured = neg.structured,
+        "negotiated: transmission starts"
+    );
     if state.stopping.get() {
         return;
     }
@@ -518,5 +537,7 @@ fn connection(state: Rc<LoopState>, s: Accepted, place: Admitted) {
         state.export.read_only,
         state.max_in_flight,
         &state.stopping,
+        &tag,
     );
+    tracing::info!(conn = tag.id, peer = %tag.peer, "connection closed");
 }

@@ -16,6 +16,9 @@
 //! May import: [`proto`] (sizes and encoders) and the sibling `verbose` (messages). Not the
 //! connection (`conn`) nor the server above it: they call in, never the other way.
 
+// Unused here now (events are `tracing::*!` with fields); kept so code that writes `log!`
+// merges without touching imports.
+#[allow(unused_imports)]
 use super::verbose::log;
 use crate::proto::{self, Extent};
 use crate::transport::Stream;
@@ -150,7 +153,7 @@ impl Outbox {
                 buf::give(r.body);
             }
             if let Err(e) = r {
-                log!("writing replies: {e}");
+                tracing::info!(error = %e, "writing replies failed: the client is gone");
                 self.broken.set(true);
                 for r in self.queue.borrow_mut().drain(..) {
                     buf::give(r.body);
