@@ -86,9 +86,12 @@ impl Export {
     /// If the file cannot be opened, or its size cannot be found.
     pub fn file(name: &str, path: &Path, read_only: bool, writes: WritePath) -> io::Result<Export> {
         let store = FileStore::open(path, read_only, writes)?;
+        // Not the path: a client has no business learning the server's file layout (set one
+        // with `with_description`).
+        let description = format!("costack-nbd file export, {} bytes", store.size());
         Ok(Export {
             name: name.to_owned(),
-            description: format!("costack-nbd export of {}", path.display()),
+            description,
             read_only,
             store: Store::File(Arc::new(store)),
         })
