@@ -68,6 +68,17 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Writes::Inline)]
     writes: Writes,
 
+    /// Bytes one connection may make the server hold (payloads, read data, queued replies);
+    /// beyond it the server stops reading from that client until its replies are read.
+    /// At least 33M.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    conn_buffer: u64,
+
+    /// Bytes all connections together may hold (beyond 1 MiB each, kept for small requests)
+    /// [default: 1/8 of the memory, 256M to 1G].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    total_buffer: Option<u64>,
+
     /// Log connections and errors to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -132,6 +143,16 @@ fn wait_signal(sigs: &mut Signals) -> i32 {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Buffers of 256 KiB and more (read data, write payloads up to 32 MiB) come straight from
+    // mmap and go back with munmap when freed. Left alone, glibc raises its mmap threshold to
+    // the size of each large block freed, so that later 32 MiB buffers come from the heap, whose
+    // freed memory stays with the process: RSS stayed at hundreds of MiB after a burst. Setting
+    // the threshold turns that dynamic raising off. (Buffers reused over and over stay in the
+    // loops' pools: no mmap per request for them.)
+    // SAFETY: mallopt only changes allocator settings; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
     set_verbose(args.verbose);
     let writes = match args.writes {
         Writes::Inline => WritePath::Inline,
@@ -176,6 +197,12 @@ fn main() -> ExitCode {
     let cfg = Config {
         threads,
         max_in_flight: args.in_flight as usize,
+        conn_buffer: usize::try_from(args.conn_buffer).unwrap_or(usize::MAX),
+        total_buffer: args
+            .total_buffer
+            .map_or_else(costack_nbd::server::default_total_buffer, |t| {
+                usize::try_from(t).unwrap_or(usize::MAX)
+            }),
         ..Config::default()
     };
     let size = export.size();

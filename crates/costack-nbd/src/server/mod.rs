@@ -70,6 +70,7 @@ mod wire;
 
 pub use conn::MAX_EXTENTS;
 pub use verbose::set_verbose;
+pub use wire::MIN_BUDGET;
 
 use crate::export::{Backend, Export};
 use crate::handshake;
@@ -98,6 +99,44 @@ pub struct Config {
     /// How long a stop waits for connections to finish their requests before it cuts them
     /// (a client that does not read its replies could otherwise hold it up for ever).
     pub shutdown_grace: Duration,
+    /// Bytes one connection may make the server hold: write payloads, read data and replies
+    /// not yet written (error replies too), its input buffer. When they are reached the
+    /// connection stops reading until replies have gone out, and TCP pushes back on the
+    /// client. At least [`MIN_BUDGET`] (one request of the largest size always fits); 64 MiB
+    /// by default: two 32 MiB requests, or thousands of small ones.
+    pub conn_buffer: usize,
+    /// Bytes all connections together may hold beyond a small reserve each (1 MiB, enough
+    /// for small requests: a client is served even when others hold all of this budget).
+    /// The server's buffers are then bounded by `total_buffer + connections × 1 MiB`. At
+    /// least [`MIN_BUDGET`]; by default an eighth of the machine's memory, between 256 MiB
+    /// and 1 GiB ([`default_total_buffer`]).
+    pub total_buffer: usize,
+}
+
+/// The default [`Config::total_buffer`]: an eighth of the machine's physical memory, at least
+/// 256 MiB and at most 1 GiB.
+///
+/// An eighth leaves the rest of the machine (an in-memory export, the page cache a file
+/// export runs on, other services) its memory whatever the clients do, while 256 MiB still
+/// lets eight clients stream 32 MiB requests at once; above 1 GiB more buffering gains no
+/// throughput (each connection is held to [`Config::conn_buffer`] anyway).
+///
+/// ```
+/// let t = costack_nbd::server::default_total_buffer();
+/// assert!((256 << 20..=1 << 30).contains(&t));
+/// ```
+pub fn default_total_buffer() -> usize {
+    // SAFETY: sysconf only reads system values.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let ram = usize::try_from(pages)
+        .unwrap_or(0)
+        .saturating_mul(usize::try_from(page).unwrap_or(0));
+    (ram / 8).clamp(256 << 20, 1 << 30)
 }
 
 impl Default for Config {
@@ -107,6 +146,8 @@ impl Default for Config {
             max_in_flight: 16,
             stack_size: 256 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            conn_buffer: 64 << 20,
+            total_buffer: default_total_buffer(),
         }
     }
 }
@@ -190,6 +231,7 @@ pub fn serve(
         threads: Vec::with_capacity(n),
         export,
     };
+    let memory = wire::Memory::new(cfg.conn_buffer, cfg.total_buffer);
     let (peers_tx, peers_rx) = mpsc::channel::<Vec<LoopHandle>>();
     let mut acceptor = Some((listener, peers_rx));
     for i in 0..n {
@@ -197,9 +239,10 @@ pub fn serve(
         let export = handle.export.clone();
         let cfg = cfg.clone();
         let acc = acceptor.take();
+        let memory = memory.clone();
         let t = thread::Builder::new()
             .name(format!("nbd-loop-{i}"))
-            .spawn(move || loop_thread(export, cfg, acc, tx))?;
+            .spawn(move || loop_thread(export, cfg, memory, acc, tx))?;
         handle.threads.push(t);
         match rx.recv() {
             Ok(Ok(h)) => handle.loops.push(h),
@@ -217,6 +260,7 @@ type Acceptor = (std::net::TcpListener, mpsc::Receiver<Vec<LoopHandle>>);
 fn loop_thread(
     export: Arc<Export>,
     cfg: Config,
+    memory: Arc<wire::Memory>,
     acceptor: Option<Acceptor>,
     started: mpsc::Sender<io::Result<LoopHandle>>,
 ) {
@@ -240,6 +284,7 @@ fn loop_thread(
         backend,
         export,
         max_in_flight: cfg.max_in_flight.max(1),
+        memory,
         stopping: Cell::new(false),
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
@@ -250,6 +295,8 @@ fn loop_thread(
     STATE.with(|s| *s.borrow_mut() = Some(state.clone()));
     let st = state.clone();
     lp.block_on(move || {
+        let s1 = st.clone();
+        costack_aio::spawn(move || trimmer(&s1));
         if let Some((listener, peers)) = acceptor {
             let l = Rc::new(AsyncFd::new(listener));
             *st.listener.borrow_mut() = Some(l.clone());
@@ -266,11 +313,26 @@ fn loop_thread(
     drop(lp);
 }
 
+/// How often a loop gives idle buffers back: a buffer of its pool unused for a whole period
+/// goes back to the allocator (see [`costack_aio::buf::trim`]).
+const TRIM_PERIOD: Duration = Duration::from_secs(1);
+
+/// Gives the loop's idle pool buffers back every [`TRIM_PERIOD`], until the loop stops; after
+/// a burst, what the pool kept is freed within two periods.
+fn trimmer(state: &LoopState) {
+    while !state.stopping.get() {
+        costack_aio::sleep(TRIM_PERIOD);
+        costack_aio::buf::trim();
+    }
+}
+
 /// What one loop thread knows.
 struct LoopState {
     export: Arc<Export>,
     backend: Rc<dyn Backend>,
     max_in_flight: usize,
+    /// The server's byte budgets, shared by every loop.
+    memory: Arc<wire::Memory>,
     stopping: Cell<bool>,
     /// Live connections, to stop them.
     conns: RefCell<HashMap<u64, Rc<TcpStream>>>,
@@ -402,6 +464,7 @@ fn connection(state: Rc<LoopState>, s: std::net::TcpStream) {
         &state.backend,
         state.export.read_only,
         state.max_in_flight,
+        &state.memory,
         &state.stopping,
     );
 }
