@@ -71,7 +71,7 @@ struct Args {
     /// Bytes one connection may make the server hold (payloads, read data, queued replies);
     /// beyond it the server stops reading from that client until its replies are read.
     /// At least 33M.
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "66M", value_parser = parse_size)]
     conn_buffer: u64,
 
     /// Bytes all connections together may hold (beyond 1 MiB each, kept for small requests)

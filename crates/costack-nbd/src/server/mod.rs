@@ -24,9 +24,18 @@
 //!
 //! Replies go out in whatever order requests finish (the spec allows it), each written whole
 //! under the connection's writer lock (a [`CoMutex`](costack::sync::CoMutex)), so two replies
-//! never interleave on the wire. At most `max_in_flight` requests of a connection run at
-//! once: the reader waits for a slot (a [`CoSemaphore`](costack::sync::CoSemaphore)) before it
-//! reads the next request, which pushes back on the client through TCP.
+//! never interleave on the wire. At most `max_in_flight` requests of a connection run (or
+//! wait for their reply to be written) at once, and what a connection holds — payloads, read
+//! data, replies not yet written — is bounded by [`Config::conn_buffer`] and, across all
+//! connections, [`Config::total_buffer`]: the reader waits for a slot and room before it reads
+//! the next request, which pushes back on the client through TCP. A client that never reads
+//! its replies therefore costs the server a bounded amount of memory, and the others are
+//! still served (each connection keeps a small reserve outside the shared budget).
+//!
+//! Memory goes back once idle: every loop trims its buffer pool each second
+//! ([`costack_aio::buf::trim`]). (The binary also pins glibc's mmap threshold so that large
+//! buffers are unmapped when freed; a program serving through the library may want the
+//! same.)
 //!
 //! # Bad input
 //!
@@ -102,8 +111,8 @@ pub struct Config {
     /// Bytes one connection may make the server hold: write payloads, read data and replies
     /// not yet written (error replies too), its input buffer. When they are reached the
     /// connection stops reading until replies have gone out, and TCP pushes back on the
-    /// client. At least [`MIN_BUDGET`] (one request of the largest size always fits); 64 MiB
-    /// by default: two 32 MiB requests, or thousands of small ones.
+    /// client. At least [`MIN_BUDGET`] (one request of the largest size always fits); twice
+    /// that by default (66 MiB): two 32 MiB requests in flight, or thousands of small ones.
     pub conn_buffer: usize,
     /// Bytes all connections together may hold beyond a small reserve each (1 MiB, enough
     /// for small requests: a client is served even when others hold all of this budget).
@@ -146,7 +155,7 @@ impl Default for Config {
             max_in_flight: 16,
             stack_size: 256 * 1024,
             shutdown_grace: Duration::from_secs(10),
-            conn_buffer: 64 << 20,
+            conn_buffer: 2 * MIN_BUDGET,
             total_buffer: default_total_buffer(),
         }
     }
