@@ -53,12 +53,16 @@ struct Conn {
 }
 
 /// The most bytes a request can make its connection hold, from taking it in to writing its
-/// reply: its payload or read data, or its `BLOCK_STATUS` extents (at most one per byte, at
+/// reply: its payload or read data (the capacity of its buffer), or its `BLOCK_STATUS` extents (at most one per byte, at
 /// most [`MAX_EXTENTS`]; 8 bytes each as the backend returns them and 8 more on the wire),
 /// and the reply's own overhead.
 fn request_cost(req: &Request) -> usize {
     let data = match req.typ {
-        cmd::READ | cmd::WRITE => req.length as usize,
+        // The buffer's capacity: rounded up to a size class of the pool below 2 MiB.
+        cmd::READ | cmd::WRITE => match req.length as usize {
+            n if n <= buf::MAX_CLASS => n.max(buf::MIN_CLASS).next_power_of_two(),
+            n => n,
+        },
         cmd::BLOCK_STATUS => {
             let most = if req.flags & cflag::REQ_ONE != 0 {
                 1
@@ -151,6 +155,10 @@ pub(super) fn transmission(
         // payload included). The ticket is given back once the reply is on the wire.
         let Some(ticket) = conn.budget.admit(request_cost(&req), true, give_up) else {
             if stopping.get() {
+                // Keep the stream in step: the refusals go on with the next request.
+                if req.typ == cmd::WRITE && input.skip(&conn.stream, req.length).is_err() {
+                    break;
+                }
                 send_error(
                     &conn,
                     &req,
