@@ -369,6 +369,9 @@ struct Global {
     used: usize,
     /// Readers that found no room, woken (all) when bytes come back.
     waiters: Vec<WakeableSleep>,
+    /// How many times `waiters` was emptied: a reader registered in the current round is
+    /// not registered again (its retries every [`RECHECK`] would otherwise pile up).
+    round: u64,
 }
 
 impl Memory {
@@ -387,14 +390,18 @@ impl Memory {
     }
 
     /// Takes `n` bytes if they fit; otherwise registers `waker` to be woken when bytes come
-    /// back (under the same lock: no wake-up is lost).
-    fn try_take(&self, n: usize, waker: &WakeableSleep) -> bool {
+    /// back (under the same lock: no wake-up is lost), unless it is registered already:
+    /// `registered` is the round it was last registered in.
+    fn try_take(&self, n: usize, waker: &WakeableSleep, registered: &Cell<Option<u64>>) -> bool {
         let mut g = self.lock();
         if g.used + n <= self.total {
             g.used += n;
             true
         } else {
-            g.waiters.push(waker.clone());
+            if registered.get() != Some(g.round) {
+                g.waiters.push(waker.clone());
+                registered.set(Some(g.round));
+            }
             false
         }
     }
@@ -404,6 +411,9 @@ impl Memory {
         let waiters = {
             let mut g = self.lock();
             g.used -= n;
+            if !g.waiters.is_empty() {
+                g.round += 1;
+            }
             std::mem::take(&mut g.waiters)
         };
         for w in waiters {
@@ -423,6 +433,8 @@ pub(super) struct Budget {
     /// The reader's sleep while it waits for room.
     wake: WakeableSleep,
     waiting: Cell<bool>,
+    /// The round of [`Memory`]'s waiters `wake` was last registered in.
+    registered: Cell<Option<u64>>,
 }
 
 /// The bytes of `used` that come from the server-wide budget.
@@ -442,6 +454,7 @@ impl Budget {
             used: Cell::new(INBUF),
             wake: WakeableSleep::new(),
             waiting: Cell::new(false),
+            registered: Cell::new(None),
         })
     }
 
@@ -460,7 +473,7 @@ impl Budget {
             return None;
         }
         let extra = global_part(new) - global_part(used);
-        if extra > 0 && !self.memory.try_take(extra, &self.wake) {
+        if extra > 0 && !self.memory.try_take(extra, &self.wake, &self.registered) {
             return None;
         }
         self.used.set(new);
@@ -595,8 +608,14 @@ mod tests {
         let big = proto::MAX_PAYLOAD as usize;
         let ta = a.try_admit(big, true).unwrap();
         // b cannot take a large request while a holds the global budget...
-        assert!(b.try_admit(big, true).is_none());
-        assert_eq!(m.lock().waiters.len(), 1, "b waits for global room");
+        for _ in 0..3 {
+            assert!(b.try_admit(big, true).is_none());
+        }
+        assert_eq!(
+            m.lock().waiters.len(),
+            1,
+            "b waits for global room, registered once"
+        );
         // ...but small ones, up to its reserve, still fit.
         let small: Vec<_> = (0..(RESERVE - INBUF) / 8192)
             .map(|_| b.try_admit(8192, false).unwrap())
@@ -618,6 +637,12 @@ mod tests {
         drop(ta);
         assert!(m.lock().waiters.is_empty());
         assert!(b.wake.sleep(Duration::ZERO), "woken");
+        // Failing again: registered again, in the new round.
+        let ta = a.try_admit(big, true).unwrap();
+        assert!(b.try_admit(big, true).is_none());
+        assert_eq!(m.lock().waiters.len(), 1);
+        drop(ta);
+        assert!(b.wake.sleep(Duration::ZERO), "woken again");
         drop(small);
         let tb = b.try_admit(big, true).unwrap();
         assert_eq!(global_used(&m), big + INBUF - RESERVE);
