@@ -116,7 +116,9 @@ pub struct Config {
     pub conn_buffer: usize,
     /// Bytes all connections together may hold beyond a small reserve each (1 MiB, enough
     /// for small requests: a client is served even when others hold all of this budget).
-    /// The server's buffers are then bounded by `total_buffer + connections × 1 MiB`. At
+    /// The server's buffers are then bounded by `total_buffer + connections × 1 MiB`, plus
+    /// what each loop thread's buffer pool keeps idle (at most
+    /// [`POOL_BYTES`](costack_aio::buf::POOL_BYTES), given back within 2 s once idle). At
     /// least [`MIN_BUDGET`]; by default an eighth of the machine's memory, between 256 MiB
     /// and 1 GiB ([`default_total_buffer`]).
     pub total_buffer: usize,
