@@ -20,8 +20,25 @@
 //! Buffers are kept by *capacity*, in powers of two from 4 KiB ([`MIN_CLASS`]) to 2 MiB
 //! ([`MAX_CLASS`]); `take(len)` returns a buffer of `len` bytes whose capacity is `len`
 //! rounded up to its class. Each class keeps up to 4 MiB of idle buffers (1 024 of 4 KiB, two
-//! of 2 MiB), and at least two. Requests above 2 MiB get a buffer of their own, and `give`
-//! drops what is not of a class (or finds its class full).
+//! of 2 MiB), and at least two; the whole pool keeps at most [`POOL_BYTES`]. Requests above
+//! 2 MiB get a buffer of their own, and `give` drops what is not of a class (or finds its
+//! class, or the pool, full).
+//!
+//! # Giving memory back
+//!
+//! A burst leaves the pool full of buffers nobody may ask for again. [`trim`] drops the
+//! buffers that stayed idle since the previous `trim` on the same thread: a loop that calls it
+//! every second or so keeps what it uses and gives back, within two periods, what a burst left
+//! behind. [`held_bytes`] tells what the pool keeps.
+//!
+//! ```
+//! use costack_aio::buf;
+//! buf::give(buf::take(64 * 1024));
+//! assert_eq!(buf::held_bytes(), 64 * 1024);
+//! assert_eq!(buf::trim(), 0); // given back since the last trim: kept
+//! assert_eq!(buf::trim(), 64 * 1024); // idle for a whole period: dropped
+//! assert_eq!(buf::held_bytes(), 0);
+//! ```
 //!
 //! Per thread, not per loop: one loop per thread means one pool per loop, and a buffer given
 //! back on another thread (a worker's) simply goes to that thread's pool. The pool takes no
@@ -42,20 +59,29 @@ const MAX_SHIFT: u32 = 21;
 const CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
 /// The idle bytes a class keeps.
 const CLASS_BYTES: usize = 4 << 20;
+/// The idle bytes one thread's pool keeps, across classes.
+pub const POOL_BYTES: usize = 8 << 20;
 
 /// The free buffers of one thread, by size class: each stored buffer's capacity is its class
-/// size, and its length what it had when it was given back.
+/// size, and its length what it had when it was given back; with each, the trim period
+/// ([`Pool::epoch`]) it was given back in.
 ///
-/// The policy is in [`Pool::keep`]: a memory budget across classes, or trimming buffers idle
-/// for long, would go there and in [`Pool::has_room`], without changing the public functions.
+/// The policy is in [`Pool::keep`] and [`Pool::has_room`] (how much is kept) and
+/// [`Pool::trim`] (what is dropped when idle).
 struct Pool {
-    classes: [Vec<Vec<u8>>; CLASSES],
+    classes: [Vec<(Vec<u8>, u64)>; CLASSES],
+    /// Capacity of the buffers kept.
+    bytes: usize,
+    /// Trim periods so far: [`trim`] calls.
+    epoch: u64,
 }
 
 thread_local! {
     static POOL: RefCell<Pool> = const {
         RefCell::new(Pool {
             classes: [const { Vec::new() }; CLASSES],
+            bytes: 0,
+            epoch: 0,
         })
     };
 }
@@ -77,13 +103,38 @@ impl Pool {
 
     #[inline]
     fn take(&mut self, c: usize) -> Option<Vec<u8>> {
-        self.classes[c].pop()
+        let (v, _) = self.classes[c].pop()?;
+        self.bytes -= v.capacity();
+        Some(v)
     }
 
     /// Whether class `c` keeps another idle buffer.
     #[inline]
     fn has_room(&self, c: usize) -> bool {
-        self.classes[c].len() < Pool::keep(c)
+        self.classes[c].len() < Pool::keep(c) && self.bytes + (MIN_CLASS << c) <= POOL_BYTES
+    }
+
+    #[inline]
+    fn put(&mut self, c: usize, v: Vec<u8>) {
+        self.bytes += v.capacity();
+        self.classes[c].push((v, self.epoch));
+    }
+
+    /// Drops the buffers given back before the current period, starts a new one; the bytes
+    /// dropped. (Buffers are taken from the end of a class, so the oldest are at the front.)
+    fn trim(&mut self) -> usize {
+        let epoch = self.epoch;
+        let mut freed = 0;
+        for class in &mut self.classes {
+            let old = class.iter().take_while(|(_, e)| *e < epoch).count();
+            freed += class.drain(..old).map(|(v, _)| v.capacity()).sum::<usize>();
+            if class.is_empty() {
+                *class = Vec::new(); // its own array goes back too
+            }
+        }
+        self.bytes -= freed;
+        self.epoch += 1;
+        freed
     }
 }
 
@@ -116,9 +167,22 @@ pub fn give(v: Vec<u8>) {
     let _ = POOL.try_with(|p| {
         let mut p = p.borrow_mut();
         if p.has_room(c) {
-            p.classes[c].push(v);
+            p.put(c, v);
         }
     });
+}
+
+/// Drops the buffers of this thread's pool that stayed idle (were neither taken nor given
+/// back) since the previous `trim` on this thread, and starts a new period; returns the bytes
+/// dropped. Call it periodically (every second, say) on a loop thread: a buffer idle for a
+/// whole period goes back to the allocator. See [Giving memory back](self#giving-memory-back).
+pub fn trim() -> usize {
+    POOL.try_with(|p| p.borrow_mut().trim()).unwrap_or(0)
+}
+
+/// The bytes (buffer capacities) this thread's pool keeps idle; at most [`POOL_BYTES`].
+pub fn held_bytes() -> usize {
+    POOL.try_with(|p| p.borrow().bytes).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -183,5 +247,49 @@ mod tests {
             give(Vec::with_capacity(MAX_CLASS));
         }
         assert_eq!(idle(top), 2, "a full class drops the rest");
+        assert_eq!(held_bytes(), 2 * MAX_CLASS);
+    }
+
+    #[test]
+    fn the_pool_keeps_at_most_pool_bytes_across_classes() {
+        // 4 MiB in each of the classes of 1 MiB, 512 KiB, 256 KiB: only 8 MiB kept.
+        for c in [CLASSES - 2, CLASSES - 3, CLASSES - 4] {
+            let size = MIN_CLASS << c;
+            for _ in 0..CLASS_BYTES / size {
+                give(Vec::with_capacity(size));
+            }
+        }
+        assert_eq!(held_bytes(), POOL_BYTES);
+        assert_eq!(idle(CLASSES - 2), 4);
+        assert_eq!(idle(CLASSES - 3), 8);
+        assert_eq!(idle(CLASSES - 4), 0, "the pool was full");
+        // A buffer taken makes room for one given.
+        let v = take(MIN_CLASS << (CLASSES - 3));
+        assert_eq!(held_bytes(), POOL_BYTES - v.capacity());
+        give(Vec::with_capacity(MIN_CLASS << (CLASSES - 4)));
+        assert_eq!(idle(CLASSES - 4), 1);
+        assert_eq!(held_bytes(), POOL_BYTES - v.capacity() / 2);
+    }
+
+    #[test]
+    fn trim_drops_exactly_the_buffers_idle_for_a_whole_period() {
+        for _ in 0..3 {
+            give(Vec::with_capacity(MIN_CLASS));
+        }
+        give(Vec::with_capacity(MAX_CLASS));
+        assert_eq!(held_bytes(), 3 * MIN_CLASS + MAX_CLASS);
+        // Given back in this period: kept.
+        assert_eq!(trim(), 0);
+        assert_eq!(held_bytes(), 3 * MIN_CLASS + MAX_CLASS);
+        // Used again in the next period: one 4 KiB buffer taken and given back.
+        give(take(100));
+        assert_eq!(idle(0), 3);
+        // Idle since the previous trim: the two other 4 KiB ones and the 2 MiB one.
+        assert_eq!(trim(), 2 * MIN_CLASS + MAX_CLASS);
+        assert_eq!((idle(0), idle(CLASSES - 1)), (1, 0));
+        assert_eq!(held_bytes(), MIN_CLASS);
+        assert_eq!(trim(), MIN_CLASS);
+        assert_eq!(held_bytes(), 0);
+        assert_eq!(trim(), 0);
     }
 }

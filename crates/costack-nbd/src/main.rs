@@ -114,6 +114,17 @@ struct Args {
     #[arg(long, requires = "tls_certificates")]
     tls_verify_peer: bool,
 
+    /// Bytes one connection may make the server hold (payloads, read data, queued replies);
+    /// beyond it the server stops reading from that client until its replies are read.
+    /// At least 33M.
+    #[arg(long, value_name = "SIZE", default_value = "66M", value_parser = parse_size)]
+    conn_buffer: u64,
+
+    /// Bytes all connections together may hold (beyond 1 MiB each, kept for small requests)
+    /// [default: 1/8 of the memory, 256M to 1G].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    total_buffer: Option<u64>,
+
     /// Write the server's process id to PATH once it is listening (locked while it runs,
     /// removed when it exits).
     #[arg(long, value_name = "PATH")]
@@ -586,6 +597,16 @@ fn main() -> ExitCode {
         eprintln!("costack-nbd: {e}");
         return ExitCode::from(2);
     }
+    // Buffers of 256 KiB and more (read data, write payloads up to 32 MiB) come straight from
+    // mmap and go back with munmap when freed. Left alone, glibc raises its mmap threshold to
+    // the size of each large block freed, so that later 32 MiB buffers come from the heap, whose
+    // freed memory stays with the process: RSS stayed at hundreds of MiB after a burst. Setting
+    // the threshold turns that dynamic raising off. (Buffers reused over and over stay in the
+    // loops' pools: no mmap per request for them.)
+    // SAFETY: mallopt only changes allocator settings; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
     // SAFETY: called once, before any other thread starts; nothing else
     // in this process owns fd 3.
     let activated = match unsafe { Listener::from_systemd() } {
@@ -698,6 +719,12 @@ fn main() -> ExitCode {
         handshake_timeout: Some(Duration::from_secs(args.handshake_timeout.into())),
         max_connections: args.shared,
         tls,
+        conn_buffer: usize::try_from(args.conn_buffer).unwrap_or(usize::MAX),
+        total_buffer: args
+            .total_buffer
+            .map_or_else(costack_nbd::server::default_total_buffer, |t| {
+                usize::try_from(t).unwrap_or(usize::MAX)
+            }),
         ..Config::default()
     };
     let size = export.size();

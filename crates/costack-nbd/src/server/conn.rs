@@ -4,11 +4,17 @@
 //! that did not start.
 //!
 //! ```text
-//! reader:   header ─► proto::check ─► slot ─► [payload] ─► spawn ─┐
-//!              ▲                                                  │
-//!              └──────────────────────────────────────────────────┘
-//! request:  backend call(s) ─► Reply ─► Outbox::send ─► [writev]   (then the slot comes back)
+//! reader:   header ─► proto::check ─► ticket ─► [payload] ─► spawn ─┐
+//!              ▲                                                    │
+//!              └────────────────────────────────────────────────────┘
+//! request:  backend call(s) ─► Reply+ticket ─► Outbox::send ─► [writev] ─► ticket back
 //! ```
+//!
+//! A ticket ([`Ticket`](super::wire::Ticket)) is a slot and the bytes the request may hold (its payload, its read
+//! data, its reply): the reader waits for one before it reads anything more, and it comes
+//! back only once the reply is on the wire. A client that does not read its replies therefore
+//! stops the reader once its connection's budget (or the server's) is used up, and TCP
+//! pushes back on it; error replies the reader sends itself take bytes too.
 //!
 //! What a request means lives here; how its bytes come in and go out lives in the sibling
 //! `wire` ([`InBuf`], [`Reply`], [`Outbox`]), so policies about *which* requests a client may
@@ -23,16 +29,16 @@
 #[allow(unused_imports)]
 use super::verbose::log;
 use super::verbose::Tag;
-use super::wire::{InBuf, Outbox, Reply};
+use super::wire::{Budget, InBuf, Memory, Outbox, Reply, REPLY_MAX_OVERHEAD};
 use crate::export::{Backend, ZeroMode};
 use crate::handshake::Negotiated;
 use crate::proto::{self, cflag, cmd, Check, Limits, Request};
 use crate::transport::Stream;
-use costack::sync::CoSemaphore;
 use costack_aio::buf;
 use std::cell::Cell;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Most extents in one `BLOCK_STATUS` reply (the spec's recommended ceiling is 2^20).
 pub const MAX_EXTENTS: usize = 1 << 20;
@@ -43,52 +49,72 @@ struct Conn {
     backend: Rc<dyn Backend>,
     /// Replies waiting to be written, and the lock of whoever writes them.
     out: Outbox,
-    /// One permit per request that may run.
-    slots: CoSemaphore,
-    max_in_flight: usize,
+    /// Slots and bytes: what the connection holds, until its replies are on the wire.
+    budget: Rc<Budget>,
     limits: Limits,
     meta_id: u32,
     /// Who this is, for the events.
     tag: Tag,
 }
 
-impl Conn {
-    /// Requests running now.
-    fn in_flight(&self) -> usize {
-        self.max_in_flight - self.slots.available_permits()
-    }
+/// The most bytes a request can make its connection hold, from taking it in to writing its
+/// reply: its payload or read data (the capacity of its buffer), or its `BLOCK_STATUS` extents (at most one per byte, at
+/// most [`MAX_EXTENTS`]; 8 bytes each as the backend returns them and 8 more on the wire),
+/// and the reply's own overhead.
+fn request_cost(req: &Request) -> usize {
+    let data = match req.typ {
+        // The buffer's capacity: rounded up to a size class of the pool below 2 MiB.
+        cmd::READ | cmd::WRITE => match req.length as usize {
+            n if n <= buf::MAX_CLASS => n.max(buf::MIN_CLASS).next_power_of_two(),
+            n => n,
+        },
+        cmd::BLOCK_STATUS => {
+            let most = if req.flags & cflag::REQ_ONE != 0 {
+                1
+            } else {
+                MAX_EXTENTS.min(req.length as usize)
+            };
+            16 * most
+        }
+        _ => 0,
+    };
+    data + REPLY_MAX_OVERHEAD
 }
 
-/// Gives a request's slot back when its task ends, however it ends.
-struct Slot(Rc<Conn>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.slots.release(1);
-    }
+/// What a connection gets from its loop for the transmission phase.
+pub(super) struct Setup<'a> {
+    /// The loop's backend of the export.
+    pub(super) backend: &'a Rc<dyn Backend>,
+    /// The export's read-only flag.
+    pub(super) read_only: bool,
+    /// At most this many requests run (or wait for their reply to be written) at once.
+    pub(super) max_in_flight: usize,
+    /// The server's byte budgets (per connection and server-wide).
+    pub(super) memory: &'a Arc<Memory>,
+    /// Set when the loop stops.
+    pub(super) stopping: &'a Cell<bool>,
 }
 
 /// Runs the transmission phase of a connection whose handshake agreed on `neg`, until the
-/// client disconnects, breaks the protocol, or the loop stops (`stopping`); returns once every
-/// request it started has been replied to.
+/// client disconnects, breaks the protocol, or the loop stops (`setup.stopping`); returns once
+/// every request it started has been replied to.
 ///
-/// `backend` is the loop's backend of the export, `read_only` the export's, and at most
-/// `max_in_flight` requests run at once; `tag` names the connection in events.
-pub(super) fn transmission(
-    stream: Rc<Stream>,
-    neg: Negotiated,
-    backend: &Rc<dyn Backend>,
-    read_only: bool,
-    max_in_flight: usize,
-    stopping: &Cell<bool>,
-    tag: &Tag,
-) {
+/// At most `setup.max_in_flight` requests run (or wait for their reply to be written) at once,
+/// and what the connection holds is bounded by `setup.memory`: when either is reached the
+/// reader stops reading until replies have gone out. `tag` names the connection in events.
+pub(super) fn transmission(stream: Rc<Stream>, neg: Negotiated, setup: Setup<'_>, tag: &Tag) {
+    let Setup {
+        backend,
+        read_only,
+        max_in_flight,
+        memory,
+        stopping,
+    } = setup;
     let conn = Rc::new(Conn {
         stream,
         backend: backend.clone(),
         out: Outbox::new(),
-        slots: CoSemaphore::new(max_in_flight),
-        max_in_flight,
+        budget: Budget::new(memory, max_in_flight),
         limits: Limits {
             size: backend.len(),
             read_only,
@@ -98,6 +124,7 @@ pub(super) fn transmission(
         meta_id: neg.meta.unwrap_or(0),
         tag: tag.clone(),
     });
+    let give_up = || stopping.get() || conn.out.is_broken();
     let mut input = InBuf::new();
     loop {
         if stopping.get() {
@@ -145,18 +172,39 @@ pub(super) fn transmission(
                 if req.typ == cmd::WRITE && input.skip(&conn.stream, req.length).is_err() {
                     break;
                 }
-                send_error(&conn, &req, e, msg);
+                // The reader answers itself, but its replies count like any other: a client
+                // that sends invalid requests without reading the errors is stopped too.
+                let reply = error_reply(&conn, &req, e, msg);
+                match conn.budget.admit(reply.cost(), false, give_up) {
+                    Some(t) => send(&conn, reply.holding(t)),
+                    None if stopping.get() => send(&conn, reply),
+                    None => break,
+                }
                 continue;
             }
             Check::ErrorThenDisconnect(e, msg) => {
-                send_error(&conn, &req, e, msg);
+                send(&conn, error_reply(&conn, &req, e, msg));
                 break;
             }
         }
-        // Wait for a free slot before taking in more (a write's payload included): at most
-        // `max_in_flight` requests' buffers per connection.
-        conn.slots.acquire(1).forget();
-        let slot = Slot(conn.clone());
+        // Wait for a slot and room for the request's bytes before taking in more (a write's
+        // payload included). The ticket is given back once the reply is on the wire.
+        let Some(ticket) = conn.budget.admit(request_cost(&req), true, give_up) else {
+            if stopping.get() {
+                // Keep the stream in step: the refusals go on with the next request.
+                if req.typ == cmd::WRITE && input.skip(&conn.stream, req.length).is_err() {
+                    break;
+                }
+                send_error(
+                    &conn,
+                    &req,
+                    proto::err::ESHUTDOWN,
+                    "the server is shutting down",
+                );
+                continue;
+            }
+            break; // the outbox broke: nobody can be answered
+        };
         let payload = if req.typ == cmd::WRITE {
             match input.payload(&conn.stream, req.length as usize) {
                 Ok(p) => Some(p),
@@ -174,16 +222,17 @@ pub(super) fn transmission(
         } else {
             None
         };
+        let c = conn.clone();
         costack_aio::spawn(move || {
-            let slot = slot;
-            run_request(&slot.0, req, payload);
+            let reply = run_request(&c, req, payload);
+            send(&c, reply.holding(ticket));
         });
         if conn.out.is_broken() {
             break;
         }
     }
-    // Finish what is in flight: every slot comes back.
-    drop(conn.slots.acquire(max_in_flight));
+    // Finish what is in flight: every ticket comes back.
+    conn.budget.wait_idle();
     conn.stream.close();
 }
 
@@ -221,8 +270,8 @@ fn refuse_remaining(conn: &Conn, input: &mut InBuf) {
     }
 }
 
-/// Runs one request and sends its reply.
-fn run_request(conn: &Conn, req: Request, payload: Option<Vec<u8>>) {
+/// Runs one request; its reply.
+fn run_request(conn: &Conn, req: Request, payload: Option<Vec<u8>>) -> Reply {
     let b = &*conn.backend;
     let fua = req.flags & cflag::FUA != 0;
     let offset = req.offset;
@@ -230,14 +279,13 @@ fn run_request(conn: &Conn, req: Request, payload: Option<Vec<u8>>) {
     let result = match req.typ {
         cmd::READ => {
             let (r, buf) = b.read_at_owned(buf::take(req.length as usize), offset);
-            match r {
-                Ok(()) => send_read(conn, &req, buf),
+            return match r {
+                Ok(()) => Reply::read(conn.limits.structured, req.cookie, req.offset, buf),
                 Err(e) => {
                     buf::give(buf);
-                    send_io_error(conn, &req, &e);
+                    io_error_reply(conn, &req, &e)
                 }
-            }
-            return;
+            };
         }
         cmd::WRITE => {
             let data = payload.unwrap_or_default();
@@ -265,22 +313,19 @@ fn run_request(conn: &Conn, req: Request, payload: Option<Vec<u8>>) {
                 MAX_EXTENTS
             };
             match b.block_status(offset, req.length, max) {
-                Ok(ext) => {
-                    send(conn, Reply::block_status(req.cookie, conn.meta_id, &ext));
-                    return;
-                }
+                Ok(ext) => return Reply::block_status(req.cookie, conn.meta_id, &ext),
                 Err(e) => Err(e),
             }
         }
         _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
     };
     match result {
-        Ok(()) => send(conn, Reply::ok(req.cookie)),
-        Err(e) => send_io_error(conn, &req, &e),
+        Ok(()) => Reply::ok(req.cookie),
+        Err(e) => io_error_reply(conn, &req, &e),
     }
 }
 
-fn send_io_error(conn: &Conn, req: &Request, e: &io::Error) {
+fn io_error_reply(conn: &Conn, req: &Request, e: &io::Error) -> Reply {
     let msg = format!("{} failed: {e}", cmd::name(req.typ));
     let error = proto::errno_to_nbd(e);
     // The backend failed: a problem of the server's storage, not of the client.
@@ -294,11 +339,12 @@ fn send_io_error(conn: &Conn, req: &Request, e: &io::Error) {
         nbd_error = error,
         "backend I/O error"
     );
-    send_reply_error(conn, req, error, &msg);
+    Reply::error(conn.limits.structured, req.cookie, error, &msg)
 }
 
-/// Sends an error reply (with the message once structured replies are on).
-fn send_error(conn: &Conn, req: &Request, error: u32, msg: &str) {
+/// An error reply (with the message once structured replies are on) to a request refused
+/// before it ran, logged at debug level.
+fn error_reply(conn: &Conn, req: &Request, error: u32, msg: &str) -> Reply {
     tracing::debug!(
         conn = conn.tag.id,
         peer = %conn.tag.peer,
@@ -308,27 +354,18 @@ fn send_error(conn: &Conn, req: &Request, error: u32, msg: &str) {
         nbd_error = error,
         "refused: {msg}"
     );
-    send_reply_error(conn, req, error, msg);
+    Reply::error(conn.limits.structured, req.cookie, error, msg)
 }
 
-/// Sends an error reply without an event (the caller has said why).
-fn send_reply_error(conn: &Conn, req: &Request, error: u32, msg: &str) {
-    send(
-        conn,
-        Reply::error(conn.limits.structured, req.cookie, error, msg),
-    );
-}
-
-fn send_read(conn: &Conn, req: &Request, data: Vec<u8>) {
-    send(
-        conn,
-        Reply::read(conn.limits.structured, req.cookie, req.offset, data),
-    );
+/// Sends an error reply that holds no ticket (at a stop: bounded by [`MAX_REFUSED`]).
+fn send_error(conn: &Conn, req: &Request, error: u32, msg: &str) {
+    send(conn, error_reply(conn, req, error, msg));
 }
 
 /// Hands a reply to the connection's [`Outbox`], which batches it with the replies of the
-/// other requests in flight.
+/// other requests in flight; a [`Ticket`](super::wire::Ticket) it holds comes back once it is written.
 #[inline]
 fn send(conn: &Conn, reply: Reply) {
-    conn.out.send(&conn.stream, reply, || conn.in_flight());
+    conn.out
+        .send(&conn.stream, reply, || conn.budget.in_flight());
 }

@@ -24,9 +24,18 @@
 //!
 //! Replies go out in whatever order requests finish (the spec allows it), each written whole
 //! under the connection's writer lock (a [`CoMutex`](costack::sync::CoMutex)), so two replies
-//! never interleave on the wire. At most `max_in_flight` requests of a connection run at
-//! once: the reader waits for a slot (a [`CoSemaphore`](costack::sync::CoSemaphore)) before it
-//! reads the next request, which pushes back on the client through TCP.
+//! never interleave on the wire. At most `max_in_flight` requests of a connection run (or
+//! wait for their reply to be written) at once, and what a connection holds — payloads, read
+//! data, replies not yet written — is bounded by [`Config::conn_buffer`] and, across all
+//! connections, [`Config::total_buffer`]: the reader waits for a slot and room before it reads
+//! the next request, which pushes back on the client through TCP. A client that never reads
+//! its replies therefore costs the server a bounded amount of memory, and the others are
+//! still served (each connection keeps a small reserve outside the shared budget).
+//!
+//! Memory goes back once idle: every loop trims its buffer pool each second
+//! ([`costack_aio::buf::trim`]). (The binary also pins glibc's mmap threshold so that large
+//! buffers are unmapped when freed; a program serving through the library may want the
+//! same.)
 //!
 //! # Bad input
 //!
@@ -100,6 +109,7 @@ mod verbose;
 mod wire;
 
 pub use conn::MAX_EXTENTS;
+pub use wire::MIN_BUDGET;
 
 use crate::export::{Backend, Export};
 use crate::handshake;
@@ -167,6 +177,46 @@ pub struct Config {
     pub max_connections: usize,
     /// TLS: off, offered, or required before anything else (see [`TlsMode`]).
     pub tls: TlsMode,
+    /// Bytes one connection may make the server hold: write payloads, read data and replies
+    /// not yet written (error replies too), its input buffer. When they are reached the
+    /// connection stops reading until replies have gone out, and TCP pushes back on the
+    /// client. At least [`MIN_BUDGET`] (one request of the largest size always fits); twice
+    /// that by default (66 MiB): two 32 MiB requests in flight, or thousands of small ones.
+    pub conn_buffer: usize,
+    /// Bytes all connections together may hold beyond a small reserve each (1 MiB, enough
+    /// for small requests: a client is served even when others hold all of this budget).
+    /// The server's buffers are then bounded by `total_buffer + connections × 1 MiB`, plus
+    /// what each loop thread's buffer pool keeps idle (at most
+    /// [`POOL_BYTES`](costack_aio::buf::POOL_BYTES), given back within 2 s once idle). At
+    /// least [`MIN_BUDGET`]; by default an eighth of the machine's memory, between 256 MiB
+    /// and 1 GiB ([`default_total_buffer`]).
+    pub total_buffer: usize,
+}
+
+/// The default [`Config::total_buffer`]: an eighth of the machine's physical memory, at least
+/// 256 MiB and at most 1 GiB.
+///
+/// An eighth leaves the rest of the machine (an in-memory export, the page cache a file
+/// export runs on, other services) its memory whatever the clients do, while 256 MiB still
+/// lets eight clients stream 32 MiB requests at once; above 1 GiB more buffering gains no
+/// throughput (each connection is held to [`Config::conn_buffer`] anyway).
+///
+/// ```
+/// let t = costack_nbd::server::default_total_buffer();
+/// assert!((256 << 20..=1 << 30).contains(&t));
+/// ```
+pub fn default_total_buffer() -> usize {
+    // SAFETY: sysconf only reads system values.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let ram = usize::try_from(pages)
+        .unwrap_or(0)
+        .saturating_mul(usize::try_from(page).unwrap_or(0));
+    (ram / 8).clamp(256 << 20, 1 << 30)
 }
 
 impl Default for Config {
@@ -179,6 +229,8 @@ impl Default for Config {
             handshake_timeout: Some(Duration::from_secs(10)),
             max_connections: 512,
             tls: TlsMode::Off,
+            conn_buffer: 2 * MIN_BUDGET,
+            total_buffer: default_total_buffer(),
         }
     }
 }
@@ -272,6 +324,7 @@ pub fn serve(
         threads: Vec::with_capacity(n),
         export,
     };
+    let memory = wire::Memory::new(cfg.conn_buffer, cfg.total_buffer);
     let (peers_tx, peers_rx) = mpsc::channel::<Vec<LoopHandle>>();
     let mut acceptor = Some((listener, peers_rx));
     for i in 0..n {
@@ -279,9 +332,10 @@ pub fn serve(
         let export = handle.export.clone();
         let cfg = cfg.clone();
         let acc = acceptor.take();
+        let memory = memory.clone();
         let t = thread::Builder::new()
             .name(format!("nbd-loop-{i}"))
-            .spawn(move || loop_thread(export, cfg, acc, tx))?;
+            .spawn(move || loop_thread(export, cfg, memory, acc, tx))?;
         handle.threads.push(t);
         match rx.recv() {
             Ok(Ok(h)) => handle.loops.push(h),
@@ -299,6 +353,7 @@ type Acceptor = (Listener, mpsc::Receiver<Vec<LoopHandle>>);
 fn loop_thread(
     export: Arc<Export>,
     cfg: Config,
+    memory: Arc<wire::Memory>,
     acceptor: Option<Acceptor>,
     started: mpsc::Sender<io::Result<LoopHandle>>,
 ) {
@@ -322,6 +377,7 @@ fn loop_thread(
         backend,
         export,
         max_in_flight: cfg.max_in_flight.max(1),
+        memory,
         stopping: Cell::new(false),
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
@@ -334,6 +390,8 @@ fn loop_thread(
     STATE.with(|s| *s.borrow_mut() = Some(state.clone()));
     let st = state.clone();
     lp.block_on(move || {
+        let s1 = st.clone();
+        costack_aio::spawn(move || trimmer(&s1));
         if let Some((listener, peers)) = acceptor {
             let l = Rc::new(AsyncFd::new(listener));
             *st.listener.borrow_mut() = Some(l.clone());
@@ -351,11 +409,26 @@ fn loop_thread(
     drop(lp);
 }
 
+/// How often a loop gives idle buffers back: a buffer of its pool unused for a whole period
+/// goes back to the allocator (see [`costack_aio::buf::trim`]).
+const TRIM_PERIOD: Duration = Duration::from_secs(1);
+
+/// Gives the loop's idle pool buffers back every [`TRIM_PERIOD`], until the loop stops; after
+/// a burst, what the pool kept is freed within two periods.
+fn trimmer(state: &LoopState) {
+    while !state.stopping.get() {
+        costack_aio::sleep(TRIM_PERIOD);
+        costack_aio::buf::trim();
+    }
+}
+
 /// What one loop thread knows.
 struct LoopState {
     export: Arc<Export>,
     backend: Rc<dyn Backend>,
     max_in_flight: usize,
+    /// The server's byte budgets, shared by every loop.
+    memory: Arc<wire::Memory>,
     stopping: Cell<bool>,
     /// Live connections, to stop them.
     conns: RefCell<HashMap<u64, Rc<Stream>>>,
@@ -530,14 +603,13 @@ fn connection(state: Rc<LoopState>, s: Accepted, place: Admitted) {
     if state.stopping.get() {
         return;
     }
-    conn::transmission(
-        stream,
-        neg,
-        &state.backend,
-        state.export.read_only,
-        state.max_in_flight,
-        &state.stopping,
-        &tag,
-    );
+    let setup = conn::Setup {
+        backend: &state.backend,
+        read_only: state.export.read_only,
+        max_in_flight: state.max_in_flight,
+        memory: &state.memory,
+        stopping: &state.stopping,
+    };
+    conn::transmission(stream, neg, setup, &tag);
     tracing::info!(conn = tag.id, peer = %tag.peer, "connection closed");
 }
