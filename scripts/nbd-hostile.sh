@@ -42,7 +42,7 @@ truncate -s 64M "$disk"
 servers=()
 declare -A cmd
 add_server() { servers+=("$1"); cmd[$1]=$2; }
-add_server costack-nbd "$bin -b 127.0.0.1 -p PORT -x test -s 64M"
+add_server costack-nbd "$bin -b 127.0.0.1 -p PORT -x test --size 64M"
 if command -v qemu-nbd >/dev/null; then
     add_server qemu-nbd "qemu-nbd -f raw -x test -p PORT -b 127.0.0.1 --cache=writeback -t -e 0 $disk"
 else

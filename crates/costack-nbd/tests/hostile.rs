@@ -68,7 +68,7 @@ impl Server {
             });
         }
         let mut child = cmd
-            .args(["-p", "0", "-x", "test", "-s", "64M", "-t", "2"])
+            .args(["-p", "0", "-x", "test", "--size", "64M", "--threads", "2"])
             .args(["--conn-buffer", "64M", "--total-buffer", "96M"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -97,7 +97,8 @@ pub(super) struct Setup<'a> {
 
 /// Runs the transmission phase of a connection whose handshake agreed on `neg`, until the
 /// client disconnects, breaks the protocol, or the loop stops (`setup.stopping`); returns once
-/// every request it started has been replied to.
+/// every request it started has been replied to (the stream is left open for the caller to
+/// close).
 ///
 /// At most `setup.max_in_flight` requests run (or wait for their reply to be written) at once,
 /// and what the connection holds is bounded by `setup.memory`: when either is reached the
@@ -233,7 +234,7 @@ pub(super) fn transmission(stream: Rc<Stream>, neg: Negotiated, setup: Setup<'_>
     }
     // Finish what is in flight: every ticket comes back.
     conn.budget.wait_idle();
-    conn.stream.close();
+    // The caller closes the stream, once the connection's place is given back.
 }
 
 /// Most requests answered `ESHUTDOWN` by one connection at a stop.

@@ -566,7 +566,7 @@ fn connection(state: Rc<LoopState>, s: Accepted, place: Admitted) {
     state.next_conn.set(id + 1);
     let tag = verbose::Tag::new(stream.peer());
     state.conns.borrow_mut().insert(id, stream.clone());
-    let _guard = ConnGuard {
+    let guard = ConnGuard {
         state: state.clone(),
         id,
         place: Some(place),
@@ -610,6 +610,10 @@ fn connection(state: Rc<LoopState>, s: Accepted, place: Admitted) {
         memory: &state.memory,
         stopping: &state.stopping,
     };
-    conn::transmission(stream, neg, setup, &tag);
+    conn::transmission(stream.clone(), neg, setup, &tag);
+    // The place first, then the socket: a client that reconnects as soon as it reads
+    // end-of-file finds its place free (whichever loop its new connection lands on).
+    drop(guard);
+    stream.close();
     tracing::info!(conn = tag.id, peer = %tag.peer, "connection closed");
 }
