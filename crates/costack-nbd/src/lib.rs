@@ -63,7 +63,7 @@ pub mod handshake;
 pub mod proto;
 pub mod server;
 
-pub use export::{Backend, Export, WritePath, ZeroMode};
+pub use export::{Backend, Export, FaultOp, FaultRule, Faults, WritePath, ZeroMode};
 pub use server::{serve, set_verbose, Config, ServerHandle};
 
 /// The crate README's examples, compiled and run as doctests.

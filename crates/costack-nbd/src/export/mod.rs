@@ -21,11 +21,18 @@
 //! before the reply, and every thread sees one page cache, so a flush on any connection
 //! covers them all (`NBD_FLAG_CAN_MULTI_CONN`).
 //!
+//! # Faults on demand
+//!
+//! [`Export::with_faults`] puts any export behind a [`Faults`] set: its backends then fail the
+//! operations the set's [`FaultRule`]s name (`EIO`, `ENOSPC`, ...), switched at run time, so
+//! that a test can see what a client and the server do when the disk fails.
+//!
 //! # Floors
 //!
 //! ```text
-//! export (this file)  Export: name, flags, its store; hands out backends  → mem, file, backend
+//! export (this file)  Export: name, flags, its store; hands out backends  → mem, file, fault, backend
 //!   mem, file         the two stores and their backends                   → backend
+//!   fault             a backend wrapper failing chosen operations         → backend
 //!   backend           the Backend trait and ZeroMode                      (proto only)
 //! ```
 //!
@@ -34,10 +41,12 @@
 //!
 
 mod backend;
+mod fault;
 mod file;
 mod mem;
 
 pub use backend::{Backend, ZeroMode};
+pub use fault::{FaultId, FaultOp, FaultRule, Faults};
 pub use file::WritePath;
 
 use file::FileStore;
@@ -63,6 +72,34 @@ pub struct Export {
 enum Store {
     Memory(Arc<MemStore>),
     File(Arc<FileStore>),
+    /// Another store, behind a set of fault rules.
+    Faulty(Box<Store>, Faults),
+}
+
+impl Store {
+    fn size(&self) -> u64 {
+        match self {
+            Store::Memory(m) => m.size(),
+            Store::File(f) => f.size(),
+            Store::Faulty(s, _) => s.size(),
+        }
+    }
+
+    fn backend(&self) -> io::Result<Rc<dyn Backend>> {
+        Ok(match self {
+            Store::Memory(m) => mem::backend(m),
+            Store::File(f) => file::backend(f)?,
+            Store::Faulty(s, faults) => fault::backend(s.backend()?, faults),
+        })
+    }
+
+    fn flush_blocking(&self) -> io::Result<()> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::File(f) => f.sync(),
+            Store::Faulty(s, _) => s.flush_blocking(),
+        }
+    }
 }
 
 impl Export {
@@ -94,12 +131,19 @@ impl Export {
         })
     }
 
+    /// The same export, its backends failing what `faults` says from now on (see [`Faults`]
+    /// for an example). The rules can change at any time through any clone of `faults`; the
+    /// shutdown flush ([`flush_blocking`](Export::flush_blocking)) is never failed.
+    pub fn with_faults(self, faults: &Faults) -> Export {
+        Export {
+            store: Store::Faulty(Box::new(self.store), faults.clone()),
+            ..self
+        }
+    }
+
     /// The size in bytes.
     pub fn size(&self) -> u64 {
-        match &self.store {
-            Store::Memory(m) => m.size(),
-            Store::File(f) => f.size(),
-        }
+        self.store.size()
     }
 
     /// Whether `name` selects this export: its own name, or the empty (default) name.
@@ -112,17 +156,11 @@ impl Export {
     /// # Errors
     /// If the file cannot be opened again for this thread (out of file descriptors).
     pub fn backend(&self) -> io::Result<Rc<dyn Backend>> {
-        Ok(match &self.store {
-            Store::Memory(m) => mem::backend(m),
-            Store::File(f) => file::backend(f)?,
-        })
+        self.store.backend()
     }
 
     /// Flushes the store from any thread, outside coroutines (at shutdown).
     pub fn flush_blocking(&self) -> io::Result<()> {
-        match &self.store {
-            Store::Memory(_) => Ok(()),
-            Store::File(f) => f.sync(),
-        }
+        self.store.flush_blocking()
     }
 }

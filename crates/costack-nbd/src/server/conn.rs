@@ -252,7 +252,7 @@ fn run_request(conn: &Conn, req: Request, payload: Option<Vec<u8>>) {
 
 fn send_io_error(conn: &Conn, req: &Request, e: &io::Error) {
     let msg = format!("{} failed: {e}", cmd::name(req.typ));
-    send_error(conn, req, proto::errno_to_nbd(e), &msg);
+    send_error(conn, req, proto::reply_error(req, e), &msg);
 }
 
 /// Sends an error reply (with the message once structured replies are on).
