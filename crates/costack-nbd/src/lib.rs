@@ -52,7 +52,7 @@
 //!   connection's transmission phase and the wire under it (private).
 //! * [`handshake`]: the option negotiation, and the limits and ids a client meets in it.
 //! * [`export`]: the [`Export`] (a file, or memory) and the per-thread [`Backend`] requests run
-//!   on.
+//!   on; [`Faults`] make an export fail on demand, to test what clients do when a disk fails.
 //! * [`proto`]: the wire format of both phases and the request rules, pure functions with no
 //!   I/O; usable on its own, by a client too.
 

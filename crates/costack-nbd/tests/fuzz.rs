@@ -78,6 +78,55 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// The TCP state of `socket:[INODE]`, from /proc/net/tcp (" (CLOSE_WAIT)", say).
+fn socket_state(link: &str) -> Option<String> {
+    let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
+    let tcp = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let line = tcp
+        .lines()
+        .find(|l| l.split_whitespace().nth(9) == Some(inode))?;
+    let st = line.split_whitespace().nth(3)?;
+    let name = match st {
+        "01" => "ESTABLISHED",
+        "06" => "TIME_WAIT",
+        "07" => "CLOSE",
+        "08" => "CLOSE_WAIT",
+        "0A" => "LISTEN",
+        "04" => "FIN_WAIT1",
+        "05" => "FIN_WAIT2",
+        "09" => "LAST_ACK",
+        other => other,
+    };
+    let q = line.split_whitespace().nth(4).unwrap_or("");
+    Some(format!(" ({name}, tx:rx queues {q})"))
+}
+
+/// The lines of /proc/net/tcp with `port` on either side, for a failure message.
+fn tcp_of(port: u16) -> String {
+    let hex = format!(":{port:04X} ");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&hex))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What the server's descriptors are, for a failure message.
+fn fd_list(pid: u32) -> String {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let to = std::fs::read_link(e.path()).ok()?.display().to_string();
+            let state = socket_state(&to).unwrap_or_default();
+            Some(format!("{}→{to}{state}", e.file_name().to_string_lossy()))
+        })
+        .collect();
+    v.sort();
+    v.join(" ")
+}
+
 /// Waits (up to `limit`) for the server's descriptor count to be `want`; the last count seen.
 fn wait_fds(pid: u32, want: usize, limit: Duration) -> usize {
     let deadline = Instant::now() + limit;
@@ -115,6 +164,7 @@ fn fuzzing_with_a_checker_alongside() {
     // The baseline: the descriptors of the server before any client; serving a client on
     // every thread must not change it once they are gone.
     let baseline = open_fds(pid);
+    let before = fd_list(pid);
     let warm: Vec<_> = (0..4).map(|_| Client::open(srv.addr, true).0).collect();
     for c in warm {
         c.disconnect();
@@ -148,8 +198,12 @@ fn fuzzing_with_a_checker_alongside() {
 
     let fds = wait_fds(pid, baseline, Duration::from_secs(20));
     assert_eq!(
-        fds, baseline,
-        "seed {seed:#x}: the server holds {fds} descriptors, {baseline} before the run"
+        fds,
+        baseline,
+        "seed {seed:#x}: the server holds {fds} descriptors, {baseline} before the run\n\
+         now: {}\nbefore: {before}\ntcp:\n{}",
+        fd_list(pid),
+        tcp_of(srv.addr.port())
     );
     fresh_client_is_served(srv.addr, 32 * MIB);
     assert_eq!(wait_fds(pid, baseline, Duration::from_secs(20)), baseline);

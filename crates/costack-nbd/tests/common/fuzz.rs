@@ -9,8 +9,9 @@
 //! * **transmission**: a proper handshake (structured replies or not), then a mix of valid
 //!   requests, invalid ones (bad flags, unknown commands, offsets past the end or near
 //!   `u64::MAX`, reads over 32 MiB), pipelined bursts, pauses in reading replies, and an end
-//!   that is a `DISC`, an abrupt close, a truncated header or payload, bad magic, or an
-//!   oversized write (which the server answers and then disconnects).
+//!   that is a `DISC`, a reset (the client vanishes with requests in flight), a truncated
+//!   header or payload followed by a reset, bad magic, or an oversized write (which the server
+//!   answers and then disconnects).
 //!
 //! A reader thread per transmission session parses every reply and checks that its cookie is
 //! one the fuzzer sent and has not had its final reply yet. The fuzzers' valid writes (and
@@ -146,7 +147,7 @@ pub fn run(addr: SocketAddr, plan: &Plan) -> Result<Report, String> {
             while Instant::now() < deadline && !failures.any() {
                 if rng.pct(30) {
                     counters.handshake_sessions.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = handshake_garbage(addr, &plan, &mut rng) {
+                    if let Err(e) = handshake_garbage(addr, &mut rng) {
                         failures.add(format!("fuzzer {i}, handshake session: {e}"));
                     }
                 } else {
@@ -272,7 +273,7 @@ fn option_data(rng: &mut Rng) -> Vec<u8> {
 }
 
 /// One session of handshake-phase garbage.
-fn handshake_garbage(addr: SocketAddr, plan: &Plan, rng: &mut Rng) -> Res<()> {
+fn handshake_garbage(addr: SocketAddr, rng: &mut Rng) -> Res<()> {
     let mut s = connect(addr)?;
     greeting(&mut s)?;
     // Errors writing are the server closing on us, which it may: only a failure to greet, or
@@ -317,7 +318,6 @@ fn handshake_garbage(addr: SocketAddr, plan: &Plan, rng: &mut Rng) -> Res<()> {
             }
         }
     }
-    let _ = plan;
     let _ = s.write_all(&out);
     if rng.pct(50) {
         // Read what comes back for a moment (option replies), then go.
@@ -386,6 +386,42 @@ fn open(s: &mut TcpStream, plan: &Plan, structured: bool) -> Res<bool> {
 /// (`None` for other commands).
 type Outstanding = Arc<Mutex<HashMap<u64, Option<u32>>>>;
 
+/// How long a reader waits for bytes the server owes before calling it a hang.
+const HANG: Duration = Duration::from_secs(30);
+
+/// Fills `buf` from `s` (whose read timeout is short): `Ok(true)` when filled, `Ok(false)` when
+/// the connection ended (end of file, a reset, or `abort` set by the writer), an error when
+/// the server sent nothing for [`HANG`].
+fn fill(s: &mut TcpStream, buf: &mut [u8], abort: &AtomicBool) -> Res<bool> {
+    let mut got = 0;
+    let mut idle = Instant::now();
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                got += n;
+                idle = Instant::now();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if abort.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
+                if idle.elapsed() > HANG {
+                    return Err(format!("no reply for {HANG:?}"));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
 /// Reads and checks every reply until the connection ends.
 fn reply_reader(
     mut s: TcpStream,
@@ -393,23 +429,26 @@ fn reply_reader(
     outstanding: Outstanding,
     mut rng: Rng,
     counters: Arc<Counters>,
+    abort: Arc<AtomicBool>,
 ) -> Res<()> {
-    let mut pending_end = false;
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut read = |s: &mut TcpStream, n: usize| -> Res<Option<Vec<u8>>> {
+        let mut b = vec![0u8; n];
+        Ok(fill(s, &mut b, &abort)?.then_some(b))
+    };
     loop {
         if rng.pct(2) {
             // Not reading replies for a while.
             std::thread::sleep(Duration::from_millis(rng.below(150)));
         }
-        let mut m = [0u8; 4];
-        if let Err(e) = s.read_exact(&mut m) {
-            return end(e, pending_end);
-        }
+        let Some(m) = read(&mut s, 4)? else {
+            return Ok(());
+        };
         match be32(&m) {
             proto::SIMPLE_REPLY_MAGIC => {
-                let mut h = [0u8; 12];
-                if let Err(e) = s.read_exact(&mut h) {
-                    return end(e, true);
-                }
+                let Some(h) = read(&mut s, 12)? else {
+                    return Ok(());
+                };
                 let (error, cookie) = (be32(&h[0..4]), be64(&h[4..12]));
                 let Some(len) = outstanding.lock().unwrap().remove(&cookie) else {
                     return Err(format!(
@@ -417,17 +456,15 @@ fn reply_reader(
                     ));
                 };
                 if let (0, Some(len), false) = (error, len, structured) {
-                    let mut d = vec![0u8; len as usize];
-                    if let Err(e) = s.read_exact(&mut d) {
-                        return end(e, true);
+                    if read(&mut s, len as usize)?.is_none() {
+                        return Ok(());
                     }
                 }
             }
             proto::STRUCTURED_REPLY_MAGIC => {
-                let mut h = [0u8; 16];
-                if let Err(e) = s.read_exact(&mut h) {
-                    return end(e, true);
-                }
+                let Some(h) = read(&mut s, 16)? else {
+                    return Ok(());
+                };
                 let (flags, cookie, len) = (be16(&h[0..2]), be64(&h[4..12]), be32(&h[12..16]));
                 if len > proto::MAX_PAYLOAD + 64 {
                     return Err(format!("a chunk of {len} bytes"));
@@ -435,9 +472,8 @@ fn reply_reader(
                 if !structured {
                     return Err("a structured chunk without structured replies".into());
                 }
-                let mut d = vec![0u8; len as usize];
-                if let Err(e) = s.read_exact(&mut d) {
-                    return end(e, true);
+                if read(&mut s, len as usize)?.is_none() {
+                    return Ok(());
                 }
                 let mut o = outstanding.lock().unwrap();
                 if !o.contains_key(&cookie) {
@@ -449,19 +485,29 @@ fn reply_reader(
             }
             other => return Err(format!("bad reply magic {other:#x}")),
         }
-        pending_end = false;
         counters.replies.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// The connection ended: fine, unless it timed out (the server hung).
-fn end(e: std::io::Error, _mid_reply: bool) -> Res<()> {
-    match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            Err(format!("no reply for 30 s: {e}"))
-        }
-        _ => Ok(()),
-    }
+/// Makes the close of `s` a reset (`SO_LINGER` of 0): the server sees the client vanish
+/// mid-request, whatever was in flight either way.
+fn reset_on_close(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live `linger` and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
 }
 
 struct Session {
@@ -490,7 +536,7 @@ impl Session {
 }
 
 /// A request in the fuzzers' region `[checker_len, size)`, valid or not.
-fn request(plan: &Plan, rng: &mut Rng, sess: &mut Session) -> (Request, Vec<u8>, bool) {
+fn request(plan: &Plan, rng: &mut Rng, sess: &mut Session) -> (Request, Vec<u8>) {
     let cookie = sess.cookie(rng);
     let fuzz_len = plan.size - plan.checker_len;
     let mut length = match rng.below(10) {
@@ -519,6 +565,7 @@ fn request(plan: &Plan, rng: &mut Rng, sess: &mut Session) -> (Request, Vec<u8>,
             rng.below(32) as u16 & (cflag::FUA | cflag::NO_HOLE | cflag::FAST_ZERO)
         }
         cmd::BLOCK_STATUS => rng.below(16) as u16 & (cflag::FUA | cflag::REQ_ONE),
+        cmd::READ if sess.structured => rng.below(8) as u16 & (cflag::FUA | cflag::DF),
         _ => rng.below(2) as u16 & cflag::FUA,
     };
     let payload_len = if typ == cmd::WRITE { length } else { 0 };
@@ -550,7 +597,7 @@ fn request(plan: &Plan, rng: &mut Rng, sess: &mut Session) -> (Request, Vec<u8>,
         offset,
         length,
     };
-    (req, payload, true)
+    (req, payload)
 }
 
 /// One transmission session.
@@ -564,15 +611,17 @@ fn transmission(
     let mut s = connect(addr)?;
     let structured = open(&mut s, plan, rng.pct(60))?;
     let outstanding: Outstanding = Arc::default();
+    let abort = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (s, o, r, c) = (
+        let (s, o, r, c, a) = (
             s.try_clone().unwrap(),
             outstanding.clone(),
             rng.fork(7),
             counters.clone(),
+            abort.clone(),
         );
         std::thread::spawn(move || {
-            let r = reply_reader(s.try_clone().unwrap(), structured, o, r, c);
+            let r = reply_reader(s.try_clone().unwrap(), structured, o, r, c, a);
             if r.is_err() {
                 // Unblock the writer too: the session is over.
                 let _ = s.shutdown(Shutdown::Both);
@@ -595,9 +644,9 @@ fn transmission(
         }
         let burst = if rng.pct(10) { 8 + rng.below(40) } else { 1 };
         for _ in 0..burst {
-            let (req, payload, tracked) = request(plan, rng, &mut sess);
+            let (req, payload) = request(plan, rng, &mut sess);
             counters.requests.fetch_add(1, Ordering::Relaxed);
-            if !sess.send(req, &payload, tracked) {
+            if !sess.send(req, &payload, true) {
                 ok = false;
                 break;
             }
@@ -653,15 +702,21 @@ fn transmission(
         }
     }
     if graceful {
-        // Let the server answer what is in flight and close; the reader sees the end.
+        // Let the server answer what is in flight and close; the reader reads to the end.
         let _ = sess.s.shutdown(Shutdown::Write);
     } else {
-        let _ = sess.s.shutdown(Shutdown::Both);
+        // Vanish: stop reading and reset the connection. (Not a shutdown: after SHUT_RD the
+        // kernel stops opening the receive window, and a server with replies to send would
+        // wait on a peer that is gone until TCP gives up on it, a minute or more later.)
+        reset_on_close(&sess.s);
+        abort.store(true, Ordering::Relaxed);
     }
-    match reader.join() {
+    let r = match reader.join() {
         Ok(r) => r,
         Err(_) => Err("the reply reader panicked".into()),
-    }
+    };
+    drop(sess);
+    r
 }
 
 /// The checker's synchronous connection.
