@@ -5,9 +5,11 @@
 //! quota (`EDQUOT`). [`Export::with_faults`](super::Export::with_faults) puts an export
 //! behind a set of [`FaultRule`]s so that a test (ours, or an operator's testing a client) can
 //! make that happen exactly when and where it wants: which operations ([`FaultOp`]), which
-//! bytes, which error, how many times. A request a rule hits fails *before* it reaches the
-//! store (a failed write changes nothing; the protocol lets it be either way), and the server
-//! answers it with the NBD error the spec asks for ([`proto::reply_error`](crate::proto::reply_error)).
+//! bytes, which error, how many times. A request a rule hits fails before it reaches the
+//! store (a failed write changes nothing), or, with [`FaultRule::after_io`], after it was
+//! carried out (a write that got an error did happen): the protocol leaves a failed write's
+//! effect unspecified, and a client must cope with both. The server answers it with the NBD
+//! error the spec asks for ([`proto::reply_error`](crate::proto::reply_error)).
 //!
 //! May import: the sibling `backend` and [`proto`](crate::proto). Only
 //! [`Export`](super::Export) wraps a store's backend in one.
@@ -76,6 +78,7 @@ pub struct FaultRule {
     ops: u8,
     range: Option<(u64, u64)>,
     times: Option<u64>,
+    after: bool,
 }
 
 impl FaultRule {
@@ -87,6 +90,7 @@ impl FaultRule {
             ops: FaultOp::ALL.iter().fold(0, |m, o| m | o.bit()),
             range: None,
             times: None,
+            after: false,
         }
     }
 
@@ -112,6 +116,14 @@ impl FaultRule {
     /// Only the next operation it matches: `times(1)`.
     pub fn once(self) -> FaultRule {
         self.times(1)
+    }
+
+    /// Carry the operation out, then report the error: a write that reached the store but
+    /// whose completion failed (the protocol leaves what a failed write did unspecified; by
+    /// default the operation fails before it reaches the store).
+    pub fn after_io(mut self) -> FaultRule {
+        self.after = true;
+        self
     }
 
     fn matches(&self, op: FaultOp, bytes: Option<(u64, u64)>) -> bool {
@@ -211,14 +223,19 @@ impl Faults {
         self.0.rules.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The error to fail this operation with, if a rule says so (counting it).
-    fn check(&self, op: FaultOp, bytes: Option<(u64, u64)>) -> io::Result<()> {
+    /// The fault for this operation, if a rule says so (counting it).
+    fn check(&self, op: FaultOp, bytes: Option<(u64, u64)>) -> Option<Fault> {
         let mut r = self.lock();
-        let Some(i) = r.list.iter().position(|(_, rule)| rule.matches(op, bytes)) else {
-            return Ok(());
+        let i = r
+            .list
+            .iter()
+            .position(|(_, rule)| rule.matches(op, bytes))?;
+        let rule = &mut r.list[i].1;
+        let fault = Fault {
+            errno: rule.errno,
+            after: rule.after,
         };
-        let errno = r.list[i].1.errno;
-        if let Some(n) = &mut r.list[i].1.times {
+        if let Some(n) = &mut rule.times {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 r.list.remove(i);
@@ -226,8 +243,50 @@ impl Faults {
         }
         drop(r);
         self.0.injected.fetch_add(1, Ordering::Relaxed);
-        Err(io::Error::from_raw_os_error(errno))
+        Some(fault)
     }
+
+    /// Runs `io` unless a rule fails the operation before it; reports the rule's error
+    /// instead of the result if one fails it after.
+    fn run<T>(
+        &self,
+        op: FaultOp,
+        bytes: Option<(u64, u64)>,
+        io: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
+        match self.check(op, bytes) {
+            None => io(),
+            Some(f) => {
+                if f.after {
+                    let _ = io();
+                }
+                Err(io::Error::from_raw_os_error(f.errno))
+            }
+        }
+    }
+
+    /// As [`run`](Faults::run) for the operations that hand a buffer back.
+    fn run_owned(
+        &self,
+        op: FaultOp,
+        offset: u64,
+        buf: Vec<u8>,
+        io: impl FnOnce(Vec<u8>) -> (io::Result<()>, Vec<u8>),
+    ) -> (io::Result<()>, Vec<u8>) {
+        match self.check(op, Some((offset, buf.len() as u64))) {
+            None => io(buf),
+            Some(f) => {
+                let buf = if f.after { io(buf).1 } else { buf };
+                (Err(io::Error::from_raw_os_error(f.errno)), buf)
+            }
+        }
+    }
+}
+
+/// What a rule does to the operation it hits.
+struct Fault {
+    errno: i32,
+    after: bool,
 }
 
 /// A backend that asks `faults` before each operation of `inner`.
@@ -249,49 +308,44 @@ impl Backend for FaultBackend {
     }
 
     fn read_at_owned(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
-        match self
-            .faults
-            .check(FaultOp::Read, Some((offset, buf.len() as u64)))
-        {
-            Ok(()) => self.inner.read_at_owned(buf, offset),
-            Err(e) => (Err(e), buf),
-        }
+        self.faults.run_owned(FaultOp::Read, offset, buf, |b| {
+            self.inner.read_at_owned(b, offset)
+        })
     }
 
     fn write_at_owned(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
-        match self
-            .faults
-            .check(FaultOp::Write, Some((offset, buf.len() as u64)))
-        {
-            Ok(()) => self.inner.write_at_owned(buf, offset),
-            Err(e) => (Err(e), buf),
-        }
+        self.faults.run_owned(FaultOp::Write, offset, buf, |b| {
+            self.inner.write_at_owned(b, offset)
+        })
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.faults.check(FaultOp::Flush, None)?;
-        self.inner.flush()
+        self.faults.run(FaultOp::Flush, None, || self.inner.flush())
     }
 
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.faults.check(FaultOp::Trim, Some((offset, len)))?;
-        self.inner.trim(offset, len)
+        self.faults.run(FaultOp::Trim, Some((offset, len)), || {
+            self.inner.trim(offset, len)
+        })
     }
 
     fn zero(&self, offset: u64, len: u64, mode: ZeroMode) -> io::Result<()> {
-        self.faults.check(FaultOp::Zero, Some((offset, len)))?;
-        self.inner.zero(offset, len, mode)
+        self.faults.run(FaultOp::Zero, Some((offset, len)), || {
+            self.inner.zero(offset, len, mode)
+        })
     }
 
     fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.faults.check(FaultOp::Cache, Some((offset, len)))?;
-        self.inner.cache(offset, len)
+        self.faults.run(FaultOp::Cache, Some((offset, len)), || {
+            self.inner.cache(offset, len)
+        })
     }
 
     fn block_status(&self, offset: u64, len: u32, max_extents: usize) -> io::Result<Vec<Extent>> {
         self.faults
-            .check(FaultOp::BlockStatus, Some((offset, u64::from(len))))?;
-        self.inner.block_status(offset, len, max_extents)
+            .run(FaultOp::BlockStatus, Some((offset, u64::from(len))), || {
+                self.inner.block_status(offset, len, max_extents)
+            })
     }
 }
 
@@ -299,8 +353,8 @@ impl Backend for FaultBackend {
 mod tests {
     use super::*;
 
-    fn errno(r: io::Result<()>) -> Option<i32> {
-        r.err().and_then(|e| e.raw_os_error())
+    fn errno(r: Option<Fault>) -> Option<i32> {
+        r.map(|f| f.errno)
     }
 
     #[test]
@@ -343,5 +397,33 @@ mod tests {
         f.clear();
         assert_eq!(f.active(), 0);
         assert_eq!(errno(f.check(FaultOp::Trim, Some((9, 0)))), None);
+    }
+
+    #[test]
+    fn a_fault_before_skips_the_operation_a_fault_after_does_it() {
+        let f = Faults::new();
+        let done = std::cell::Cell::new(0);
+        let io = || {
+            done.set(done.get() + 1);
+            Ok(7)
+        };
+        f.add(FaultRule::new(libc::EIO).once());
+        f.add(FaultRule::new(libc::ENOSPC).after_io().once());
+        let e = f.run(FaultOp::Zero, Some((0, 1)), io).unwrap_err();
+        assert_eq!((e.raw_os_error(), done.get()), (Some(libc::EIO), 0));
+        let e = f.run(FaultOp::Zero, Some((0, 1)), io).unwrap_err();
+        assert_eq!((e.raw_os_error(), done.get()), (Some(libc::ENOSPC), 1));
+        assert_eq!(f.run(FaultOp::Zero, Some((0, 1)), io).unwrap(), 7);
+        assert_eq!(done.get(), 2);
+        // The owned form gives the buffer back either way.
+        f.add(FaultRule::new(libc::EIO).after_io().once());
+        let (r, b) = f.run_owned(FaultOp::Read, 0, vec![0; 4], |mut b| {
+            b.fill(9);
+            (Ok(()), b)
+        });
+        assert_eq!(
+            (r.unwrap_err().raw_os_error(), b),
+            (Some(libc::EIO), vec![9; 4])
+        );
     }
 }
