@@ -432,7 +432,7 @@ fn reply_reader(
     abort: Arc<AtomicBool>,
 ) -> Res<()> {
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    let mut read = |s: &mut TcpStream, n: usize| -> Res<Option<Vec<u8>>> {
+    let read = |s: &mut TcpStream, n: usize| -> Res<Option<Vec<u8>>> {
         let mut b = vec![0u8; n];
         Ok(fill(s, &mut b, &abort)?.then_some(b))
     };
