@@ -11,6 +11,9 @@
 //! effect unspecified, and a client must cope with both. The server answers it with the NBD
 //! error the spec asks for ([`proto::reply_error`](crate::proto::reply_error)).
 //!
+//! The example `flaky-disk` (`cargo run -p costack-nbd --example flaky-disk`) serves such a
+//! disk, with rules typed on its standard input, to try a client against by hand.
+//!
 //! May import: the sibling `backend` and [`proto`](crate::proto). Only
 //! [`Export`](super::Export) wraps a store's backend in one.
 
