@@ -40,6 +40,7 @@ fn each_command_gets_its_error(structured: bool) {
         (FaultOp::Read, libc::EIO, err::EIO),
         (FaultOp::Read, libc::ENOMEM, err::ENOMEM),
         (FaultOp::Read, libc::EOVERFLOW, err::EINVAL),
+        (FaultOp::Read, libc::ESHUTDOWN, err::EIO),
         (FaultOp::Write, libc::ENOSPC, err::ENOSPC),
         (FaultOp::Write, libc::EDQUOT, err::ENOSPC),
         (FaultOp::Write, libc::EFBIG, err::ENOSPC),

@@ -141,10 +141,13 @@ pub fn errno_to_nbd(e: &std::io::Error) -> u32 {
 /// oversized request (which [`check`] refuses with `EINVAL` before any backend sees it) and
 /// `ENOTSUP` only for a `WRITE_ZEROES` with `FAST_ZERO` (the spec: a server "SHOULD NOT
 /// return" either otherwise), so a backend's `EOVERFLOW`, or `ENOTSUP` on any other request,
-/// becomes `EINVAL`.
+/// becomes `EINVAL`. `ESHUTDOWN` tells the client that the server is stopping (it must then
+/// disconnect); a backend's `ESHUTDOWN` (a transport under a network file system, say) is not
+/// that, and becomes `EIO`.
 pub fn reply_error(req: &Request, e: &std::io::Error) -> u32 {
     match errno_to_nbd(e) {
         err::EOVERFLOW => err::EINVAL,
+        err::ESHUTDOWN => err::EIO,
         err::ENOTSUP if !(req.typ == cmd::WRITE_ZEROES && req.flags & cflag::FAST_ZERO != 0) => {
             err::EINVAL
         }
@@ -579,5 +582,6 @@ mod tests {
         assert_eq!(r(cmd::WRITE, cflag::FUA, libc::EDQUOT), err::ENOSPC);
         assert_eq!(r(cmd::FLUSH, 0, libc::EIO), err::EIO);
         assert_eq!(r(cmd::WRITE, 0, libc::EROFS), err::EPERM);
+        assert_eq!(r(cmd::READ, 0, libc::ESHUTDOWN), err::EIO);
     }
 }
