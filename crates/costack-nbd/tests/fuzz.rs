@@ -7,7 +7,9 @@
 //! come back to their number before the run once the fuzzers are gone, and a fresh client is
 //! served at the end.
 //!
-//! A short run with a fixed seed is part of `cargo test`. The environment changes it (this is
+//! Two short runs with a fixed seed are part of `cargo test`: a server of a 64 MiB memory
+//! export, and one of a 64 MiB sparse file (writes through the loop's file I/O, `--writes
+//! aio`). The environment changes it (this is
 //! what `scripts/nbd-fuzz.sh` sets): `NBD_FUZZ_SEED` (a number, decimal or `0x` hex),
 //! `NBD_FUZZ_SECS` (the duration), `NBD_FUZZ_CONNS` (fuzzing connections at once),
 //! `NBD_FUZZ_THREADS` (the server's `--threads`). The seed is printed, and is in every failure
@@ -148,18 +150,19 @@ fn fresh_client_is_served(addr: SocketAddr, at: u64) {
     c.disconnect();
 }
 
-#[test]
-fn fuzzing_with_a_checker_alongside() {
+/// Fuzzes a server started with `args` (its export: 64 MiB) for `NBD_FUZZ_SECS` seconds
+/// (`default_secs` without it).
+fn fuzz_server(args: &[&str], default_secs: u64) {
     let seed = env_u64("NBD_FUZZ_SEED", 0x15_f022);
-    let secs = env_u64("NBD_FUZZ_SECS", 6);
+    let secs = env_u64("NBD_FUZZ_SECS", default_secs);
     let conns = env_u64("NBD_FUZZ_CONNS", 4) as usize;
     let threads = env_u64("NBD_FUZZ_THREADS", 2).to_string();
     eprintln!(
-        "fuzz seed {seed:#x}, {secs} s, {conns} connections \
+        "fuzz seed {seed:#x}, {secs} s, {conns} connections, server {args:?} \
          (replay: NBD_FUZZ_SEED={seed:#x} NBD_FUZZ_SECS={secs} NBD_FUZZ_CONNS={conns})"
     );
     let size = 64 * MIB;
-    let mut srv = start(&["-s", "64M", "-t", &threads]);
+    let mut srv = start(&[&["-t", &threads], args].concat());
     let pid = srv.child.id();
     // The baseline: the descriptors of the server before any client; serving a client on
     // every thread must not change it once they are gone.
@@ -211,4 +214,19 @@ fn fuzzing_with_a_checker_alongside() {
         srv.child.try_wait().unwrap().is_none(),
         "seed {seed:#x}: the server died"
     );
+}
+
+#[test]
+fn fuzzing_a_memory_export_with_a_checker_alongside() {
+    fuzz_server(&["-s", "64M"], 5);
+}
+
+#[test]
+fn fuzzing_a_file_export_with_a_checker_alongside() {
+    let f = TempFile::new("fuzz");
+    std::fs::File::create(f.path())
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
+    fuzz_server(&["--writes", "aio", f.path().to_str().unwrap()], 5);
 }
