@@ -132,8 +132,31 @@ impl Export {
     }
 
     /// The same export, its backends failing what `faults` says from now on (see [`Faults`]
-    /// for an example). The rules can change at any time through any clone of `faults`; the
+    /// for a server). The rules can change at any time through any clone of `faults`; the
     /// shutdown flush ([`flush_blocking`](Export::flush_blocking)) is never failed.
+    ///
+    /// In-process, through a backend, as the server's request coroutines see it:
+    ///
+    /// ```
+    /// use costack_nbd::{Export, FaultOp, FaultRule, Faults};
+    ///
+    /// let faults = Faults::new();
+    /// let export = Export::memory("flaky", 1 << 20, false)
+    ///     .unwrap()
+    ///     .with_faults(&faults);
+    /// faults.add(FaultRule::new(libc::ENOSPC).ops(&[FaultOp::Write]).once());
+    /// costack_aio::EventLoop::new().block_on(move || {
+    ///     let b = export.backend().unwrap();
+    ///     let (r, buf) = b.write_at_owned(vec![7; 512], 0);
+    ///     assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    ///     let (r, _) = b.write_at_owned(buf, 0); // the rule is spent: this one is done
+    ///     r.unwrap();
+    ///     let (r, back) = b.read_at_owned(vec![0; 512], 0);
+    ///     r.unwrap();
+    ///     assert_eq!(back, vec![7; 512]);
+    /// });
+    /// assert_eq!(faults.injected(), 1);
+    /// ```
     pub fn with_faults(self, faults: &Faults) -> Export {
         Export {
             store: Store::Faulty(Box::new(self.store), faults.clone()),
