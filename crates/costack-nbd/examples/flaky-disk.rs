@@ -89,14 +89,29 @@ fn rule(words: &[&str]) -> Result<FaultRule, String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let port: u16 = args.first().map_or(10809, |p| p.parse().expect("PORT"));
-    let mib: u64 = args.get(1).map_or(64, |s| s.parse().expect("SIZE in MiB"));
+    let fail = |msg: String| -> ! {
+        eprintln!("flaky-disk: {msg}\nusage: flaky-disk [PORT [SIZE_MIB]]");
+        std::process::exit(2)
+    };
+    let port: u16 = args.first().map_or(10809, |p| {
+        p.parse()
+            .unwrap_or_else(|_| fail(format!("not a port: {p:?}")))
+    });
+    let mib: u64 = args.get(1).map_or(64, |s| {
+        s.parse()
+            .ok()
+            .filter(|&m: &u64| m > 0 && m <= 1 << 18)
+            .unwrap_or_else(|| fail(format!("not a size in MiB (1 to 262144): {s:?}")))
+    });
     let faults = Faults::new();
-    let export = Export::memory("flaky", mib << 20, false)
-        .expect("size")
-        .with_faults(&faults);
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("listen");
-    let server = serve(Arc::new(export), listener, Config::default()).expect("serve");
+    let export = match Export::memory("flaky", mib << 20, false) {
+        Ok(e) => e.with_faults(&faults),
+        Err(e) => fail(format!("cannot make the disk: {e}")),
+    };
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .unwrap_or_else(|e| fail(format!("cannot listen on port {port}: {e}")));
+    let server = serve(Arc::new(export), listener, Config::default())
+        .unwrap_or_else(|e| fail(format!("cannot start: {e}")));
     eprintln!(
         "flaky-disk: {mib} MiB as \"flaky\" on nbd://{}/flaky; commands: fail, clear, status, quit",
         server.local_addr()
@@ -125,5 +140,7 @@ fn main() {
             ),
         }
     }
-    server.shutdown().expect("shutdown");
+    if let Err(e) = server.shutdown() {
+        fail(format!("stopping: {e}"));
+    }
 }
