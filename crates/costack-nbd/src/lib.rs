@@ -61,7 +61,7 @@
 //!   `STARTTLS`) and the listener (TCP, Unix socket, socket activation).
 //! * [`handshake`]: the option negotiation, and the limits and ids a client meets in it.
 //! * [`export`]: the [`Export`] (a file, or memory) and the per-thread [`Backend`] requests run
-//!   on.
+//!   on; [`Faults`] make an export fail on demand, to test what clients do when a disk fails.
 //! * [`proto`]: the wire format of both phases and the request rules, pure functions with no
 //!   I/O; usable on its own, by a client too.
 
@@ -73,7 +73,7 @@ pub mod proto;
 pub mod server;
 pub mod transport;
 
-pub use export::{Backend, Export, WritePath, ZeroMode};
+pub use export::{Backend, Export, FaultOp, FaultRule, Faults, WritePath, ZeroMode};
 pub use server::{serve, Config, ServerHandle};
 
 /// The crate README's examples, compiled and run as doctests.

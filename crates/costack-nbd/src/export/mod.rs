@@ -21,11 +21,18 @@
 //! before the reply, and every thread sees one page cache, so a flush on any connection
 //! covers them all (`NBD_FLAG_CAN_MULTI_CONN`).
 //!
+//! # Faults on demand
+//!
+//! [`Export::with_faults`] puts any export behind a [`Faults`] set: its backends then fail the
+//! operations the set's [`FaultRule`]s name (`EIO`, `ENOSPC`, ...), switched at run time, so
+//! that a test can see what a client and the server do when the disk fails.
+//!
 //! # Floors
 //!
 //! ```text
-//! export (this file)  Export: name, flags, its store; hands out backends  → mem, file, backend
+//! export (this file)  Export: name, flags, its store; hands out backends  → mem, file, fault, backend
 //!   mem, file         the two stores and their backends                   → backend
+//!   fault             a backend wrapper failing chosen operations         → backend
 //!   backend           the Backend trait and ZeroMode                      (proto only)
 //! ```
 //!
@@ -34,10 +41,12 @@
 //!
 
 mod backend;
+mod fault;
 mod file;
 mod mem;
 
 pub use backend::{Backend, ZeroMode};
+pub use fault::{FaultId, FaultOp, FaultRule, Faults};
 pub use file::WritePath;
 
 use file::FileStore;
@@ -63,6 +72,34 @@ pub struct Export {
 enum Store {
     Memory(Arc<MemStore>),
     File(Arc<FileStore>),
+    /// Another store, behind a set of fault rules.
+    Faulty(Box<Store>, Faults),
+}
+
+impl Store {
+    fn size(&self) -> u64 {
+        match self {
+            Store::Memory(m) => m.size(),
+            Store::File(f) => f.size(),
+            Store::Faulty(s, _) => s.size(),
+        }
+    }
+
+    fn backend(&self) -> io::Result<Rc<dyn Backend>> {
+        Ok(match self {
+            Store::Memory(m) => mem::backend(m),
+            Store::File(f) => file::backend(f)?,
+            Store::Faulty(s, faults) => fault::backend(s.backend()?, faults),
+        })
+    }
+
+    fn flush_blocking(&self) -> io::Result<()> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::File(f) => f.sync(),
+            Store::Faulty(s, _) => s.flush_blocking(),
+        }
+    }
 }
 
 impl Export {
@@ -121,12 +158,42 @@ impl Export {
         Ok(self)
     }
 
+    /// The same export, its backends failing what `faults` says from now on (see [`Faults`]
+    /// for a server). The rules can change at any time through any clone of `faults`; the
+    /// shutdown flush ([`flush_blocking`](Export::flush_blocking)) is never failed.
+    ///
+    /// In-process, through a backend, as the server's request coroutines see it:
+    ///
+    /// ```
+    /// use costack_nbd::{Export, FaultOp, FaultRule, Faults};
+    ///
+    /// let faults = Faults::new();
+    /// let export = Export::memory("flaky", 1 << 20, false)
+    ///     .unwrap()
+    ///     .with_faults(&faults);
+    /// faults.add(FaultRule::new(libc::ENOSPC).ops(&[FaultOp::Write]).once());
+    /// costack_aio::EventLoop::new().block_on(move || {
+    ///     let b = export.backend().unwrap();
+    ///     let (r, buf) = b.write_at_owned(vec![7; 512], 0);
+    ///     assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    ///     let (r, _) = b.write_at_owned(buf, 0); // the rule is spent: this one is done
+    ///     r.unwrap();
+    ///     let (r, back) = b.read_at_owned(vec![0; 512], 0);
+    ///     r.unwrap();
+    ///     assert_eq!(back, vec![7; 512]);
+    /// });
+    /// assert_eq!(faults.injected(), 1);
+    /// ```
+    pub fn with_faults(self, faults: &Faults) -> Export {
+        Export {
+            store: Store::Faulty(Box::new(self.store), faults.clone()),
+            ..self
+        }
+    }
+
     /// The size in bytes.
     pub fn size(&self) -> u64 {
-        match &self.store {
-            Store::Memory(m) => m.size(),
-            Store::File(f) => f.size(),
-        }
+        self.store.size()
     }
 
     /// Whether `name` selects this export: its own name, or the empty (default) name.
@@ -139,18 +206,12 @@ impl Export {
     /// # Errors
     /// If the file cannot be opened again for this thread (out of file descriptors).
     pub fn backend(&self) -> io::Result<Rc<dyn Backend>> {
-        Ok(match &self.store {
-            Store::Memory(m) => mem::backend(m),
-            Store::File(f) => file::backend(f)?,
-        })
+        self.store.backend()
     }
 
     /// Flushes the store from any thread, outside coroutines (at shutdown).
     pub fn flush_blocking(&self) -> io::Result<()> {
-        match &self.store {
-            Store::Memory(_) => Ok(()),
-            Store::File(f) => f.sync(),
-        }
+        self.store.flush_blocking()
     }
 }
 

@@ -136,6 +136,25 @@ pub fn errno_to_nbd(e: &std::io::Error) -> u32 {
     }
 }
 
+/// The error a reply to `req` carries when the backend failed it with `e`: [`errno_to_nbd`],
+/// kept within what the spec lets a server say for that request. `EOVERFLOW` is only for an
+/// oversized request (which [`check`] refuses with `EINVAL` before any backend sees it) and
+/// `ENOTSUP` only for a `WRITE_ZEROES` with `FAST_ZERO` (the spec: a server "SHOULD NOT
+/// return" either otherwise), so a backend's `EOVERFLOW`, or `ENOTSUP` on any other request,
+/// becomes `EINVAL`. `ESHUTDOWN` tells the client that the server is stopping (it must then
+/// disconnect); a backend's `ESHUTDOWN` (a transport under a network file system, say) is not
+/// that, and becomes `EIO`.
+pub fn reply_error(req: &Request, e: &std::io::Error) -> u32 {
+    match errno_to_nbd(e) {
+        err::EOVERFLOW => err::EINVAL,
+        err::ESHUTDOWN => err::EIO,
+        err::ENOTSUP if !(req.typ == cmd::WRITE_ZEROES && req.flags & cflag::FAST_ZERO != 0) => {
+            err::EINVAL
+        }
+        v => v,
+    }
+}
+
 /// A transmission request header, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
@@ -539,5 +558,30 @@ mod tests {
         assert_eq!(e(libc::EROFS), err::EPERM);
         assert_eq!(e(libc::EOPNOTSUPP), err::ENOTSUP);
         assert_eq!(e(libc::EBADF), err::EIO);
+        assert_eq!(e(libc::EIO), err::EIO);
+        assert_eq!(e(libc::ENOSPC), err::ENOSPC);
+        assert_eq!(e(libc::EACCES), err::EPERM);
+        assert_eq!(e(libc::ENOMEM), err::ENOMEM);
+        assert_eq!(e(libc::ESHUTDOWN), err::ESHUTDOWN);
+    }
+
+    #[test]
+    fn reply_errors_stay_within_the_spec() {
+        let io = std::io::Error::from_raw_os_error;
+        let r = |typ, flags, n| reply_error(&req(typ, flags, 0, 4096), &io(n));
+        assert_eq!(r(cmd::READ, 0, libc::EOVERFLOW), err::EINVAL);
+        assert_eq!(r(cmd::TRIM, 0, libc::EOPNOTSUPP), err::EINVAL);
+        assert_eq!(r(cmd::WRITE_ZEROES, 0, libc::EOPNOTSUPP), err::EINVAL);
+        assert_eq!(
+            r(cmd::WRITE_ZEROES, cflag::FAST_ZERO, libc::EOPNOTSUPP),
+            err::ENOTSUP
+        );
+        let unsupported = std::io::Error::new(std::io::ErrorKind::Unsupported, "no");
+        let fast = req(cmd::WRITE_ZEROES, cflag::FAST_ZERO | cflag::NO_HOLE, 0, 1);
+        assert_eq!(reply_error(&fast, &unsupported), err::ENOTSUP);
+        assert_eq!(r(cmd::WRITE, cflag::FUA, libc::EDQUOT), err::ENOSPC);
+        assert_eq!(r(cmd::FLUSH, 0, libc::EIO), err::EIO);
+        assert_eq!(r(cmd::WRITE, 0, libc::EROFS), err::EPERM);
+        assert_eq!(r(cmd::READ, 0, libc::ESHUTDOWN), err::EIO);
     }
 }

@@ -328,7 +328,7 @@ fn run_request(conn: &Conn, req: Request, payload: Option<Vec<u8>>) -> Reply {
 
 fn io_error_reply(conn: &Conn, req: &Request, e: &io::Error) -> Reply {
     let msg = format!("{} failed: {e}", cmd::name(req.typ));
-    let error = proto::errno_to_nbd(e);
+    let error = proto::reply_error(req, e);
     // The backend failed: a problem of the server's storage, not of the client.
     tracing::warn!(
         conn = conn.tag.id,
