@@ -7,12 +7,17 @@
 //! * [`ConnCount`]: the connections open across every event loop, those still in the
 //!   handshake included. [`ConnCount::admit`] hands out an [`Admitted`] guard, which gives the
 //!   place back when it is dropped, however the connection ends.
-//! * [`Spare`]: the classic reserve descriptor. The acceptor holds one fd (`/dev/null`) it does
-//!   not need; when `accept` fails with `EMFILE`/`ENFILE` it closes it, accepts the pending
-//!   connection into the freed number, closes that at once (the client sees end-of-file, not a
-//!   hang in the backlog) and takes the spare back. Without it a full process could not take
-//!   a connection out of the backlog, and an edge-triggered loop would either spin on the
-//!   error or stop hearing about new clients.
+//! * [`Spare`] and [`Shortage`]: what happens while the process is out of file descriptors.
+//!   At first, nothing drastic: `accept` fails with `EMFILE`/`ENFILE`, the acceptor backs off
+//!   ([`SHORT_BACK_OFF`]) and tries again, and the clients wait in the listen backlog — as
+//!   with qemu-nbd, a client that came while the process was full is served as soon as a
+//!   descriptor is free again (stalled handshakes free theirs at their deadline). Only if the
+//!   shortage lasts longer than that ([`shed_after`]: the handshake deadline and 5 s more),
+//!   so that no deadline is going to free anything, does the acceptor shed: it holds one spare
+//!   descriptor (`/dev/null`), closes it, accepts the waiting connection into the freed number,
+//!   closes that at once (the client reads end-of-file instead of hanging in the backlog for
+//!   ever) and takes the spare back. Without the spare a full process could not take a
+//!   connection out of the backlog at all.
 //! * [`after_error`]: what to do about any other failure of `accept`: try again at once (the
 //!   error belonged to one connection, which is gone), or back off for a while (the process
 //!   or the system is short of something; trying at once would spin).
@@ -24,7 +29,7 @@ use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The connections open across every loop of one server, and their limit.
 pub(super) struct ConnCount {
@@ -96,17 +101,19 @@ impl Spare {
     }
 
     /// Runs the non-blocking `accept` once. If it fails because the process or the system is
-    /// out of file descriptors and the spare is held, frees the spare, accepts once more, closes
-    /// what that accepted and reopens the spare: [`Took::Shed`]. Any other result, and the
-    /// error of the second try (`WouldBlock` when nobody was waiting after all), is returned
-    /// as it is, so this fits in [`AsyncFd::read_with`](costack_aio::io::AsyncFd::read_with).
+    /// out of file descriptors, `shed` is set and the spare is held, frees the spare, accepts
+    /// once more, closes what that accepted and reopens the spare: [`Took::Shed`]. Any other
+    /// result, and the error of the second try (`WouldBlock` when nobody was waiting after
+    /// all), is returned as it is, so this fits in
+    /// [`AsyncFd::read_with`](costack_aio::io::AsyncFd::read_with).
     pub(super) fn accept<T>(
         &mut self,
+        shed: bool,
         mut accept: impl FnMut() -> io::Result<T>,
     ) -> io::Result<Took<T>> {
         match accept() {
             Ok(c) => Ok(Took::Conn(c)),
-            Err(e) if out_of_fds(&e) && self.0.is_some() => {
+            Err(e) if shed && out_of_fds(&e) && self.0.is_some() => {
                 self.0 = None;
                 let r = accept();
                 // Closed before the spare is reopened, so the spare gets this number back.
@@ -116,6 +123,47 @@ impl Spare {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// How long the process may stay out of file descriptors before the acceptor sheds the
+/// clients waiting in the backlog: the handshake deadline (10 s if there is none), by which
+/// every stalled handshake has freed its descriptor, and 5 s more for a loaded machine to cut
+/// them. Past it the descriptors are held by connections in transmission, which no deadline
+/// frees, and a waiting client would otherwise wait for ever.
+pub(super) fn shed_after(handshake_timeout: Option<Duration>) -> Duration {
+    handshake_timeout.unwrap_or(Duration::from_secs(10)) + Duration::from_secs(5)
+}
+
+/// Since when the process has been out of file descriptors, as the acceptor saw it.
+pub(super) struct Shortage {
+    since: Option<Instant>,
+    grace: Duration,
+}
+
+impl Shortage {
+    /// No shortage yet; shed once one has lasted `grace` ([`shed_after`]).
+    pub(super) fn new(grace: Duration) -> Shortage {
+        Shortage { since: None, grace }
+    }
+
+    /// Whether the shortage has lasted long enough to shed waiting clients.
+    pub(super) fn shedding(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= self.grace)
+    }
+
+    /// `accept` failed with `e`; true if that began a shortage (for the log).
+    pub(super) fn failed(&mut self, e: &io::Error) -> bool {
+        if out_of_fds(e) && self.since.is_none() {
+            self.since = Some(Instant::now());
+            return true;
+        }
+        false
+    }
+
+    /// A connection was accepted: descriptors are free again.
+    pub(super) fn accepted(&mut self) {
+        self.since = None;
     }
 }
 
@@ -237,10 +285,10 @@ mod tests {
         let mut s = Spare::new();
         assert!(s.0.is_some());
         // A connection: passed on.
-        assert!(matches!(s.accept(|| Ok(7)), Ok(Took::Conn(7))));
+        assert!(matches!(s.accept(true, || Ok(7)), Ok(Took::Conn(7))));
         // Out of fds, then one waiting: shed, and the spare is back.
         let mut tries = 0;
-        let r = s.accept(|| {
+        let r = s.accept(true, || {
             tries += 1;
             if tries == 1 {
                 Err(io::Error::from_raw_os_error(libc::EMFILE))
@@ -253,7 +301,7 @@ mod tests {
         assert!(s.0.is_some());
         // Out of fds and nobody waiting: WouldBlock, for the caller to wait on.
         let mut tries = 0;
-        let r = s.accept(|| -> io::Result<()> {
+        let r = s.accept(true, || -> io::Result<()> {
             tries += 1;
             Err(io::Error::from_raw_os_error(if tries == 1 {
                 libc::EMFILE
@@ -264,9 +312,42 @@ mod tests {
         assert_eq!(r.err().unwrap().kind(), io::ErrorKind::WouldBlock);
         // Without a spare the error is passed on (for a back-off); refill takes it back.
         s.0 = None;
-        let r = s.accept(|| -> io::Result<()> { Err(io::Error::from_raw_os_error(libc::EMFILE)) });
+        let r = s.accept(true, || -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::EMFILE))
+        });
         assert_eq!(r.err().unwrap().raw_os_error(), Some(libc::EMFILE));
         s.refill();
         assert!(s.0.is_some());
+        // Not shedding (the shortage is young): the error is passed on, nothing is accepted.
+        let mut tries = 0;
+        let r = s.accept(false, || -> io::Result<()> {
+            tries += 1;
+            Err(io::Error::from_raw_os_error(libc::EMFILE))
+        });
+        assert_eq!(r.err().unwrap().raw_os_error(), Some(libc::EMFILE));
+        assert_eq!(tries, 1);
+        assert!(s.0.is_some());
+    }
+
+    #[test]
+    fn a_shortage_sheds_only_after_its_grace() {
+        assert_eq!(
+            shed_after(Some(Duration::from_secs(4))),
+            Duration::from_secs(9)
+        );
+        assert_eq!(shed_after(None), Duration::from_secs(15));
+        let mut s = Shortage::new(Duration::from_millis(50));
+        assert!(!s.shedding());
+        // Not a shortage of fds: nothing starts.
+        assert!(!s.failed(&io::Error::from_raw_os_error(libc::ECONNABORTED)));
+        assert!(!s.shedding());
+        assert!(s.failed(&io::Error::from_raw_os_error(libc::EMFILE)));
+        // Already in one: not a new start.
+        assert!(!s.failed(&io::Error::from_raw_os_error(libc::ENFILE)));
+        assert!(!s.shedding());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(s.shedding());
+        s.accepted();
+        assert!(!s.shedding());
     }
 }

@@ -59,16 +59,18 @@
 //!   thread, those in the handshake included. The acceptor takes a connection beyond the
 //!   limit out of the backlog and closes it at once, so the client reads end-of-file instead
 //!   of waiting; a connection's place is given back by a guard, however it ends.
-//! * **Running out of file descriptors** does not stop the acceptor nor make it spin. It
-//!   holds one spare descriptor; when `accept` fails with `EMFILE`/`ENFILE` it closes the
-//!   spare, accepts the waiting connection, closes it at once (end-of-file for the client)
-//!   and takes the spare back, then waits for the next connection as usual. A client is
-//!   thus refused at once while the process is full, and served as soon as a descriptor is
-//!   free again (stalled handshakes free theirs at their deadline). Other failures of
-//!   `accept` are retried at once when they belonged to one connection (`ECONNABORTED`,
-//!   network errors passed on by Linux), or after a short back-off (100 ms when short of
-//!   descriptors or kernel memory, 1 s for anything unknown), so a lasting failure costs next
-//!   to no CPU.
+//! * **Running out of file descriptors** does not stop the acceptor nor make it spin, nor
+//!   lock clients out once descriptors are free again. While `accept` fails with
+//!   `EMFILE`/`ENFILE` the acceptor tries again every 100 ms, and new clients wait in the
+//!   listen backlog: as with qemu-nbd, they are served as soon as a descriptor is free (stalled
+//!   handshakes free theirs at their deadline). If the shortage outlasts the handshake
+//!   deadline by 5 s — the descriptors are then held by connections no deadline ends — the
+//!   acceptor sheds the waiting clients through a spare descriptor it holds for this: each is
+//!   accepted and closed at once, and reads end-of-file instead of waiting for ever. Other
+//!   failures of `accept` are retried at once when they belonged to one connection
+//!   (`ECONNABORTED`, network errors passed on by Linux), or after a short back-off (100 ms
+//!   when short of descriptors or kernel memory, 1 s for anything unknown), so a lasting
+//!   failure costs next to no CPU.
 //!
 //! Raise the process's `RLIMIT_NOFILE` above `max_connections` plus a few dozen (the loops'
 //! own descriptors) for the limit on connections, rather than the descriptors, to be what
@@ -116,7 +118,7 @@ use crate::handshake;
 use crate::transport::{Accepted, ListenAddr, Listener, Stream, TlsMode};
 use costack_aio::io::AsyncFd;
 use costack_aio::{EventLoop, LoopHandle, WakeableSleep};
-use limits::{Admitted, AfterError, ConnCount, Spare, Took};
+use limits::{Admitted, AfterError, ConnCount, Shortage, Spare, Took};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
@@ -512,9 +514,12 @@ fn accept_loop(
 ) {
     let mut next = 0usize;
     let mut spare = Spare::new();
+    let mut shortage = Shortage::new(limits::shed_after(state.handshake_timeout));
     loop {
-        match listener.read_with(|l| spare.accept(|| l.accept())) {
+        let shed = shortage.shedding();
+        match listener.read_with(|l| spare.accept(shed, || l.accept())) {
             Ok(Took::Conn((s, peer))) => {
+                shortage.accepted();
                 let Some(place) = count.admit() else {
                     tracing::warn!(%peer, open = count.open(), "connection refused: at the connection limit");
                     continue; // `s` is closed: the client reads end-of-file
@@ -536,17 +541,25 @@ fn accept_loop(
                 }
             }
             Ok(Took::Shed) => {
-                tracing::warn!("out of file descriptors: refused a connection")
+                tracing::warn!("out of file descriptors for too long: refused a connection")
             }
             Err(_) if listener.is_closed() => break,
-            Err(e) => match limits::after_error(&e) {
-                AfterError::Retry => tracing::info!(error = %e, "accept failed: trying again"),
-                AfterError::BackOff(d) => {
-                    tracing::warn!(error = %e, "accept failed: trying again in {d:?}");
-                    costack_aio::sleep(d);
-                    spare.refill();
+            Err(e) => {
+                if shortage.failed(&e) {
+                    // Clients wait in the backlog until a descriptor is free (see `limits`).
+                    tracing::warn!(error = %e, "out of file descriptors: new clients wait");
                 }
-            },
+                match limits::after_error(&e) {
+                    AfterError::Retry => {
+                        tracing::info!(error = %e, "accept failed: trying again")
+                    }
+                    AfterError::BackOff(d) => {
+                        tracing::debug!(error = %e, "accept failed: trying again in {d:?}");
+                        costack_aio::sleep(d);
+                        spare.refill();
+                    }
+                }
+            }
         }
     }
     *state.listener.borrow_mut() = None;
