@@ -57,9 +57,10 @@
 //!
 //! * [`server`]: threads, event loops, accepting and stopping ([`serve`]); inside it, one
 //!   connection's transmission phase and the wire under it (private).
-//! * [`transport`]: the connection's byte stream (TCP or Unix, TLS switched on by
-//!   `STARTTLS`) and the listener (TCP, Unix socket, socket activation).
 //! * [`handshake`]: the option negotiation, and the limits and ids a client meets in it.
+//! * [`transport`]: the connection's byte stream (TCP or Unix, TLS switched on by
+//!   `STARTTLS`) and the listener (TCP, Unix socket, socket activation); it imports
+//!   nothing of the crate.
 //! * [`export`]: the [`Export`] (a file, or memory) and the per-thread [`Backend`] requests run
 //!   on; [`Faults`] make an export fail on demand, to test what clients do when a disk fails.
 //! * [`proto`]: the wire format of both phases and the request rules, pure functions with no
