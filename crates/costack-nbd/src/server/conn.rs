@@ -242,7 +242,9 @@ const MAX_REFUSED: usize = 4096;
 
 /// At a stop: answers `ESHUTDOWN` to the requests the client had already sent when the stop
 /// came, so that it knows to disconnect. The socket's read side is shut down, so reading
-/// returns what is queued and then end-of-file: this never waits for the client.
+/// returns what is queued and then end-of-file: this never waits for the client to send.
+/// Each refusal takes its bytes from the connection's budget like any other reply, so it
+/// waits for a client that does not read them (until the stop's grace period cuts it).
 fn refuse_remaining(conn: &Conn, input: &mut InBuf) {
     for _ in 0..MAX_REFUSED {
         let Ok(Some(h)) = input.header(&conn.stream) else {
@@ -259,12 +261,21 @@ fn refuse_remaining(conn: &Conn, input: &mut InBuf) {
         {
             return;
         }
-        send_error(
+        // A refusal holds bytes like any other reply: while the client does not read them,
+        // refusing waits (the stop's grace period then cuts the connection).
+        let reply = error_reply(
             conn,
             &req,
             proto::err::ESHUTDOWN,
             "the server is shutting down",
         );
+        let Some(t) = conn
+            .budget
+            .admit(reply.cost(), false, || conn.out.is_broken())
+        else {
+            return;
+        };
+        send(conn, reply.holding(t));
         if conn.out.is_broken() {
             return;
         }
@@ -358,7 +369,7 @@ fn error_reply(conn: &Conn, req: &Request, error: u32, msg: &str) -> Reply {
     Reply::error(conn.limits.structured, req.cookie, error, msg)
 }
 
-/// Sends an error reply that holds no ticket (at a stop: bounded by [`MAX_REFUSED`]).
+/// Sends an error reply that holds no ticket (once per connection, at a stop).
 fn send_error(conn: &Conn, req: &Request, error: u32, msg: &str) {
     send(conn, error_reply(conn, req, error, msg));
 }
@@ -369,4 +380,93 @@ fn send_error(conn: &Conn, req: &Request, error: u32, msg: &str) {
 fn send(conn: &Conn, reply: Reply) {
     conn.out
         .send(&conn.stream, reply, || conn.budget.in_flight());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::Export;
+    use crate::proto::{err, SIMPLE_REPLY_MAGIC};
+    use crate::server::wire::{INBUF, MIN_BUDGET};
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    /// A connection over one end of a socket pair, its budget `MIN_BUDGET`; the other end.
+    fn conn_pair() -> (Rc<Conn>, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let backend = Export::memory("t", 1 << 20, false)
+            .unwrap()
+            .backend()
+            .unwrap();
+        let conn = Rc::new(Conn {
+            stream: Rc::new(Stream::unix(a).unwrap()),
+            backend: backend.clone(),
+            out: Outbox::new(),
+            budget: Budget::new(&Memory::new(0, 0), 16),
+            limits: Limits {
+                size: backend.len(),
+                read_only: false,
+                structured: false,
+                meta: false,
+            },
+            meta_id: 0,
+            tag: Tag::new("test"),
+        });
+        (conn, b)
+    }
+
+    fn read_req(cookie: u64) -> [u8; proto::REQUEST_LEN] {
+        Request {
+            flags: 0,
+            typ: cmd::READ,
+            cookie,
+            offset: 0,
+            length: 4096,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn refusals_at_a_stop_wait_for_room_in_the_budget() {
+        costack_aio::EventLoop::new().block_on(|| {
+            let (conn, mut client) = conn_pair();
+            // The connection's budget is full (replies the client has not read, say).
+            let full = conn
+                .budget
+                .admit(MIN_BUDGET - INBUF, false, || false)
+                .unwrap();
+            for cookie in 0..10 {
+                client.write_all(&read_req(cookie)).unwrap();
+            }
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            let c = conn.clone();
+            let refusing = costack_aio::spawn(move || {
+                let mut input = InBuf::new();
+                refuse_remaining(&c, &mut input);
+            });
+            for _ in 0..10 {
+                costack_aio::yield_now();
+            }
+            client.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 16];
+            let r = client.read(&mut b);
+            assert_eq!(
+                r.map_err(|e| e.kind()),
+                Err(io::ErrorKind::WouldBlock),
+                "a refusal was sent beyond the connection's budget"
+            );
+            // Room again: the refusals go out, all ten.
+            drop(full);
+            refusing.join();
+            client.set_nonblocking(false).unwrap();
+            let mut replies = [0u8; 16 * 10];
+            client.read_exact(&mut replies).unwrap();
+            for (cookie, r) in replies.chunks(16).enumerate() {
+                assert_eq!(r[0..4], SIMPLE_REPLY_MAGIC.to_be_bytes());
+                assert_eq!(r[4..8], err::ESHUTDOWN.to_be_bytes());
+                assert_eq!(r[8..16], (cookie as u64).to_be_bytes());
+            }
+            assert_eq!(conn.budget.in_flight(), 0);
+        });
+    }
 }
