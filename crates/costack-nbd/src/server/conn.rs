@@ -225,7 +225,9 @@ pub(super) fn transmission(stream: Rc<Stream>, neg: Negotiated, setup: Setup<'_>
         };
         let c = conn.clone();
         costack_aio::spawn(move || {
+            let unanswered = CutIfUnanswered(&c);
             let reply = run_request(&c, req, payload);
+            std::mem::forget(unanswered);
             send(&c, reply.holding(ticket));
         });
         if conn.out.is_broken() {
@@ -235,6 +237,22 @@ pub(super) fn transmission(stream: Rc<Stream>, neg: Negotiated, setup: Setup<'_>
     // Finish what is in flight: every ticket comes back.
     conn.budget.wait_idle();
     // The caller closes the stream, once the connection's place is given back.
+}
+
+/// Cuts the connection if dropped: a request task that ends without its reply (the backend
+/// panicked) would otherwise leave its client waiting for that reply for ever. Its ticket
+/// comes back as the task unwinds.
+struct CutIfUnanswered<'a>(&'a Conn);
+
+impl Drop for CutIfUnanswered<'_> {
+    fn drop(&mut self) {
+        tracing::error!(
+            conn = self.0.tag.id,
+            peer = %self.0.tag.peer,
+            "a request ended without a reply (a panic below the server): disconnecting"
+        );
+        let _ = self.0.stream.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// Most requests answered `ESHUTDOWN` by one connection at a stop.
@@ -424,6 +442,73 @@ mod tests {
             length: 4096,
         }
         .encode()
+    }
+
+    /// A backend whose reads panic (a bug below the server).
+    struct PanickingReads;
+
+    impl Backend for PanickingReads {
+        fn len(&self) -> u64 {
+            1 << 20
+        }
+        fn read_at_owned(&self, _: Vec<u8>, _: u64) -> (io::Result<()>, Vec<u8>) {
+            panic!("a bug in the backend");
+        }
+        fn write_at_owned(&self, buf: Vec<u8>, _: u64) -> (io::Result<()>, Vec<u8>) {
+            (Ok(()), buf)
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn trim(&self, _: u64, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn zero(&self, _: u64, _: u64, _: ZeroMode) -> io::Result<()> {
+            Ok(())
+        }
+        fn cache(&self, _: u64, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn block_status(&self, _: u64, _: u32, _: usize) -> io::Result<Vec<proto::Extent>> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_request_that_panics_ends_its_connection_instead_of_leaving_its_client_waiting() {
+        let (a, b) = UnixStream::pair().unwrap();
+        // The client: a READ, then whatever comes back within 10 s.
+        let client = std::thread::spawn(move || {
+            let mut b = b;
+            b.write_all(&read_req(7)).unwrap();
+            b.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut reply = [0u8; 16];
+            b.read(&mut reply).map_err(|e| e.kind())
+        });
+        costack_aio::EventLoop::new().block_on(|| {
+            let backend: Rc<dyn Backend> = Rc::new(PanickingReads);
+            let memory = Memory::new(0, 0);
+            let stopping = Cell::new(false);
+            let setup = Setup {
+                backend: &backend,
+                read_only: false,
+                max_in_flight: 16,
+                memory: &memory,
+                stopping: &stopping,
+            };
+            let neg = Negotiated {
+                structured: false,
+                meta: None,
+            };
+            let stream = Rc::new(Stream::unix(a).unwrap());
+            transmission(stream, neg, setup, &Tag::new("test"));
+        });
+        assert_eq!(
+            client.join().unwrap(),
+            Ok(0),
+            "the client sees its connection end (not a reply that never comes)"
+        );
     }
 
     #[test]
