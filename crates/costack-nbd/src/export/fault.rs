@@ -130,7 +130,7 @@ impl FaultRule {
     }
 
     fn matches(&self, op: FaultOp, bytes: Option<(u64, u64)>) -> bool {
-        if self.ops & op.bit() == 0 {
+        if self.ops & op.bit() == 0 || self.times == Some(0) {
             return false;
         }
         match (self.range, bytes) {
@@ -358,6 +358,14 @@ mod tests {
 
     fn errno(r: Option<Fault>) -> Option<i32> {
         r.map(|f| f.errno)
+    }
+
+    #[test]
+    fn a_rule_for_zero_times_never_fails_anything() {
+        let f = Faults::new();
+        f.add(FaultRule::new(libc::EIO).times(0));
+        assert_eq!(errno(f.check(FaultOp::Read, Some((0, 1)))), None);
+        assert_eq!(f.injected(), 0);
     }
 
     #[test]

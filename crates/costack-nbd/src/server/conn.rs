@@ -225,7 +225,9 @@ pub(super) fn transmission(stream: Rc<Stream>, neg: Negotiated, setup: Setup<'_>
         };
         let c = conn.clone();
         costack_aio::spawn(move || {
+            let unanswered = CutIfUnanswered(&c);
             let reply = run_request(&c, req, payload);
+            std::mem::forget(unanswered);
             send(&c, reply.holding(ticket));
         });
         if conn.out.is_broken() {
@@ -237,12 +239,30 @@ pub(super) fn transmission(stream: Rc<Stream>, neg: Negotiated, setup: Setup<'_>
     // The caller closes the stream, once the connection's place is given back.
 }
 
+/// Cuts the connection if dropped: a request task that ends without its reply (the backend
+/// panicked) would otherwise leave its client waiting for that reply for ever. Its ticket
+/// comes back as the task unwinds.
+struct CutIfUnanswered<'a>(&'a Conn);
+
+impl Drop for CutIfUnanswered<'_> {
+    fn drop(&mut self) {
+        tracing::error!(
+            conn = self.0.tag.id,
+            peer = %self.0.tag.peer,
+            "a request ended without a reply (a panic below the server): disconnecting"
+        );
+        let _ = self.0.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 /// Most requests answered `ESHUTDOWN` by one connection at a stop.
 const MAX_REFUSED: usize = 4096;
 
 /// At a stop: answers `ESHUTDOWN` to the requests the client had already sent when the stop
 /// came, so that it knows to disconnect. The socket's read side is shut down, so reading
-/// returns what is queued and then end-of-file: this never waits for the client.
+/// returns what is queued and then end-of-file: this never waits for the client to send.
+/// Each refusal takes its bytes from the connection's budget like any other reply, so it
+/// waits for a client that does not read them (until the stop's grace period cuts it).
 fn refuse_remaining(conn: &Conn, input: &mut InBuf) {
     for _ in 0..MAX_REFUSED {
         let Ok(Some(h)) = input.header(&conn.stream) else {
@@ -259,12 +279,21 @@ fn refuse_remaining(conn: &Conn, input: &mut InBuf) {
         {
             return;
         }
-        send_error(
+        // A refusal holds bytes like any other reply: while the client does not read them,
+        // refusing waits (the stop's grace period then cuts the connection).
+        let reply = error_reply(
             conn,
             &req,
             proto::err::ESHUTDOWN,
             "the server is shutting down",
         );
+        let Some(t) = conn
+            .budget
+            .admit(reply.cost(), false, || conn.out.is_broken())
+        else {
+            return;
+        };
+        send(conn, reply.holding(t));
         if conn.out.is_broken() {
             return;
         }
@@ -358,7 +387,7 @@ fn error_reply(conn: &Conn, req: &Request, error: u32, msg: &str) -> Reply {
     Reply::error(conn.limits.structured, req.cookie, error, msg)
 }
 
-/// Sends an error reply that holds no ticket (at a stop: bounded by [`MAX_REFUSED`]).
+/// Sends an error reply that holds no ticket (once per connection, at a stop).
 fn send_error(conn: &Conn, req: &Request, error: u32, msg: &str) {
     send(conn, error_reply(conn, req, error, msg));
 }
@@ -369,4 +398,160 @@ fn send_error(conn: &Conn, req: &Request, error: u32, msg: &str) {
 fn send(conn: &Conn, reply: Reply) {
     conn.out
         .send(&conn.stream, reply, || conn.budget.in_flight());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::Export;
+    use crate::proto::{err, SIMPLE_REPLY_MAGIC};
+    use crate::server::wire::{INBUF, MIN_BUDGET};
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    /// A connection over one end of a socket pair, its budget `MIN_BUDGET`; the other end.
+    fn conn_pair() -> (Rc<Conn>, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let backend = Export::memory("t", 1 << 20, false)
+            .unwrap()
+            .backend()
+            .unwrap();
+        let conn = Rc::new(Conn {
+            stream: Rc::new(Stream::unix(a).unwrap()),
+            backend: backend.clone(),
+            out: Outbox::new(),
+            budget: Budget::new(&Memory::new(0, 0), 16),
+            limits: Limits {
+                size: backend.len(),
+                read_only: false,
+                structured: false,
+                meta: false,
+            },
+            meta_id: 0,
+            tag: Tag::new("test"),
+        });
+        (conn, b)
+    }
+
+    fn read_req(cookie: u64) -> [u8; proto::REQUEST_LEN] {
+        Request {
+            flags: 0,
+            typ: cmd::READ,
+            cookie,
+            offset: 0,
+            length: 4096,
+        }
+        .encode()
+    }
+
+    /// A backend whose reads panic (a bug below the server).
+    struct PanickingReads;
+
+    impl Backend for PanickingReads {
+        fn len(&self) -> u64 {
+            1 << 20
+        }
+        fn read_at_owned(&self, _: Vec<u8>, _: u64) -> (io::Result<()>, Vec<u8>) {
+            panic!("a bug in the backend");
+        }
+        fn write_at_owned(&self, buf: Vec<u8>, _: u64) -> (io::Result<()>, Vec<u8>) {
+            (Ok(()), buf)
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn trim(&self, _: u64, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn zero(&self, _: u64, _: u64, _: ZeroMode) -> io::Result<()> {
+            Ok(())
+        }
+        fn cache(&self, _: u64, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn block_status(&self, _: u64, _: u32, _: usize) -> io::Result<Vec<proto::Extent>> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_request_that_panics_ends_its_connection_instead_of_leaving_its_client_waiting() {
+        let (a, b) = UnixStream::pair().unwrap();
+        // The client: a READ, then whatever comes back within 10 s.
+        let client = std::thread::spawn(move || {
+            let mut b = b;
+            b.write_all(&read_req(7)).unwrap();
+            b.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut reply = [0u8; 16];
+            b.read(&mut reply).map_err(|e| e.kind())
+        });
+        costack_aio::EventLoop::new().block_on(|| {
+            let backend: Rc<dyn Backend> = Rc::new(PanickingReads);
+            let memory = Memory::new(0, 0);
+            let stopping = Cell::new(false);
+            let setup = Setup {
+                backend: &backend,
+                read_only: false,
+                max_in_flight: 16,
+                memory: &memory,
+                stopping: &stopping,
+            };
+            let neg = Negotiated {
+                structured: false,
+                meta: None,
+            };
+            let stream = Rc::new(Stream::unix(a).unwrap());
+            transmission(stream, neg, setup, &Tag::new("test"));
+        });
+        assert_eq!(
+            client.join().unwrap(),
+            Ok(0),
+            "the client sees its connection end (not a reply that never comes)"
+        );
+    }
+
+    #[test]
+    fn refusals_at_a_stop_wait_for_room_in_the_budget() {
+        costack_aio::EventLoop::new().block_on(|| {
+            let (conn, mut client) = conn_pair();
+            // The connection's budget is full (replies the client has not read, say).
+            let full = conn
+                .budget
+                .admit(MIN_BUDGET - INBUF, false, || false)
+                .unwrap();
+            for cookie in 0..10 {
+                client.write_all(&read_req(cookie)).unwrap();
+            }
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            let c = conn.clone();
+            let refusing = costack_aio::spawn(move || {
+                let mut input = InBuf::new();
+                refuse_remaining(&c, &mut input);
+            });
+            for _ in 0..10 {
+                costack_aio::yield_now();
+            }
+            client.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 16];
+            let r = client.read(&mut b);
+            assert_eq!(
+                r.map_err(|e| e.kind()),
+                Err(io::ErrorKind::WouldBlock),
+                "a refusal was sent beyond the connection's budget"
+            );
+            // Room again: the refusals go out, all ten.
+            drop(full);
+            refusing.join();
+            client.set_nonblocking(false).unwrap();
+            let mut replies = [0u8; 16 * 10];
+            client.read_exact(&mut replies).unwrap();
+            for (cookie, r) in replies.chunks(16).enumerate() {
+                assert_eq!(r[0..4], SIMPLE_REPLY_MAGIC.to_be_bytes());
+                assert_eq!(r[4..8], err::ESHUTDOWN.to_be_bytes());
+                assert_eq!(r[8..16], (cookie as u64).to_be_bytes());
+            }
+            assert_eq!(conn.budget.in_flight(), 0);
+        });
+    }
 }

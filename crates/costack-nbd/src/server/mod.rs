@@ -373,8 +373,11 @@ fn loop_thread(
             return;
         }
     };
+    // The acceptor's spare descriptor is open before the server reports it started: what
+    // the server holds when `serve` returns is what it holds when idle.
+    let spare = acceptor.as_ref().map(|_| Spare::new());
     let _ = started.send(Ok(lp.handle()));
-    let acceptor = acceptor.and_then(|(l, rx)| Some((l, rx.recv().ok()?)));
+    let acceptor = acceptor.and_then(|(l, rx)| Some((l, rx.recv().ok()?, spare?)));
     let state = Rc::new(LoopState {
         backend,
         export,
@@ -394,12 +397,12 @@ fn loop_thread(
     lp.block_on(move || {
         let s1 = st.clone();
         costack_aio::spawn(move || trimmer(&s1));
-        if let Some((listener, peers)) = acceptor {
+        if let Some((listener, peers, spare)) = acceptor {
             let l = Rc::new(AsyncFd::new(listener));
             *st.listener.borrow_mut() = Some(l.clone());
             let s2 = st.clone();
             let count = ConnCount::new(cfg.max_connections);
-            costack_aio::spawn(move || accept_loop(s2, l, peers, count));
+            costack_aio::spawn(move || accept_loop(s2, l, peers, count, spare));
         }
         while !(st.stopping.get() && st.conns.borrow().is_empty() && st.listener.borrow().is_none())
         {
@@ -511,9 +514,9 @@ fn accept_loop(
     listener: Rc<AsyncFd<Listener>>,
     peers: Vec<LoopHandle>,
     count: ConnCount,
+    mut spare: Spare,
 ) {
     let mut next = 0usize;
-    let mut spare = Spare::new();
     let mut shortage = Shortage::new(limits::shed_after(state.handshake_timeout));
     loop {
         let shed = shortage.shedding();

@@ -184,6 +184,11 @@ impl Outbox {
             for r in batch.drain(..) {
                 buf::give(r.body);
             }
+            if batch.capacity() > BATCH_KEEP {
+                // Its room was paid for by the tickets just given back: not kept (it would
+                // become the queue, holding a burst's worth of memory nobody counts).
+                batch = Vec::new();
+            }
             if let Err(e) = r {
                 tracing::info!(error = %e, "writing replies failed: the client is gone");
                 self.broken.set(true);
@@ -334,8 +339,14 @@ impl InBuf {
 pub(super) const ERROR_MSG_MAX: usize = 256;
 
 /// What one reply in the queue costs besides its body: the [`Reply`] itself, twice over (the
-/// queue's `Vec` may hold as much again in spare capacity as it grows).
-pub(super) const REPLY_COST: usize = 2 * std::mem::size_of::<Reply>();
+/// queue's `Vec` may hold as much again in spare capacity as it grows), and the two
+/// [`IoSlice`]s a batch being written points at it with.
+pub(super) const REPLY_COST: usize =
+    2 * std::mem::size_of::<Reply>() + 2 * std::mem::size_of::<IoSlice<'static>>();
+
+/// Room for this many replies is kept in the [`Outbox`]'s queue between batches; a larger
+/// batch's `Vec` is dropped once written.
+const BATCH_KEEP: usize = 64;
 
 /// What a reply may cost besides its data: [`REPLY_COST`] and the longest error chunk.
 pub(super) const REPLY_MAX_OVERHEAD: usize = REPLY_COST + 32 + ERROR_MSG_MAX;
@@ -651,6 +662,38 @@ mod tests {
         assert_eq!(global_used(&m), big + INBUF - RESERVE);
         drop(tb);
         assert_eq!(global_used(&m), 0);
+    }
+
+    #[test]
+    fn the_outbox_keeps_no_large_queue_once_its_replies_are_written() {
+        let (a, mut client) = std::os::unix::net::UnixStream::pair().unwrap();
+        const SMALL: usize = 10_000;
+        let total = 16 + MIB + 16 * SMALL;
+        let reader = std::thread::spawn(move || {
+            let mut all = vec![0u8; total];
+            client.read_exact(&mut all).unwrap();
+        });
+        costack_aio::EventLoop::new().block_on(|| {
+            let s = Rc::new(Stream::unix(a).unwrap());
+            let out = Rc::new(Outbox::new());
+            // A large reply the writer is busy with while small ones pile up behind it.
+            let (s2, o2) = (s.clone(), out.clone());
+            let writer = costack_aio::spawn(move || {
+                o2.send(&s2, Reply::read(false, 0, 0, vec![0u8; MIB]), || 1);
+            });
+            costack_aio::yield_now();
+            for cookie in 1..=SMALL as u64 {
+                out.send(&s, Reply::ok(cookie), || 2);
+            }
+            writer.join();
+            assert!(out.queue.borrow().is_empty());
+            let cap = out.queue.borrow().capacity();
+            assert!(
+                cap <= BATCH_KEEP,
+                "the queue kept room for {cap} replies after a burst"
+            );
+        });
+        reader.join().unwrap();
     }
 
     #[test]
