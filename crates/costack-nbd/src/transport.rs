@@ -255,6 +255,37 @@ impl Sock {
         }
     }
 
+    /// Writes as much of `buf` as the socket takes now, without waiting (nor `SIGPIPE`).
+    fn send_now(&self, mut buf: &[u8]) -> io::Result<()> {
+        let fd = match self {
+            Sock::Tcp(s) => s.as_raw_fd(),
+            Sock::Unix(s) => s.as_raw_fd(),
+        };
+        while !buf.is_empty() {
+            // SAFETY: `fd` is this socket's, open while `self` lives; `buf` is valid for
+            // reads of its length, and send(2) only reads it.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            match usize::try_from(n) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(_) => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
             match self.write(buf) {
@@ -390,18 +421,24 @@ impl Stream {
     }
 
     /// Ends the connection (a hard disconnect in the spec's terms): with TLS on, sends
-    /// `close_notify` first, as the spec asks ("SHOULD shutdown TLS first"), yielding while
-    /// the socket is full; then shuts the socket down both ways, which also wakes a task
-    /// waiting on it. If another task is writing (a client that does not read could keep it
-    /// there for ever), `close_notify` is skipped rather than waited for. Errors are ignored:
-    /// the connection is over either way.
+    /// `close_notify` first, as the spec asks ("SHOULD shutdown TLS first"), if the socket
+    /// has room for it now; then shuts the socket down both ways, which also wakes a task
+    /// waiting on it. It never waits: if another task is writing, or the socket is full (a
+    /// client that does not read could keep either so for ever), `close_notify` is skipped
+    /// or cut short. Errors are ignored: the connection is over either way.
     pub fn close(&self) {
         if self.tls_on.get() {
             if let Some(_w) = self.wlock.try_lock() {
+                let mut records = Vec::new();
                 if let Some(t) = self.tls.borrow_mut().as_mut() {
                     t.conn.send_close_notify();
+                    while t.conn.wants_write() {
+                        if t.conn.write_tls(&mut records).is_err() {
+                            break;
+                        }
+                    }
                 }
-                let _ = self.drain_locked();
+                let _ = self.sock.send_now(&records);
             }
         }
         let _ = self.shutdown(Shutdown::Both);

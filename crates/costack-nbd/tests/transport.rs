@@ -977,6 +977,55 @@ fn unix_socket_in_process_with_tls() {
     assert!(!sock.path().exists(), "the socket file is removed at stop");
 }
 
+#[test]
+fn tls_close_does_not_wait_for_a_client_that_does_not_read() {
+    // A connection ends (the client sent end-of-file) while its socket is full: the client
+    // reads nothing. `close` must not wait for room for its close_notify, or the connection's
+    // task (and its descriptor) outlive the place it gave back, for as long as the client
+    // likes.
+    use costack_nbd::transport::Stream;
+    let pki = pki();
+    let creds = creds(&pki, false);
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    // The same socket as the server's end: fills its send buffer from outside TLS.
+    let filler = a.try_clone().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let cfg = client_config(pki.client.path(), false);
+    let client = std::thread::spawn(move || {
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
+        let mut b = b;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut b).unwrap();
+        }
+        // Not a byte read until the server is done closing.
+        done_rx.recv().unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut all = Vec::new();
+        // End of file (not a timeout): the server shut the socket down.
+        b.read_to_end(&mut all).map(|_| ())
+    });
+    let elapsed = costack_aio::EventLoop::new().block_on(move || {
+        let s = Stream::unix(a).unwrap(); // non-blocking, and so is `filler` (one socket)
+        s.start_tls(&creds).unwrap();
+        let chunk = [0u8; 4096];
+        loop {
+            match (&filler).write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let t0 = Instant::now();
+        let r = costack_aio::timeout(Duration::from_secs(5), || s.close());
+        assert!(r.is_ok(), "close waited for a client that does not read");
+        t0.elapsed()
+    });
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    done_tx.send(()).unwrap();
+    client.join().unwrap().unwrap();
+}
+
 /// Spawns the binary with `listener`'s fd as fd 3 and LISTEN_FDS=1, LISTEN_PID=its pid.
 fn activated(fd: i32, extra: &[&str]) -> Command {
     let mut c = Command::new("sh");
