@@ -9,7 +9,7 @@
 //! * [`TlsMode`] and [`TlsCredentials`]: whether TLS is off, offered or required, and the
 //!   X.509 certificate, key and (optionally) client CA it is served with.
 //!
-//! May import: `costack`, `costack-aio` and `rustls` (nothing of this crate). The handshake and
+//! May import: `costack`, `costack-aio`, `rustls` and `mio` (nothing of this crate). The handshake and
 //! the server import it.
 //!
 //! # A TLS read and a TLS write
@@ -771,11 +771,22 @@ impl Listener {
                     format!("{} exists and is not a socket", path.display()),
                 ));
             }
-            match std::os::unix::net::UnixStream::connect(path) {
+            // Non-blocking: a server that does not accept (its backlog is full) must not hold
+            // this start up; it answers `WouldBlock`, and is there all the same.
+            match mio::net::UnixStream::connect(path) {
                 Ok(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::AddrInUse,
                         format!("a server is listening on {} already", path.display()),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!(
+                            "a server is listening on {} already (and not accepting)",
+                            path.display()
+                        ),
                     ))
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {

@@ -1026,6 +1026,41 @@ fn tls_close_does_not_wait_for_a_client_that_does_not_read() {
     client.join().unwrap().unwrap();
 }
 
+#[test]
+fn unix_listener_refuses_a_path_whose_server_has_a_full_backlog() {
+    // A server is at the path, but does not accept (hung, or overloaded): its backlog is
+    // full. Probing it must not wait for room in that backlog (for ever, here).
+    use std::os::fd::AsRawFd;
+    let sock = TempFile::new("unix-full.sock");
+    let busy = std::os::unix::net::UnixListener::bind(sock.path()).unwrap();
+    // SAFETY: listen(2) again on a listening socket only sets its backlog.
+    assert_eq!(unsafe { libc::listen(busy.as_raw_fd(), 0) }, 0);
+    let mut waiting = Vec::new();
+    loop {
+        match mio::net::UnixStream::connect(sock.path()) {
+            Ok(c) => waiting.push(c),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(waiting.len() < 100, "the backlog does not fill up");
+    }
+    let path = sock.path().to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(Listener::unix(&path).map(drop));
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("Listener::unix waits for a server that does not accept");
+    let e = r.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+    assert!(
+        sock.path().exists(),
+        "the live server's socket file is left alone"
+    );
+    drop((busy, waiting));
+}
+
 /// Spawns the binary with `listener`'s fd as fd 3 and LISTEN_FDS=1, LISTEN_PID=its pid.
 fn activated(fd: i32, extra: &[&str]) -> Command {
     let mut c = Command::new("sh");
