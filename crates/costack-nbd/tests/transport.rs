@@ -468,6 +468,39 @@ fn stalled_tls_handshake_does_not_block_others() {
 }
 
 #[test]
+fn handshake_deadline_covers_the_tls_handshake_and_the_options_after_it() {
+    let pki = pki();
+    let d = Duration::from_secs(2);
+    let srv = TestServer::start(
+        Export::memory("test", 1 << 20, false).unwrap(),
+        Config {
+            tls: TlsMode::Require(creds(&pki, false)),
+            handshake_timeout: Some(d),
+            ..Config::default()
+        },
+    );
+    // Stalled inside the TLS handshake: half a record header, then nothing.
+    let t0 = Instant::now();
+    let mut stalled = plain(srv.addr);
+    assert_eq!(option_types(&mut stalled, opt::STARTTLS, &[]), [rep::ACK]);
+    stalled.write_all(&[0x16, 0x03]).unwrap();
+    // TLS up, then silent in the options: TLS does not start the deadline again.
+    let t1 = Instant::now();
+    let mut idle = starttls(srv.addr, client_config(pki.client.path(), false)).unwrap();
+    assert!(closed(&mut stalled));
+    let a = t0.elapsed();
+    assert!(closed(&mut idle));
+    let b = t1.elapsed();
+    // Each at its own deadline, from its own accept: not before, and not much after.
+    let late = d + Duration::from_secs(10);
+    assert!(
+        a >= d && a < late,
+        "in the TLS handshake: closed after {a:?}"
+    );
+    assert!(b >= d && b < late, "after TLS: closed after {b:?}");
+}
+
+#[test]
 fn verify_peer_requires_a_client_certificate() {
     let pki = pki();
     let srv = tls_server(TlsMode::Require(creds(&pki, true)), 1);
