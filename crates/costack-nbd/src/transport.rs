@@ -799,9 +799,12 @@ impl Listener {
         let l = std::os::unix::net::UnixListener::bind(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let m = std::fs::symlink_metadata(path)?;
+        // Absolute: the file is removed at the end, perhaps from another working directory
+        // (a `--fork` server's is `/`).
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         Ok(Listener {
             kind: ListenKind::Unix(l),
-            owned_path: Some((path.to_owned(), m.dev(), m.ino())),
+            owned_path: Some((path, m.dev(), m.ino())),
         })
     }
 
