@@ -813,7 +813,7 @@ impl Listener {
     /// be a listening TCP or Unix stream socket. `LISTEN_PID`, `LISTEN_FDS` and
     /// `LISTEN_FDNAMES` are removed from the environment (children do not inherit them), and
     /// the fd is made close-on-exec. `Ok(None)` when `LISTEN_FDS` is unset, or meant for
-    /// another process.
+    /// another process (`LISTEN_PID` is another's, or unset).
     ///
     /// # Errors
     /// A malformed variable, more than one socket, or fd 3 not a listening stream socket.
@@ -831,9 +831,13 @@ impl Listener {
             std::env::remove_var(v);
         }
         let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+        // No LISTEN_PID: not meant for this process (as sd_listen_fds(3) reads it).
+        let Some(pid) = pid else {
+            return Ok(None);
+        };
         let pid: u32 = pid
-            .as_ref()
-            .and_then(|p| p.to_str()?.parse().ok())
+            .to_str()
+            .and_then(|p| p.parse().ok())
             .ok_or_else(|| invalid(format!("LISTEN_PID={pid:?}: not a process id")))?;
         if pid != std::process::id() {
             return Ok(None);

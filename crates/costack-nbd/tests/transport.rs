@@ -1106,6 +1106,19 @@ fn unix_listener_refuses_a_path_whose_server_has_a_full_backlog() {
     drop((busy, waiting));
 }
 
+#[test]
+fn listen_fds_without_listen_pid_is_not_activation() {
+    // As sd_listen_fds(3): without LISTEN_PID the variables are not meant for this process
+    // (a leftover of some parent's), and the server listens as its flags say.
+    let mut c = Command::new(BIN);
+    c.args(["-p", "0", "--size", "1M"])
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID");
+    let (srv, line) = Server::spawn(c);
+    assert!(line.contains("127.0.0.1:"), "{line}");
+    assert!(srv.stop().success());
+}
+
 /// Spawns the binary with `listener`'s fd as fd 3 and LISTEN_FDS=1, LISTEN_PID=its pid.
 fn activated(fd: i32, extra: &[&str]) -> Command {
     let mut c = Command::new("sh");
