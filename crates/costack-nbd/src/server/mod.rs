@@ -371,8 +371,11 @@ fn loop_thread(
             return;
         }
     };
+    // The acceptor's spare descriptor, before `serve` returns: the server's descriptors are
+    // all open once it reports that it serves (a count taken then is its baseline).
+    let spare = acceptor.as_ref().map(|_| Spare::new());
     let _ = started.send(Ok(lp.handle()));
-    let acceptor = acceptor.and_then(|(l, rx)| Some((l, rx.recv().ok()?)));
+    let acceptor = acceptor.and_then(|(l, rx)| Some((l, rx.recv().ok()?, spare?)));
     let state = Rc::new(LoopState {
         backend,
         export,
@@ -392,12 +395,12 @@ fn loop_thread(
     lp.block_on(move || {
         let s1 = st.clone();
         costack_aio::spawn(move || trimmer(&s1));
-        if let Some((listener, peers)) = acceptor {
+        if let Some((listener, peers, spare)) = acceptor {
             let l = Rc::new(AsyncFd::new(listener));
             *st.listener.borrow_mut() = Some(l.clone());
             let s2 = st.clone();
             let count = ConnCount::new(cfg.max_connections);
-            costack_aio::spawn(move || accept_loop(s2, l, peers, count));
+            costack_aio::spawn(move || accept_loop(s2, l, peers, count, spare));
         }
         while !(st.stopping.get() && st.conns.borrow().is_empty() && st.listener.borrow().is_none())
         {
@@ -509,9 +512,9 @@ fn accept_loop(
     listener: Rc<AsyncFd<Listener>>,
     peers: Vec<LoopHandle>,
     count: ConnCount,
+    mut spare: Spare,
 ) {
     let mut next = 0usize;
-    let mut spare = Spare::new();
     loop {
         match listener.read_with(|l| spare.accept(|| l.accept())) {
             Ok(Took::Conn((s, peer))) => {
