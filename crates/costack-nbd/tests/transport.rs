@@ -501,6 +501,19 @@ fn handshake_deadline_covers_the_tls_handshake_and_the_options_after_it() {
 }
 
 #[test]
+fn a_session_the_server_ends_in_the_handshake_ends_tls_first() {
+    // EXPORT_NAME of an unknown export cannot be refused: the server ends the session, a
+    // hard disconnect, for which the spec says it SHOULD shut TLS down first (close_notify:
+    // the client reads a clean end, not a truncated stream).
+    let pki = pki();
+    let srv = tls_server(TlsMode::Require(creds(&pki, false)), 1);
+    let mut t = starttls(srv.addr, client_config(pki.client.path(), false)).unwrap();
+    send_option(&mut t, opt::EXPORT_NAME, b"no-such-export");
+    let mut b = [0u8; 1];
+    assert_eq!(t.read(&mut b).unwrap(), 0);
+}
+
+#[test]
 fn verify_peer_requires_a_client_certificate() {
     let pki = pki();
     let srv = tls_server(TlsMode::Require(creds(&pki, true)), 1);
