@@ -9,8 +9,8 @@
 //! * [`TlsMode`] and [`TlsCredentials`]: whether TLS is off, offered or required, and the
 //!   X.509 certificate, key and (optionally) client CA it is served with.
 //!
-//! May import: `costack`, `costack-aio`, `rustls` and `mio` (nothing of this crate). The handshake and
-//! the server import it.
+//! May import: `costack`, `costack-aio`, `rustls` and `mio` (nothing of this crate). The
+//! handshake and the server import it.
 //!
 //! # A TLS read and a TLS write
 //!
