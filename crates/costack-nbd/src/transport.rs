@@ -9,8 +9,8 @@
 //! * [`TlsMode`] and [`TlsCredentials`]: whether TLS is off, offered or required, and the
 //!   X.509 certificate, key and (optionally) client CA it is served with.
 //!
-//! May import: `costack`, `costack-aio` and `rustls` (nothing of this crate). The handshake and
-//! the server import it.
+//! May import: `costack`, `costack-aio`, `rustls` and `mio` (nothing of this crate). The
+//! handshake and the server import it.
 //!
 //! # A TLS read and a TLS write
 //!
@@ -255,6 +255,37 @@ impl Sock {
         }
     }
 
+    /// Writes as much of `buf` as the socket takes now, without waiting (nor `SIGPIPE`).
+    fn send_now(&self, mut buf: &[u8]) -> io::Result<()> {
+        let fd = match self {
+            Sock::Tcp(s) => s.as_raw_fd(),
+            Sock::Unix(s) => s.as_raw_fd(),
+        };
+        while !buf.is_empty() {
+            // SAFETY: `fd` is this socket's, open while `self` lives; `buf` is valid for
+            // reads of its length, and send(2) only reads it.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            match usize::try_from(n) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(_) => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
             match self.write(buf) {
@@ -390,18 +421,24 @@ impl Stream {
     }
 
     /// Ends the connection (a hard disconnect in the spec's terms): with TLS on, sends
-    /// `close_notify` first, as the spec asks ("SHOULD shutdown TLS first"), yielding while
-    /// the socket is full; then shuts the socket down both ways, which also wakes a task
-    /// waiting on it. If another task is writing (a client that does not read could keep it
-    /// there for ever), `close_notify` is skipped rather than waited for. Errors are ignored:
-    /// the connection is over either way.
+    /// `close_notify` first, as the spec asks ("SHOULD shutdown TLS first"), if the socket
+    /// has room for it now; then shuts the socket down both ways, which also wakes a task
+    /// waiting on it. It never waits: if another task is writing, or the socket is full (a
+    /// client that does not read could keep either so for ever), `close_notify` is skipped
+    /// or cut short. Errors are ignored: the connection is over either way.
     pub fn close(&self) {
         if self.tls_on.get() {
             if let Some(_w) = self.wlock.try_lock() {
+                let mut records = Vec::new();
                 if let Some(t) = self.tls.borrow_mut().as_mut() {
                     t.conn.send_close_notify();
+                    while t.conn.wants_write() {
+                        if t.conn.write_tls(&mut records).is_err() {
+                            break;
+                        }
+                    }
                 }
-                let _ = self.drain_locked();
+                let _ = self.sock.send_now(&records);
             }
         }
         let _ = self.shutdown(Shutdown::Both);
@@ -734,11 +771,22 @@ impl Listener {
                     format!("{} exists and is not a socket", path.display()),
                 ));
             }
-            match std::os::unix::net::UnixStream::connect(path) {
+            // Non-blocking: a server that does not accept (its backlog is full) must not hold
+            // this start up; it answers `WouldBlock`, and is there all the same.
+            match mio::net::UnixStream::connect(path) {
                 Ok(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::AddrInUse,
                         format!("a server is listening on {} already", path.display()),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!(
+                            "a server is listening on {} already (and not accepting)",
+                            path.display()
+                        ),
                     ))
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -751,9 +799,12 @@ impl Listener {
         let l = std::os::unix::net::UnixListener::bind(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let m = std::fs::symlink_metadata(path)?;
+        // Absolute: the file is removed at the end, perhaps from another working directory
+        // (a `--fork` server's is `/`).
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         Ok(Listener {
             kind: ListenKind::Unix(l),
-            owned_path: Some((path.to_owned(), m.dev(), m.ino())),
+            owned_path: Some((path, m.dev(), m.ino())),
         })
     }
 
@@ -762,7 +813,7 @@ impl Listener {
     /// be a listening TCP or Unix stream socket. `LISTEN_PID`, `LISTEN_FDS` and
     /// `LISTEN_FDNAMES` are removed from the environment (children do not inherit them), and
     /// the fd is made close-on-exec. `Ok(None)` when `LISTEN_FDS` is unset, or meant for
-    /// another process.
+    /// another process (`LISTEN_PID` is another's, or unset).
     ///
     /// # Errors
     /// A malformed variable, more than one socket, or fd 3 not a listening stream socket.
@@ -780,9 +831,13 @@ impl Listener {
             std::env::remove_var(v);
         }
         let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+        // No LISTEN_PID: not meant for this process (as sd_listen_fds(3) reads it).
+        let Some(pid) = pid else {
+            return Ok(None);
+        };
         let pid: u32 = pid
-            .as_ref()
-            .and_then(|p| p.to_str()?.parse().ok())
+            .to_str()
+            .and_then(|p| p.parse().ok())
             .ok_or_else(|| invalid(format!("LISTEN_PID={pid:?}: not a process id")))?;
         if pid != std::process::id() {
             return Ok(None);

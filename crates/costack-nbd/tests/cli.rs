@@ -263,6 +263,43 @@ fn fork_returns_once_serving_in_a_session_of_its_own() {
 }
 
 #[test]
+fn fork_with_a_relative_socket_path_removes_the_socket_at_exit() {
+    // The daemon leaves the working directory (for /): a relative -k path must still name
+    // the socket it made when it removes it at exit.
+    let dir = TempPath::new("fork-k-dir");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let sock = dir.0.join("nbd.sock");
+    let pid = TempPath::new("fork-k.pid");
+    let mut parent = Command::new(BIN)
+        .current_dir(&dir.0)
+        .args(["-k", "nbd.sock", "--size", "1M", "--threads", "1"])
+        .args(["--fork", "--pid-file", pid.s()])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = wait_child(&mut parent);
+    assert!(st.success(), "the parent exits 0 once serving: {st}");
+    let mut err = BufReader::new(parent.stderr.take().unwrap());
+    let daemon: u32 = std::fs::read_to_string(&pid.0)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let guard = Daemon(Some(daemon));
+    assert!(sock.exists());
+    assert_eq!(kill(daemon, libc::SIGTERM), 0);
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap(); // end of file: the daemon has exited
+    guard.gone();
+    let left = sock.exists();
+    let _ = std::fs::remove_dir_all(&dir.0);
+    assert!(!left, "the socket file is left behind: {rest}");
+}
+
+#[test]
 fn fork_reports_the_servers_error_and_exits_1() {
     // A FIFO opens and locks, but cannot be truncated: the daemon fails after the fork, and
     // the parent prints its message.

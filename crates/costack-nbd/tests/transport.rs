@@ -15,7 +15,7 @@ use costack_nbd::transport::{Listener, TlsCredentials, TlsMode};
 use costack_nbd::{serve, Config, Export};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -274,12 +274,16 @@ fn disc_request() -> Vec<u8> {
     b
 }
 
-/// Whether the peer closed `s` (end of file or an error; the socket's read timeout is 20 s)
-/// after at most 1 KiB more (a TLS alert, say).
+/// Whether the peer closed `s` (end of file or an error) after at most 1 KiB more (a TLS
+/// alert, say). The socket's read timeout (20 s) running out is no close: the peer is still
+/// there.
 fn closed(s: &mut impl Read) -> bool {
     let mut b = [0u8; 64];
     for _ in 0..16 {
         match s.read(&mut b) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false
+            }
             Ok(0) | Err(_) => return true,
             Ok(_) => {}
         }
@@ -293,7 +297,15 @@ fn closed(s: &mut impl Read) -> bool {
 #[test]
 fn require_refuses_every_option_before_starttls() {
     let pki = pki();
-    let srv = tls_server(TlsMode::Require(creds(&pki, false)), 1);
+    // No handshake deadline: the session must end because of EXPORT_NAME, not of a timer.
+    let srv = TestServer::start(
+        Export::memory("test", 64 << 20, false).unwrap(),
+        Config {
+            tls: TlsMode::Require(creds(&pki, false)),
+            handshake_timeout: None,
+            ..Config::default()
+        },
+    );
     let mut s = plain(srv.addr);
     let info = info_body("test", &[]);
     let meta = meta_body("test", &["base:allocation"]);
@@ -453,6 +465,52 @@ fn stalled_tls_handshake_does_not_block_others() {
     assert_eq!(request(&mut t, cmd::WRITE, 0, b"x", 1).0, 0);
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     drop(stalled);
+}
+
+#[test]
+fn handshake_deadline_covers_the_tls_handshake_and_the_options_after_it() {
+    let pki = pki();
+    let d = Duration::from_secs(2);
+    let srv = TestServer::start(
+        Export::memory("test", 1 << 20, false).unwrap(),
+        Config {
+            tls: TlsMode::Require(creds(&pki, false)),
+            handshake_timeout: Some(d),
+            ..Config::default()
+        },
+    );
+    // Stalled inside the TLS handshake: half a record header, then nothing.
+    let t0 = Instant::now();
+    let mut stalled = plain(srv.addr);
+    assert_eq!(option_types(&mut stalled, opt::STARTTLS, &[]), [rep::ACK]);
+    stalled.write_all(&[0x16, 0x03]).unwrap();
+    // TLS up, then silent in the options: TLS does not start the deadline again.
+    let t1 = Instant::now();
+    let mut idle = starttls(srv.addr, client_config(pki.client.path(), false)).unwrap();
+    assert!(closed(&mut stalled));
+    let a = t0.elapsed();
+    assert!(closed(&mut idle));
+    let b = t1.elapsed();
+    // Each at its own deadline, from its own accept: not before, and not much after.
+    let late = d + Duration::from_secs(10);
+    assert!(
+        a >= d && a < late,
+        "in the TLS handshake: closed after {a:?}"
+    );
+    assert!(b >= d && b < late, "after TLS: closed after {b:?}");
+}
+
+#[test]
+fn a_session_the_server_ends_in_the_handshake_ends_tls_first() {
+    // EXPORT_NAME of an unknown export cannot be refused: the server ends the session, a
+    // hard disconnect, for which the spec says it SHOULD shut TLS down first (close_notify:
+    // the client reads a clean end, not a truncated stream).
+    let pki = pki();
+    let srv = tls_server(TlsMode::Require(creds(&pki, false)), 1);
+    let mut t = starttls(srv.addr, client_config(pki.client.path(), false)).unwrap();
+    send_option(&mut t, opt::EXPORT_NAME, b"no-such-export");
+    let mut b = [0u8; 1];
+    assert_eq!(t.read(&mut b).unwrap(), 0);
 }
 
 #[test]
@@ -975,6 +1033,103 @@ fn unix_socket_in_process_with_tls() {
     drop(t);
     h.shutdown().unwrap();
     assert!(!sock.path().exists(), "the socket file is removed at stop");
+}
+
+#[test]
+fn tls_close_does_not_wait_for_a_client_that_does_not_read() {
+    // A connection ends (the client sent end-of-file) while its socket is full: the client
+    // reads nothing. `close` must not wait for room for its close_notify, or the connection's
+    // task (and its descriptor) outlive the place it gave back, for as long as the client
+    // likes.
+    use costack_nbd::transport::Stream;
+    let pki = pki();
+    let creds = creds(&pki, false);
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    // The same socket as the server's end: fills its send buffer from outside TLS.
+    let filler = a.try_clone().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let cfg = client_config(pki.client.path(), false);
+    let client = std::thread::spawn(move || {
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
+        let mut b = b;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut b).unwrap();
+        }
+        // Not a byte read until the server is done closing.
+        done_rx.recv().unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut all = Vec::new();
+        // End of file (not a timeout): the server shut the socket down.
+        b.read_to_end(&mut all).map(|_| ())
+    });
+    let elapsed = costack_aio::EventLoop::new().block_on(move || {
+        let s = Stream::unix(a).unwrap(); // non-blocking, and so is `filler` (one socket)
+        s.start_tls(&creds).unwrap();
+        let chunk = [0u8; 4096];
+        loop {
+            match (&filler).write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let t0 = Instant::now();
+        let r = costack_aio::timeout(Duration::from_secs(5), || s.close());
+        assert!(r.is_ok(), "close waited for a client that does not read");
+        t0.elapsed()
+    });
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    done_tx.send(()).unwrap();
+    client.join().unwrap().unwrap();
+}
+
+#[test]
+fn unix_listener_refuses_a_path_whose_server_has_a_full_backlog() {
+    // A server is at the path, but does not accept (hung, or overloaded): its backlog is
+    // full. Probing it must not wait for room in that backlog (for ever, here).
+    use std::os::fd::AsRawFd;
+    let sock = TempFile::new("unix-full.sock");
+    let busy = std::os::unix::net::UnixListener::bind(sock.path()).unwrap();
+    // SAFETY: listen(2) again on a listening socket only sets its backlog.
+    assert_eq!(unsafe { libc::listen(busy.as_raw_fd(), 0) }, 0);
+    let mut waiting = Vec::new();
+    loop {
+        match mio::net::UnixStream::connect(sock.path()) {
+            Ok(c) => waiting.push(c),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(waiting.len() < 100, "the backlog does not fill up");
+    }
+    let path = sock.path().to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(Listener::unix(&path).map(drop));
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("Listener::unix waits for a server that does not accept");
+    let e = r.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+    assert!(
+        sock.path().exists(),
+        "the live server's socket file is left alone"
+    );
+    drop((busy, waiting));
+}
+
+#[test]
+fn listen_fds_without_listen_pid_is_not_activation() {
+    // As sd_listen_fds(3): without LISTEN_PID the variables are not meant for this process
+    // (a leftover of some parent's), and the server listens as its flags say.
+    let mut c = Command::new(BIN);
+    c.args(["-p", "0", "--size", "1M"])
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID");
+    let (srv, line) = Server::spawn(c);
+    assert!(line.contains("127.0.0.1:"), "{line}");
+    assert!(srv.stop().success());
 }
 
 /// Spawns the binary with `listener`'s fd as fd 3 and LISTEN_FDS=1, LISTEN_PID=its pid.

@@ -602,10 +602,16 @@ fn connection(state: Rc<LoopState>, s: Accepted, place: Admitted) {
         Ok(Some(n)) => n,
         Ok(None) => {
             tracing::info!(conn = tag.id, peer = %tag.peer, "client left in the handshake");
+            // The place, then the socket (as after transmission); with TLS up, close_notify
+            // first (a hard disconnect "SHOULD shutdown TLS first").
+            drop(guard);
+            stream.close();
             return;
         }
         Err(e) => {
             tracing::info!(conn = tag.id, peer = %tag.peer, error = %e, "handshake failed");
+            drop(guard);
+            stream.close();
             return;
         }
     };
