@@ -14,7 +14,7 @@
 //! data, its reply): the reader waits for one before it reads anything more, and it comes
 //! back only once the reply is on the wire. A client that does not read its replies therefore
 //! stops the reader once its connection's budget (or the server's) is used up, and TCP
-//! pushes back on it; error replies the reader sends itself take bytes too.
+//! pushes back on it; error replies the reader sends itself take a slot and bytes too.
 //!
 //! What a request means lives here; how its bytes come in and go out lives in the sibling
 //! `wire` ([`InBuf`], [`Reply`], [`Outbox`]), so policies about *which* requests a client may
@@ -173,10 +173,12 @@ pub(super) fn transmission(stream: Rc<Stream>, neg: Negotiated, setup: Setup<'_>
                 if req.typ == cmd::WRITE && input.skip(&conn.stream, req.length).is_err() {
                     break;
                 }
-                // The reader answers itself, but its replies count like any other: a client
-                // that sends invalid requests without reading the errors is stopped too.
+                // The reader answers itself, but its replies count like any other request's,
+                // slot and bytes, until they are on the wire: a client that sends invalid
+                // requests without reading the errors is stopped after `max_in_flight` of
+                // them, as qemu-nbd stops it.
                 let reply = error_reply(&conn, &req, e, msg);
-                match conn.budget.admit(reply.cost(), false, give_up) {
+                match conn.budget.admit(reply.cost(), true, give_up) {
                     Some(t) => send(&conn, reply.holding(t)),
                     None if stopping.get() => send(&conn, reply),
                     None => break,
