@@ -20,44 +20,18 @@ mod common;
 mod fuzz;
 
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
-/// The server process, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The binary serving `test` on a free port, with `args`.
+type Server = BinServer;
 
 fn start(args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-        .args(["-p", "0", "-x", "test"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.parse::<SocketAddr>().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    std::thread::spawn(move || for _ in err.lines() {});
-    Server { child, addr }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_costack-nbd"));
+    Server::start(cmd.args(["-p", "0", "-x", "test"]).args(args))
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

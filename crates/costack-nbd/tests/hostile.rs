@@ -13,10 +13,10 @@ mod common;
 use common::*;
 use costack_nbd::proto::{cmd, Request};
 use costack_nbd::{Config, Export};
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -35,18 +35,8 @@ const TOTAL_BUFFER: u64 = 96 * MIB;
 /// buffer. Measured at about 10 MiB; the margin is for the allocator's slack.
 const SLACK: u64 = 48 * MIB;
 
-/// The server process, killed when dropped (if it is still running).
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The server process (the binary), killed when dropped.
+struct Server(BinServer);
 
 impl Server {
     fn start() -> Server {
@@ -67,29 +57,15 @@ impl Server {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .args(["-p", "0", "-x", "test", "--size", "64M", "--threads", "2"])
+        cmd.args(["-p", "0", "-x", "test", "--size", "64M", "--threads", "2"])
             .args(["--conn-buffer", &format!("{}M", CONN_BUFFER / MIB)])
-            .args(["--total-buffer", &format!("{}M", TOTAL_BUFFER / MIB)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        err.read_line(&mut line).unwrap();
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.parse::<SocketAddr>().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        thread::spawn(move || for _ in err.lines() {});
-        Server { child, addr }
+            .args(["--total-buffer", &format!("{}M", TOTAL_BUFFER / MIB)]);
+        Server(BinServer::start(&mut cmd))
     }
 
     /// A field of `/proc/PID/status` in bytes (`VmHWM`, `VmRSS`).
     fn status(&self, field: &str) -> u64 {
-        let st = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let st = std::fs::read_to_string(format!("/proc/{}/status", self.0.child.id())).unwrap();
         let line = st
             .lines()
             .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
@@ -232,7 +208,7 @@ fn until_stalled(srv: &Server, hostiles: &[&Hostile], bound: u64, within: Durati
 /// A well-behaved client: `n` 4 KiB writes, each read back, within `deadline`; while it
 /// runs, the server's peak memory stays under `bound`.
 fn good_client(srv: &Server, n: u64, deadline: Duration, bound: u64) {
-    let addr = srv.addr;
+    let addr = srv.0.addr;
     let t0 = Instant::now();
     let worker = thread::spawn(move || {
         let (mut c, _) = Client::open(addr, true);
@@ -287,7 +263,7 @@ fn unread_32m_reads_on_4_connections_stay_under_the_global_budget() {
     let base = srv.rss();
     let bound = base + TOTAL_BUFFER + SLACK;
     let hostiles: Vec<Hostile> = (0..4u64)
-        .map(|i| Hostile::start(srv.addr, None, read_req(i * 8 * MIB, MAX_REQ)))
+        .map(|i| Hostile::start(srv.0.addr, None, read_req(i * 8 * MIB, MAX_REQ)))
         .collect();
     let refs: Vec<&Hostile> = hostiles.iter().collect();
     until_stalled(&srv, &refs, bound, Duration::from_secs(20));
@@ -318,7 +294,7 @@ fn a_flood_of_invalid_requests_behind_an_unread_read_is_bounded() {
     let base = srv.rss();
     let bound = base + u64::from(MAX_REQ) + 8 * MIB;
     let h = Hostile::start(
-        srv.addr,
+        srv.0.addr,
         Some(read_req(0, MAX_REQ)),
         read_req(1 << 40, 4096),
     );
@@ -344,7 +320,7 @@ fn a_flood_of_invalid_requests_behind_an_unread_read_is_bounded() {
 #[test]
 fn memory_goes_back_after_a_burst_of_large_requests() {
     let srv = Server::start();
-    let addr = srv.addr;
+    let addr = srv.0.addr;
     let base = srv.rss();
     let workers: Vec<_> = (0..4u64)
         .map(|i| {

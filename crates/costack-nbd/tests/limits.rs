@@ -10,10 +10,10 @@ mod common;
 use common::*;
 use costack_nbd::proto::{self, opt, rep};
 use costack_nbd::{Config, Export};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// What the server did with a new connection.
@@ -309,16 +309,6 @@ fn raise_nofile(want: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// The server process, killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// CPU time (user + system) the process `pid` has used so far.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -337,7 +327,7 @@ fn cpu_time(pid: u32) -> Duration {
 fn spawn_limited(
     nofile: u64,
     deadline_s: u64,
-) -> (Process, SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+) -> (BinServer, SocketAddr, std::thread::JoinHandle<Vec<String>>) {
     let deadline = deadline_s.to_string();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_costack-nbd"));
     cmd.args([
@@ -351,10 +341,7 @@ fn spawn_limited(
         "1M",
         "-v",
     ])
-    .args(["--handshake-timeout", &deadline])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    .args(["--handshake-timeout", &deadline]);
     // SAFETY: the closure runs in the child between fork and exec, and only calls setrlimit(2),
     // which is async-signal-safe; it touches no memory of the parent but its own stack.
     unsafe {
@@ -369,14 +356,8 @@ fn spawn_limited(
             Ok(())
         });
     }
-    let mut srv = Process(cmd.spawn().unwrap());
-    let mut err = BufReader::new(srv.0.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.parse::<SocketAddr>().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (srv, err) = BinServer::spawn(&mut cmd);
+    let addr = srv.addr;
     // The server's log (-v), line by line: keeps it from blocking on stderr, and counts.
     let log = std::thread::spawn(move || err.lines().map_while(Result::ok).collect::<Vec<_>>());
     (srv, addr, log)
@@ -399,7 +380,7 @@ fn out_of_fds_clients_wait_and_a_good_client_is_served_at_the_deadline() {
         return;
     }
     let (srv, addr, log) = spawn_limited(SERVER_NOFILE, ROW3_DEADLINE);
-    let pid = srv.0.id();
+    let pid = srv.child.id();
     let deadline = Duration::from_secs(ROW3_DEADLINE);
     let t0 = Instant::now();
     let mut stalled: Vec<TcpStream> = (0..STALLED)

@@ -5,46 +5,17 @@ mod common;
 
 use common::*;
 use costack_nbd::proto::{cflag, cmd};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
 
-/// The server process, killed when dropped (if it is still running).
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The binary serving `test` on a free port, with `args`.
+type Server = BinServer;
 
 fn start(args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-        .args(["-p", "0", "-x", "test"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    // "costack-nbd: serving ... on 127.0.0.1:PORT with N thread(s)"
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.parse::<SocketAddr>().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    // Keep draining stderr so the server never blocks on it.
-    std::thread::spawn(move || for _ in err.lines() {});
-    Server { child, addr }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_costack-nbd"));
+    Server::start(cmd.args(["-p", "0", "-x", "test"]).args(args))
 }
 
 fn signal(s: &Server, sig: i32) {

@@ -8,12 +8,57 @@
 use costack_nbd::proto::{self, be16, be32, be64, cmd, info, opt, rep, Request};
 use costack_nbd::{serve, Config, Export, ServerHandle, WritePath};
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The `costack-nbd` binary in a process of its own, killed when dropped (if still running).
+pub struct BinServer {
+    pub child: Child,
+    /// Where it listens, from its start line.
+    pub addr: SocketAddr,
+}
+
+impl BinServer {
+    /// Starts `cmd` (the binary and its arguments, `-p 0` among them) with stdin and stdout on
+    /// `/dev/null` and stderr piped; reads the address from its first line (the start line,
+    /// "serving ... on ADDR with N thread(s)"). Returns the server and the rest of its stderr.
+    pub fn spawn(cmd: &mut Command) -> (BinServer, BufReader<ChildStderr>) {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        (BinServer { child, addr }, err)
+    }
+
+    /// [`spawn`](BinServer::spawn), its stderr drained on a thread so that the server never
+    /// blocks writing its log.
+    pub fn start(cmd: &mut Command) -> BinServer {
+        let (srv, err) = BinServer::spawn(cmd);
+        std::thread::spawn(move || for _ in err.lines() {});
+        srv
+    }
+}
+
+impl Drop for BinServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// A server on a free loopback port, stopped when dropped.
 pub struct TestServer {
