@@ -437,15 +437,6 @@ fn full_file_system_gets_enospc_and_keeps_acknowledged_writes_aio() {
     full_file_system(WritePath::Aio);
 }
 
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
 /// qemu-io, writing to the export on a full file system, reports ENOSPC as such.
 #[test]
 fn qemu_io_sees_no_space_left_on_device() {

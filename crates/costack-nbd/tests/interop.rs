@@ -5,86 +5,15 @@
 //! `COSTACK_REQUIRE_ALL_TESTS=1` is set; CI installs them (`qemu-utils` and `libnbd-bin`) and
 //! sets it, so there they run.
 
+#[macro_use]
 mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 const MIB: usize = 1 << 20;
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-/// Skips the test (returns from it) unless every tool is installed; fails it instead with
-/// `COSTACK_REQUIRE_ALL_TESTS=1`.
-macro_rules! require {
-    ($($tool:expr),+) => {
-        for t in [$($tool),+] {
-            if !have(t) {
-                skip_or_fail(&format!(
-                    "`{t}` is not installed (Debian: qemu-utils / libnbd-bin)"
-                ));
-                return;
-            }
-        }
-    };
-}
-
-/// Kills the child when dropped, so a failing test leaves no process behind.
-struct Reap(Option<Child>);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Runs a tool with a time limit; panics with its output if it fails.
-fn run(tool: &str, args: &[&str]) -> Output {
-    let out = run_unchecked(tool, args);
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn run_unchecked(tool: &str, args: &[&str]) -> Output {
-    let child = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
-    let mut reap = Reap(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let c = reap.0.as_mut().unwrap();
-        if c.try_wait().unwrap().is_some() {
-            return reap.0.take().unwrap().wait_with_output().unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{tool} {args:?} did not finish in 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

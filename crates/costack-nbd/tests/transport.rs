@@ -7,6 +7,7 @@
 //! nbdkit read. A missing tool skips its test, or fails it with `COSTACK_REQUIRE_ALL_TESTS=1`
 //! (CI).
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -19,7 +20,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -566,73 +567,9 @@ fn bad_credentials_are_clear_errors() {
 // ---------------------------------------------------------------------------------------------
 // Real clients
 
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-macro_rules! require {
-    ($($tool:expr),+) => {
-        for t in [$($tool),+] {
-            if !have(t) {
-                skip_or_fail(&format!(
-                    "`{t}` is not installed (Debian: qemu-utils / libnbd-bin)"
-                ));
-                return;
-            }
-        }
-    };
-}
-
-/// Kills the child when dropped.
-struct Reap(Option<Child>);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn run_unchecked(tool: &str, args: &[&str]) -> Output {
-    let child = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
-    let mut reap = Reap(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let c = reap.0.as_mut().unwrap();
-        if c.try_wait().unwrap().is_some() {
-            return reap.0.take().unwrap().wait_with_output().unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{tool} {args:?} did not finish in 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
+/// A tool's standard output; panics with its output if it failed.
 fn run(tool: &str, args: &[&str]) -> String {
-    let out = run_unchecked(tool, args);
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&common::run(tool, args).stdout).into_owned()
 }
 
 fn qemu_tls_object(dir: &TempDir) -> String {

@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The `costack-nbd` binary in a process of its own, killed when dropped (if still running).
 pub struct BinServer {
@@ -603,3 +604,78 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 mod require;
 #[allow(unused_imports)] // not every test binary skips
 pub use require::skip_or_fail;
+
+/// Whether `tool` is installed (it runs with `--version`).
+pub fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Skips the test (returns from it) unless every tool is installed; fails it instead with
+/// `COSTACK_REQUIRE_ALL_TESTS=1`. (The test file declares `#[macro_use] mod common;`.)
+#[allow(unused_macros)]
+macro_rules! require {
+    ($($tool:expr),+) => {
+        for t in [$($tool),+] {
+            if !have(t) {
+                skip_or_fail(&format!(
+                    "`{t}` is not installed (Debian: qemu-utils / libnbd-bin)"
+                ));
+                return;
+            }
+        }
+    };
+}
+
+/// Kills the child when dropped, so a failing test leaves no process behind.
+pub struct Reap(pub Option<Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs a tool (a real client) with a 60 s limit and returns its output, whatever its status.
+pub fn run_unchecked(tool: &str, args: &[&str]) -> Output {
+    let child = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+    let mut reap = Reap(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = reap.0.as_mut().unwrap();
+        if c.try_wait().unwrap().is_some() {
+            return reap.0.take().unwrap().wait_with_output().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{tool} {args:?} did not finish in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// [`run_unchecked`], panicking with the tool's output if it failed.
+pub fn run(tool: &str, args: &[&str]) -> Output {
+    let out = run_unchecked(tool, args);
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
