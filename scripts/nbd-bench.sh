@@ -271,16 +271,6 @@ fi
 # Replace the `## NBD server` section of BENCHMARKS.md (up to the next `## ` heading), or
 # append it; nothing else in the file changes.
 out=$root/BENCHMARKS.md
-touch "$out"
-tmp=$(mktemp)
-SECTION=$section awk '
-    BEGIN { skipping = 0; done = 0; section = ENVIRON["SECTION"] }
-    /^## / {
-        if ($0 == "## NBD server") { skipping = 1; if (!done) { print section; print ""; done = 1 }; next }
-        else if (skipping) skipping = 0
-    }
-    !skipping { print }
-    END { if (!done) { print ""; print section } }
-' "$out" >"$tmp"
-mv "$tmp" "$out"
+source "$root/scripts/common.sh"
+write_section "$out" "## NBD server" "$section"
 echo "== wrote the NBD server section of $out"

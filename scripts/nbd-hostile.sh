@@ -182,16 +182,6 @@ fi
 
 # Replace the section in BENCHMARKS.md (up to the next `## ` heading), or append it.
 out=$root/BENCHMARKS.md
-touch "$out"
-tmp=$(mktemp)
-SECTION=$section awk '
-    BEGIN { skipping = 0; done = 0; section = ENVIRON["SECTION"] }
-    /^## / {
-        if ($0 == "## NBD under hostile clients") { skipping = 1; if (!done) { print section; print ""; done = 1 }; next }
-        else if (skipping) skipping = 0
-    }
-    !skipping { print }
-    END { if (!done) { print ""; print section } }
-' "$out" >"$tmp"
-mv "$tmp" "$out"
+source "$root/scripts/common.sh"
+write_section "$out" "## NBD under hostile clients" "$section"
 echo "== wrote the NBD under hostile clients section of $out"
