@@ -243,3 +243,22 @@ pub fn check_description(text: &str) -> Result<(), String> {
 
 /// Longest description, in bytes (the NBD spec's limit for any string).
 pub const MAX_DESCRIPTION: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client must not learn where the server keeps its files: a file export's default
+    /// description names the kind of store and its size, not the path (it used to be
+    /// "costack-nbd export of PATH").
+    #[test]
+    fn a_file_exports_default_description_does_not_name_its_path() {
+        let dir = std::env::temp_dir().join(format!("costack-nbd-desc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret-disk.img");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let e = Export::file("d", &path, true, WritePath::Inline).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(e.description, "costack-nbd file export, 8192 bytes");
+    }
+}
