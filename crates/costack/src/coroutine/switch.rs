@@ -130,9 +130,9 @@ pub(crate) extern "C" fn coroutine_main(ctx: *mut Context) {
 /// deferred wake-up loop).
 #[inline(always)]
 unsafe fn switch_into<const NESTED: bool>(h: &Header) -> bool {
-    let state = h.state();
-    if state & NOT_ENTERABLE != 0 {
-        cannot_enter(h, state);
+    // Tested in memory (`test byte [h.state], imm`); `cannot_enter` reads it again.
+    if h.state() & NOT_ENTERABLE != 0 {
+        cannot_enter(h);
     }
     // One lookup of the word for the three accesses (on Windows, a TLS index).
     let current = CURRENT.here();
@@ -148,8 +148,13 @@ unsafe fn switch_into<const NESTED: bool>(h: &Header) -> bool {
     unsafe { backend::resume(h.ctx()) };
     #[cfg(feature = "asan")]
     crate::asan::returned(fake);
-    if !(LEAVER_RESTORES && NESTED) {
+    if !NESTED {
         current.write(prev);
+    } else if !LEAVER_RESTORES {
+        // `prev` is `h`'s caller, which nobody changes while `h` is on the chain: reading it
+        // back from the header, rather than keeping `prev` in a register across the switch
+        // (which keeps only two), leaves that register to the enterer's own values.
+        current.write(h.caller());
     } // else the coroutine set it back to `prev`, its caller, as it left
     debug_assert_eq!(current.read(), prev);
     if h.state() == RUNNING {
@@ -185,7 +190,8 @@ fn settle(h: &Header) -> Settled {
 
 #[cold]
 #[inline(never)]
-fn cannot_enter(h: &Header, state: u8) -> ! {
+fn cannot_enter(h: &Header) -> ! {
+    let state = h.state();
     let what = if state & ORPHANED != 0 {
         "the thread is exiting and its thread-locals are being destroyed, so coroutines \
          suspended on it are never resumed (they are leaked)"
