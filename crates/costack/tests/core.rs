@@ -368,6 +368,137 @@ fn a_coroutine_that_catches_the_forced_unwind_still_ends() {
 }
 
 #[test]
+fn a_dropped_coroutine_that_catches_its_unwind_at_every_yield_ends_when_it_lets_go() {
+    panics::forced_unwind_type(); // measured before, not during, the unwind under test
+                                  // (catches, yields that returned normally after the drop began, destructor runs)
+    let seen = Rc::new(Cell::new((0u32, 0u32, 0u32)));
+    struct D(Rc<Cell<(u32, u32, u32)>>);
+    impl Drop for D {
+        fn drop(&mut self) {
+            let (c, r, d) = self.0.get();
+            self.0.set((c, r, d + 1));
+        }
+    }
+    let s = seen.clone();
+    let co = Coroutine::new(move || {
+        let _d = D(s.clone());
+        let me = current().unwrap().id();
+        let mut dropping = false;
+        for _ in 0..3 {
+            match catch_unwind(yield_now) {
+                Ok(()) if dropping => {
+                    let (c, r, d) = s.get();
+                    s.set((c, r + 1, d));
+                }
+                Ok(()) => {}
+                Err(p) => {
+                    assert!(panics::is_forced_unwind(&*p));
+                    // Still this coroutine, running on its own stack.
+                    assert_eq!(current().map(|c| c.id()), Some(me));
+                    dropping = true;
+                    let (c, r, d) = s.get();
+                    s.set((c + 1, r, d));
+                }
+            }
+        }
+        yield_now(); // not caught: the unwind ends the coroutine here
+        unreachable!("a coroutine being dropped never returns from a yield");
+    });
+    assert_eq!(co.enter(), Status::Yielded);
+    assert_eq!(co.enter(), Status::Yielded);
+    drop(co);
+    assert_eq!(
+        seen.get(),
+        (2, 0, 1),
+        "two caught unwinds, no normal return, one drop"
+    );
+    assert!(!in_coroutine(), "the thread is back outside any coroutine");
+}
+
+#[test]
+fn a_coroutine_dropped_inside_another_that_yields_again_while_unwinding_leaves_it_running() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l = log.clone();
+    let outer = Coroutine::new(move || {
+        let l2 = l.clone();
+        let inner = Coroutine::new(move || {
+            if catch_unwind(yield_now).is_err() {
+                l2.borrow_mut().push("inner caught");
+                yield_now(); // back to the dropper, which enters it again to go on unwinding
+            }
+            unreachable!();
+        });
+        let outer_id = current().unwrap().id();
+        assert_eq!(inner.enter(), Status::Yielded);
+        drop(inner);
+        assert_eq!(
+            current().map(|c| c.id()),
+            Some(outer_id),
+            "the dropper is current again"
+        );
+        l.borrow_mut().push("outer yields");
+        yield_now();
+        l.borrow_mut().push("outer resumed");
+        7
+    });
+    assert_eq!(outer.enter(), Status::Yielded);
+    assert_eq!(outer.enter(), Status::Finished(7));
+    assert_eq!(
+        *log.borrow(),
+        ["inner caught", "outer yields", "outer resumed"]
+    );
+}
+
+#[test]
+fn a_dropped_coroutine_woken_by_its_own_wake_up_while_unwinding_ends_once() {
+    // While unwinding, `victim` makes a handle to itself, wakes `helper` and yields again
+    // (caught). Its dropper runs the wake-up: `helper` wakes `victim`, which is entered from
+    // that wake-up loop and ends there; the dropper then finds it finished.
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let me_slot: Rc<RefCell<Option<CoHandle>>> = Rc::default();
+    let (l, m) = (log.clone(), me_slot.clone());
+    let helper = Coroutine::new(move || {
+        yield_now();
+        l.borrow_mut().push("helper runs");
+        let victim = m.borrow_mut().take().unwrap();
+        victim.wake();
+        l.borrow_mut().push("helper woke victim");
+    });
+    assert_eq!(helper.enter(), Status::Yielded);
+    let helper_handle = helper.handle();
+    let (l, m) = (log.clone(), me_slot.clone());
+    struct Logged(Rc<RefCell<Vec<&'static str>>>);
+    impl Drop for Logged {
+        fn drop(&mut self) {
+            self.0.borrow_mut().push("victim dropped its locals");
+        }
+    }
+    let victim = Coroutine::new(move || {
+        let _g = Logged(l.clone());
+        if catch_unwind(yield_now).is_err() {
+            l.borrow_mut().push("victim caught");
+            *m.borrow_mut() = current();
+            helper_handle.wake();
+            yield_now();
+        }
+        unreachable!();
+    });
+    assert_eq!(victim.enter(), Status::Yielded);
+    drop(victim);
+    assert_eq!(
+        *log.borrow(),
+        [
+            "victim caught",
+            "helper runs",
+            "helper woke victim",
+            "victim dropped its locals"
+        ]
+    );
+    assert!(helper.is_finished());
+    assert!(me_slot.borrow().is_none());
+}
+
+#[test]
 fn reentering_itself_panics() {
     let co = Coroutine::new(|| {
         let me = current().unwrap();
