@@ -67,7 +67,8 @@
 //!    returns by unwinding with a private payload, and every guard on the way releases what it
 //!    holds (a lock's waiter leaves the queue, or passes on a lock handed to it). If the
 //!    coroutine catches that unwind and waits again, [`Park::new`] (and every wait built on it)
-//!    continues the unwind: a cancelled coroutine cannot suspend again.
+//!    continues the unwind: a cancelled coroutine's waits never return normally (a plain
+//!    `yield_now` switches to the dropper, which enters it again at once to go on unwinding).
 //! 5. **Panic.** A panic ends the coroutine it happens in and continues in its enterer, with
 //!    the same payload — for a held coroutine, in the coroutine that waited with it. A panic in
 //!    a coroutine woken by the core's deferred wake-ups continues in the enterer that ran the
@@ -174,7 +175,8 @@ impl Park {
 
     /// [`yield_until`](Park::yield_until) for a caller that has just checked that `co` is the
     /// running coroutine (the generator's exchange, on its hot path): no second check. A
-    /// cancelled coroutine still cannot suspend: `yield_now` continues its unwind.
+    /// cancelled coroutine still never gets past it: its `yield_now` continues its unwind (when
+    /// the dropper enters it again).
     ///
     /// # Safety
     /// `co` is the running coroutine.
