@@ -119,13 +119,13 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
 }
 
 /// Suspends the running coroutine (whose context is `ctx`) and returns to its enterer; returns
-/// when the coroutine is entered again.
+/// `ctx` when the coroutine is entered again.
 ///
 /// # Safety
 /// Must be called on the coroutine's own stack, while it runs, with its own `ctx`, whose
 /// `link_sp`/`link_ret` were set by the [`resume`] that entered it.
 #[inline(always)]
-pub(crate) unsafe fn suspend(ctx: *mut Context) {
+pub(crate) unsafe fn suspend(ctx: *mut Context) -> *mut Context {
     // SAFETY: see the function's contract. When we are resumed, x0 holds `ctx` again (the
     // enterer passes it) and x9 our saved sp; every other register holds the enterer's values,
     // so all but sp/x19/x29 are declared clobbered and x19/x29 are reloaded from our stack.
@@ -147,6 +147,7 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
             "ldp x29, x19, [sp], #16",
         );
     }
+    ctx
 }
 
 /// The callee-saved floating-point control state: FPCR.

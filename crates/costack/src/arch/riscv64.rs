@@ -121,13 +121,13 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
 }
 
 /// Suspends the running coroutine (whose context is `ctx`) and returns to its enterer; returns
-/// when the coroutine is entered again.
+/// `ctx` when the coroutine is entered again.
 ///
 /// # Safety
 /// Must be called on the coroutine's own stack, while it runs, with its own `ctx`, whose
 /// `link_sp`/`link_ret` were set by the [`resume`] that entered it.
 #[inline(always)]
-pub(crate) unsafe fn suspend(ctx: *mut Context) {
+pub(crate) unsafe fn suspend(ctx: *mut Context) -> *mut Context {
     // SAFETY: see the function's contract. When we are resumed, a0 holds `ctx` again (the
     // enterer passes it) and t0 our saved sp; every other register holds the enterer's values,
     // so all but sp/s0/s1 are declared clobbered and s0/s1 are reloaded from our stack.
@@ -153,6 +153,7 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
             "addi sp, sp, 16",
         );
     }
+    ctx
 }
 
 /// The floating-point rounding mode (`frm`), saved only with the `fp-state` feature.

@@ -170,13 +170,15 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
 }
 
 /// Suspends the running coroutine (whose context is `ctx`) and returns to its enterer; returns
-/// when the coroutine is entered again.
+/// `ctx` when the coroutine is entered again, as the enterer passed it in `rdi`: the coroutine
+/// need not keep it in a callee-saved register across the switch.
 ///
 /// # Safety
 /// Must be called on the coroutine's own stack, while it runs, with its own `ctx`, whose `link`
 /// was set by the [`resume`] that entered it.
 #[inline(always)]
-pub(crate) unsafe fn suspend(ctx: *mut Context) {
+pub(crate) unsafe fn suspend(ctx: *mut Context) -> *mut Context {
+    let back: *mut Context;
     // SAFETY: see the function's contract. When we are resumed, `rdi` holds `ctx` again (the
     // enterer passes it), `rax` our saved sp; every other register holds the enterer's values, so
     // all but rsp/rbx/rbp are declared clobbered and rbx/rbp are restored from our stack.
@@ -195,11 +197,12 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
             "lea rsp, [rax + 8]",       // onto our stack, dropping the resume address
             "pop rbx",
             "pop rbp",
-            inout("rdi") ctx => _,
+            inout("rdi") ctx => back,
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             clobber_abi("sysv64"),
         );
     }
+    back
 }
 
 #[cfg(feature = "fp-state")]

@@ -212,13 +212,13 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
 }
 
 /// Suspends the running coroutine (whose context is `ctx`) and returns to its enterer; returns
-/// when the coroutine is entered again.
+/// `ctx` when the coroutine is entered again.
 ///
 /// # Safety
 /// Must be called on the coroutine's own stack, while it runs, with its own `ctx`, whose `link`
 /// was set by the [`resume`] that entered it.
 #[inline(always)]
-pub(crate) unsafe fn suspend(ctx: *mut Context) {
+pub(crate) unsafe fn suspend(ctx: *mut Context) -> *mut Context {
     // SAFETY: see the function's contract. When we are resumed, `rdi` holds `ctx` again (the
     // enterer passes it), `rax` our saved sp; every other register holds the enterer's values, so
     // all but rsp/rbx/rbp are declared clobbered and rbx/rbp and our TEB stack fields are
@@ -257,6 +257,7 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
             clobber_abi("win64"),
         );
     }
+    ctx
 }
 
 #[cfg(feature = "fp-state")]

@@ -20,12 +20,13 @@ pub(crate) use cpu::{Context, Entry, INIT_STACK};
 /// Runs `switch`, one half of the CPU's switch, between a save of the floating-point control
 /// state and its restore when the `fp-state` feature asks for them; otherwise just `switch`.
 #[inline(always)]
-fn keeping_fp_state(switch: impl FnOnce()) {
+fn keeping_fp_state<R>(switch: impl FnOnce() -> R) -> R {
     #[cfg(feature = "fp-state")]
     let fp = cpu::FpState::save();
-    switch();
+    let r = switch();
     #[cfg(feature = "fp-state")]
     fp.restore();
+    r
 }
 
 /// Switches from the enterer into the coroutine whose context is `ctx`, and returns when that
@@ -37,17 +38,17 @@ fn keeping_fp_state(switch: impl FnOnce()) {
 #[inline(always)]
 pub(crate) unsafe fn resume(ctx: *mut Context) {
     // SAFETY: the caller keeps the CPU switch's contract, which is this function's.
-    keeping_fp_state(|| unsafe { cpu::resume(ctx) });
+    keeping_fp_state(|| unsafe { cpu::resume(ctx) })
 }
 
 /// Suspends the running coroutine (whose context is `ctx`) and returns to its enterer; returns
-/// when the coroutine is entered again.
+/// `ctx` when the coroutine is entered again.
 ///
 /// # Safety
 /// As the CPU's `suspend`: on the coroutine's own stack, while it runs, with its own `ctx`,
 /// entered by [`resume`].
 #[inline(always)]
-pub(crate) unsafe fn suspend(ctx: *mut Context) {
+pub(crate) unsafe fn suspend(ctx: *mut Context) -> *mut Context {
     // SAFETY: the caller keeps the CPU switch's contract, which is this function's.
-    keeping_fp_state(|| unsafe { cpu::suspend(ctx) });
+    keeping_fp_state(|| unsafe { cpu::suspend(ctx) })
 }

@@ -217,12 +217,13 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
     }
 }
 
-/// Switches from the running coroutine back to its enterer; returns when entered again.
+/// Switches from the running coroutine back to its enterer; returns `ctx` when entered again.
 ///
 /// # Safety
 /// Must run on the coroutine's own fiber, with its own `ctx`, entered by [`resume`].
 #[inline]
-pub(crate) unsafe fn suspend(ctx: *mut Context) {
+pub(crate) unsafe fn suspend(ctx: *mut Context) -> *mut Context {
     // SAFETY: `link` is the fiber of the enterer, waiting in `resume`.
     keeping_fp_state(|| unsafe { SwitchToFiber((*ctx).link) });
+    ctx
 }

@@ -12,8 +12,9 @@
 //!   check the stack is large enough.
 //! * `resume(ctx)` switches from the enterer into the coroutine, returning when it yields or
 //!   finishes.
-//! * `suspend(ctx)` switches from the running coroutine back to its enterer, returning when it is
-//!   entered again.
+//! * `suspend(ctx)` switches from the running coroutine back to its enterer, returning `ctx`
+//!   when it is entered again (the x86_64 Linux switch hands it back in the register the
+//!   enterer passed it in, so the coroutine need not keep it across the switch).
 //!
 //! `asm` is the default on x86_64 (Linux and Windows), aarch64 and riscv64: hand-written
 //! assembly that saves only callee-saved state. The portable ones are the yardsticks:

@@ -158,12 +158,12 @@ pub(crate) unsafe fn resume(ctx: *mut Context) {
     }
 }
 
-/// Switches from the running coroutine back to its enterer; returns when entered again.
+/// Switches from the running coroutine back to its enterer; returns `ctx` when entered again.
 ///
 /// # Safety
 /// Must run on the coroutine's own stack, with its own `ctx`, entered by [`resume`].
 #[inline(never)]
-pub(crate) unsafe fn suspend(ctx: *mut Context) {
+pub(crate) unsafe fn suspend(ctx: *mut Context) -> *mut Context {
     let mut me = MaybeUninit::<ucontext_t>::uninit();
     // SAFETY: `link` points at the enterer's context in the frame of the `resume` that entered
     // us, which waits for this switch; `me` stays in this frame, which lasts until we are
@@ -172,4 +172,5 @@ pub(crate) unsafe fn suspend(ctx: *mut Context) {
         (*ctx).co = me.as_mut_ptr();
         swapcontext(me.as_mut_ptr(), (*ctx).link);
     }
+    ctx
 }

@@ -353,7 +353,11 @@ fn suspend_running<const PARK: bool>() {
         current.write(h.caller());
     }
     // SAFETY: we run on `h`'s stack (it was CURRENT) and were entered by a resume on its ctx.
-    unsafe { backend::suspend(h.ctx()) };
+    let back = unsafe { backend::suspend(h.ctx()) };
+    // SAFETY: `suspend` returns the context it was given, the first field of our `#[repr(C)]`
+    // header, which our enterer keeps alive while we run. Using it, rather than `h`, lets the
+    // compiler forget `h` across the switch (on x86_64 it comes back in a register).
+    let h = unsafe { &*(back as *const Header) };
     #[cfg(feature = "asan")]
     h.asan().arrived();
     // Entered again by its dropper: go on unwinding (also when it was being dropped already
