@@ -204,6 +204,31 @@ fn pool_is_bounded_and_trimmable() {
 }
 
 #[test]
+fn pool_bound_holds_when_its_list_has_room() {
+    // Warm the pool's list so that it has spare room, then lower the bound below what it
+    // holds: the freed stacks must be unmapped, not pushed into the room left.
+    pool::trim();
+    pool::set_capacity(8);
+    let cos: Vec<_> = (0..8).map(|i| Coroutine::new(move || i)).collect();
+    for co in &cos {
+        assert!(co.enter().is_finished());
+    }
+    drop(cos);
+    assert_eq!(pool::len(), 8);
+    pool::set_capacity(3);
+    assert_eq!(pool::len(), 3);
+    let cos: Vec<_> = (0..5).map(|i| Coroutine::new(move || i)).collect();
+    assert_eq!(pool::len(), 0);
+    drop(cos);
+    assert_eq!(pool::len(), 3);
+    pool::set_capacity(0);
+    assert_eq!(pool::len(), 0);
+    drop(Coroutine::new(|| ()));
+    assert_eq!(pool::len(), 0, "capacity 0 turns pooling off");
+    pool::set_capacity(pool::DEFAULT_CAPACITY);
+}
+
+#[test]
 fn panic_continues_in_the_enterer_with_its_payload() {
     #[derive(Debug, PartialEq)]
     struct Boom(u32);

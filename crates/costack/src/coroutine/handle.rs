@@ -317,6 +317,7 @@ unsafe fn release(h: NonNull<Header>) {
     /// Hands the stack to the pool when dropped, also if a destructor below panics.
     struct ToPool(NonNull<Header>);
     impl Drop for ToPool {
+        #[inline]
         fn drop(&mut self) {
             // SAFETY: the coroutine is freed: nothing refers to its control block any more.
             unsafe { pool::put(self.0) }
