@@ -401,6 +401,14 @@ impl Header {
         unsafe { (*self.driver.get()).clone() }
     }
 
+    /// Whether the coroutine has a driver: a load, no clone.
+    #[inline(always)]
+    pub(crate) fn has_driver(&self) -> bool {
+        // SAFETY: single-threaded, and no reference into the slot outlives this read (see
+        // `driver`).
+        unsafe { (*self.driver.get()).is_some() }
+    }
+
     /// Puts `driver` in the slot and returns the old one, for the caller to drop.
     pub(crate) fn replace_driver(&self, driver: Option<Rc<dyn Driver>>) -> Option<Rc<dyn Driver>> {
         // SAFETY: single-threaded; no reference into the slot is held across this (readers
