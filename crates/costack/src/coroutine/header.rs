@@ -323,6 +323,7 @@ impl Header {
     /// # Safety
     /// Nothing refers to the header any more, and this is called once, before the stack (on
     /// which the slot lives) goes back to the pool.
+    #[inline]
     pub(crate) unsafe fn drop_contents(&self) {
         // SAFETY: per the contract; the name is read once and the slot holds a valid closure
         // (READY) or result (`has_result`), dropped once.
