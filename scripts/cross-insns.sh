@@ -66,7 +66,7 @@ count() {
   echo "$arch $label $impl: $per" >&2
 }
 
-shapes=(costack costack-create costack-handoff costack-generator)
+shapes=(costack costack-create costack-cost costack-handoff costack-generator)
 for arch in x86_64 aarch64 riscv64; do
   asm=$(build "$arch" "")
   uc=$(build "$arch" ucontext)
@@ -142,6 +142,7 @@ cost far more in the kernel than these counts show. The callgrind table above co
 | round trip, \`ucontext\` backend | $(value x86_64 x86_64-ucontext costack) | $(value aarch64 aarch64-ucontext costack) | $(value riscv64 riscv64-ucontext costack) |
 | round trip, corosensei | $(value x86_64 x86_64-corosensei corosensei) | $(value aarch64 aarch64-corosensei corosensei) | $(value riscv64 riscv64-corosensei corosensei) |
 | create + run + drop, pooled (\`asm\`) | $(value x86_64 x86_64-asm costack-create) | $(value aarch64 aarch64-asm costack-create) | $(value riscv64 riscv64-asm costack-create) |
+| create, enter, yield, enter, end (QEMU's /perf/cost), pooled (\`asm\`) | $(value x86_64 x86_64-asm costack-cost) | $(value aarch64 aarch64-asm costack-cost) | $(value riscv64 riscv64-asm costack-cost) |
 | \`CoMutex\` hand-off (\`asm\`) | $(value x86_64 x86_64-asm costack-handoff) | $(value aarch64 aarch64-asm costack-handoff) | $(value riscv64 riscv64-asm costack-handoff) |
 | generator, one value (\`asm\`) | $(value x86_64 x86_64-asm costack-generator) | $(value aarch64 aarch64-asm costack-generator) | $(value riscv64 riscv64-asm costack-generator) |
 

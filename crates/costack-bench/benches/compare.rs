@@ -220,6 +220,51 @@ fn create_pooled(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------------------
+// cost: QEMU's /perf/cost shape
+
+/// QEMU's `/perf/cost` test: create a coroutine, enter it, it yields, enter it
+/// again, it ends. costack takes its stack from the pool; corosensei reuses
+/// one stack through `ScopedCoroutine`.
+fn cost(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cost");
+    g.throughput(Throughput::Elements(1));
+
+    g.bench_function(COSTACK, |b| {
+        b.iter(|| {
+            let co = costack::Coroutine::new(|| {
+                costack::yield_now();
+                black_box(1u64)
+            });
+            assert!(co.enter() == costack::Status::Yielded);
+            match co.enter() {
+                costack::Status::Finished(v) => v,
+                costack::Status::Yielded => unreachable!(),
+            }
+        });
+    });
+
+    g.bench_function(COROSENSEI, |b| {
+        let mut stack = DefaultStack::default();
+        b.iter(|| {
+            let co =
+                ScopedCoroutine::with_stack(&mut stack, |y: &corosensei::Yielder<(), ()>, ()| {
+                    y.suspend(());
+                    black_box(1u64)
+                });
+            co.scope(|mut co| {
+                assert!(matches!(co.resume(()), CoroutineResult::Yield(())));
+                match co.resume(()) {
+                    CoroutineResult::Return(v) => v,
+                    CoroutineResult::Yield(()) => unreachable!(),
+                }
+            })
+        });
+    });
+
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------
 // create_fresh
 
 /// Sets this thread's costack pool bound (`capacity`) and how many pooled
@@ -627,6 +672,6 @@ fn bridge(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = roundtrip, create_pooled, create_fresh, nesting, generator_iter, comutex, bridge
+    targets = roundtrip, create_pooled, cost, create_fresh, nesting, generator_iter, comutex, bridge
 }
 criterion_main!(benches);

@@ -81,6 +81,13 @@ pub const GROUPS: &[Group] = &[
         ],
     },
     Group {
+        name: "cost",
+        operation: "create + enter + yield + enter to completion + drop, stack reused \
+                    (QEMU's /perf/cost)",
+        ops_per_iteration: 1,
+        functions: &[COSTACK_ASM, COSTACK_UCONTEXT, COROSENSEI],
+    },
+    Group {
         name: "create_fresh",
         operation: "create with a fresh 1 MiB mmap'd stack + run + drop",
         ops_per_iteration: 1,

@@ -155,6 +155,37 @@ pub(crate) fn take(size: usize) -> Option<NonNull<Header>> {
 /// `stack` field is still meaningful.
 #[inline]
 pub(crate) unsafe fn put(h: NonNull<Header>) {
+    // The common case first, small enough to inline into the release of a coroutine: a
+    // default-size stack into a pool below its watermark (it keeps its memory), with room in
+    // its list already (no allocation). The rest — other sizes, the watermark's `madvise`, the
+    // pool full or gone, painting for `stack-usage` — is out of line.
+    #[cfg(not(costack_stack_usage))]
+    if let Ok(p) = POOL.try_with(|p| p.get()) {
+        // SAFETY: as in `with_pool`: thread-local, and nothing else runs while we hold it.
+        let p = unsafe { &mut *p };
+        // SAFETY: per the contract the `stack` field is valid.
+        let size = unsafe { h.as_ref().stack_ref().size() };
+        if size == crate::DEFAULT_STACK_SIZE
+            && p.len < p.watermark
+            && p.len < p.capacity
+            && p.default.len() < p.default.capacity()
+        {
+            p.default.push(h);
+            p.len += 1;
+            return;
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { put_slow(h) }
+}
+
+/// [`put`] for everything but its common case.
+///
+/// # Safety
+/// As for [`put`].
+#[cold]
+#[inline(never)]
+unsafe fn put_slow(h: NonNull<Header>) {
     // SAFETY: per the contract the `stack` field is valid.
     let stack = unsafe { h.as_ref().stack_ref() };
     let size = stack.size();

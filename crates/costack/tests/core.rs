@@ -204,6 +204,55 @@ fn pool_is_bounded_and_trimmable() {
 }
 
 #[test]
+fn try_new_creates_on_the_default_stack() {
+    let co = Coroutine::try_new(|| 5u32).expect("a default stack");
+    assert_eq!(co.stack_size(), costack::DEFAULT_STACK_SIZE);
+    assert_eq!(co.name(), None);
+    assert_eq!(co.enter(), Status::Finished(5));
+}
+
+#[test]
+fn a_closure_too_big_for_its_stack_panics_naming_both_sizes() {
+    let big = [7u8; 9000];
+    let r = catch_unwind(|| Builder::new().stack_size(16 * 1024).create(move || big[0]));
+    let payload = r.expect_err("a 9000-byte closure does not fit in half of 16 KiB");
+    let msg = payload
+        .downcast_ref::<String>()
+        .expect("a formatted message");
+    // The size named is the stack's, rounded up to whole pages (16384 with 4 or 16 KiB pages).
+    assert!(
+        msg.ends_with("-byte stack; box it or use a larger stack"),
+        "{msg}"
+    );
+    assert!(msg.starts_with("costack: a coroutine closure or result of 9000 bytes"));
+}
+
+#[test]
+fn pool_bound_holds_when_its_list_has_room() {
+    // Warm the pool's list so that it has spare room, then lower the bound below what it
+    // holds: the freed stacks must be unmapped, not pushed into the room left.
+    pool::trim();
+    pool::set_capacity(8);
+    let cos: Vec<_> = (0..8).map(|i| Coroutine::new(move || i)).collect();
+    for co in &cos {
+        assert!(co.enter().is_finished());
+    }
+    drop(cos);
+    assert_eq!(pool::len(), 8);
+    pool::set_capacity(3);
+    assert_eq!(pool::len(), 3);
+    let cos: Vec<_> = (0..5).map(|i| Coroutine::new(move || i)).collect();
+    assert_eq!(pool::len(), 0);
+    drop(cos);
+    assert_eq!(pool::len(), 3);
+    pool::set_capacity(0);
+    assert_eq!(pool::len(), 0);
+    drop(Coroutine::new(|| ()));
+    assert_eq!(pool::len(), 0, "capacity 0 turns pooling off");
+    pool::set_capacity(pool::DEFAULT_CAPACITY);
+}
+
+#[test]
 fn panic_continues_in_the_enterer_with_its_payload() {
     #[derive(Debug, PartialEq)]
     struct Boom(u32);

@@ -9,7 +9,10 @@
 //!
 //! Other shapes, counted the same way (costack only): `costack-create` (create a
 //! coroutine on a pooled stack, enter it until it finishes, drop it),
-//! `costack-handoff` (a `CoMutex` handed back and forth between two coroutines; N
+//! `costack-cost` (QEMU's `/perf/cost` shape: create on a pooled stack, enter, the
+//! coroutine yields, enter again, it ends, drop), `costack-nesting` (a chain of
+//! 1000 coroutines, each created and entered by the one before; N coroutines in
+//! all), `costack-handoff` (a `CoMutex` handed back and forth between two coroutines; N
 //! hand-offs) and `costack-generator` (N values out of a generator).
 
 use std::cell::Cell;
@@ -61,6 +64,41 @@ fn costack_creates(n: u64) {
     for i in 0..n {
         let co = costack::Coroutine::new(move || black_box(i));
         let _ = black_box(co.enter());
+    }
+}
+
+/// Create (pooled), enter, yield, enter to the end, drop — QEMU's `/perf/cost`.
+fn costack_cost(n: u64) {
+    for i in 0..n {
+        let co = costack::Coroutine::new(move || {
+            costack::yield_now();
+            black_box(i)
+        });
+        assert!(co.enter() == costack::Status::Yielded);
+        let _ = black_box(co.enter());
+    }
+}
+
+/// One coroutine of a nesting chain: creates and enters the next until `depth` is reached
+/// (the `nesting_1000` shape).
+fn costack_chain(depth: u64) -> u64 {
+    if depth == 0 {
+        return 0;
+    }
+    let co = costack::Coroutine::new(move || costack_chain(depth - 1));
+    match co.enter() {
+        costack::Status::Finished(d) => d + 1,
+        costack::Status::Yielded => unreachable!("the chain does not yield"),
+    }
+}
+
+/// Chains of 1000 nested coroutines, `n` coroutines in all (`n` rounded down to a multiple
+/// of 1000). The pool holds a whole chain, as in the benchmark.
+fn costack_nesting(n: u64) {
+    costack::pool::set_capacity(1000);
+    costack::pool::set_watermark(1000);
+    for _ in 0..n / 1000 {
+        assert_eq!(black_box(costack_chain(1000)), 1000);
     }
 }
 
@@ -134,6 +172,14 @@ fn main() -> ExitCode {
             costack_creates(n);
             "costack-create"
         }
+        "costack-cost" => {
+            costack_cost(n);
+            "costack-cost"
+        }
+        "costack-nesting" => {
+            costack_nesting(n);
+            "costack-nesting"
+        }
         "costack-handoff" => {
             costack_handoffs(n);
             "costack-handoff"
@@ -145,7 +191,8 @@ fn main() -> ExitCode {
         other => {
             eprintln!(
                 "switch_count: unknown implementation {other:?} (costack, corosensei, \
-                 costack-create, costack-handoff or costack-generator)"
+                 costack-create, costack-cost, costack-nesting, costack-handoff or \
+                 costack-generator)"
             );
             return ExitCode::from(2);
         }

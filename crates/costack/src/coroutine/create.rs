@@ -90,7 +90,7 @@ impl Builder {
     {
         match self.try_create(f) {
             Ok(co) => co,
-            Err(e) => panic!("costack: {e}"),
+            Err(e) => no_stack(e),
         }
     }
 
@@ -103,47 +103,82 @@ impl Builder {
         F: FnOnce() -> R + 'static,
         R: 'static,
     {
-        let size = round_stack_size(self.stack_size);
-        let slot_size = size_of::<F>().max(size_of::<R>());
-        let slot_align = align_of::<F>().max(align_of::<R>()).max(16);
-        let needed =
-            size_of::<Header>() + 64 + slot_size + slot_align + INIT_STACK + MIN_FREE_STACK;
-        if slot_size > size / 2 || needed > size {
-            panic!(
-                "costack: a coroutine closure or result of {slot_size} bytes does not fit in a \
-                 {size}-byte stack; box it or use a larger stack"
-            );
-        }
-        let hdr = match pool::take(size) {
-            Some(h) => h.as_ptr(),
-            None => {
-                let stack = fresh_stack(size).map_err(|e| *e)?;
-                let hdr = Header::location(&stack);
-                // SAFETY: `hdr` is the control-block location of this stack.
-                unsafe { Header::own_stack(hdr, stack) };
-                hdr
-            }
-        };
-        // SAFETY: `hdr` is the control-block location of an unused stack whose `stack` field is
-        // set; the layout leaves the header, slot and MIN_FREE_STACK bytes inside it (checked
-        // above).
-        let h = unsafe {
-            Header::init::<F, R>(
-                hdr,
-                coroutine_main,
-                f,
-                next_id(),
-                self.name,
-                slot_size,
-                slot_align,
-            )
-        };
-        Ok(Coroutine {
-            // SAFETY: the new coroutine's one reference is the handle's.
-            handle: unsafe { CoHandle::adopt(h) },
-            _result: PhantomData,
-        })
+        create_with(self.stack_size, self.name, f)
     }
+}
+
+/// Creates a coroutine with a stack of `stack_size` bytes (rounded as [`Stack::new`] does) and
+/// `name`: [`Builder::try_create`], and [`Coroutine::new`] without a `Builder`.
+///
+/// Inlined, so that [`Coroutine::new`]'s constant size and absent name fold away its checks
+/// and rounding, and its registers are its caller's: the body is a pool pop and the header's
+/// stores.
+///
+/// # Panics
+/// If the closure or its result does not fit in half the stack.
+#[inline(always)]
+fn create_with<F, R>(
+    stack_size: usize,
+    name: Option<Box<str>>,
+    f: F,
+) -> Result<Coroutine<R>, StackError>
+where
+    F: FnOnce() -> R + 'static,
+    R: 'static,
+{
+    let size = round_stack_size(stack_size);
+    let slot_size = size_of::<F>().max(size_of::<R>());
+    let slot_align = align_of::<F>().max(align_of::<R>()).max(16);
+    let needed = size_of::<Header>() + 64 + slot_size + slot_align + INIT_STACK + MIN_FREE_STACK;
+    if slot_size > size / 2 || needed > size {
+        too_big(slot_size, size);
+    }
+    let hdr = match pool::take(size) {
+        Some(h) => h.as_ptr(),
+        None => {
+            let stack = fresh_stack(size).map_err(|e| *e)?;
+            let hdr = Header::location(&stack);
+            // SAFETY: `hdr` is the control-block location of this stack.
+            unsafe { Header::own_stack(hdr, stack) };
+            hdr
+        }
+    };
+    // SAFETY: `hdr` is the control-block location of an unused stack whose `stack` field is
+    // set; the layout leaves the header, slot and MIN_FREE_STACK bytes inside it (checked
+    // above).
+    let h = unsafe {
+        Header::init::<F, R>(
+            hdr,
+            coroutine_main,
+            f,
+            next_id(),
+            name,
+            slot_size,
+            slot_align,
+        )
+    };
+    Ok(Coroutine {
+        // SAFETY: the new coroutine's one reference is the handle's.
+        handle: unsafe { CoHandle::adopt(h) },
+        _result: PhantomData,
+    })
+}
+
+/// The panic when a closure or its result does not fit in the stack.
+#[cold]
+#[inline(never)]
+fn too_big(slot_size: usize, size: usize) -> ! {
+    panic!(
+        "costack: a coroutine closure or result of {slot_size} bytes does not fit in a \
+         {size}-byte stack; box it or use a larger stack"
+    )
+}
+
+/// The panic of [`Builder::create`] and [`Coroutine::new`] when no stack can be mapped.
+#[cold]
+#[inline(never)]
+fn no_stack(e: StackError) -> ! {
+    panic!("costack: {e}")
 }
 
 /// The next coroutine id of this thread. Before the thread's first, makes sure a stack overflow
@@ -218,7 +253,10 @@ impl<R: 'static> Coroutine<R> {
     where
         F: FnOnce() -> R + 'static,
     {
-        Builder::new().create(f)
+        match create_with(DEFAULT_STACK_SIZE, None, f) {
+            Ok(co) => co,
+            Err(e) => no_stack(e),
+        }
     }
 
     /// Creates a coroutine, or says which limit (memory, `vm.max_map_count`) stopped it.
@@ -227,7 +265,7 @@ impl<R: 'static> Coroutine<R> {
     where
         F: FnOnce() -> R + 'static,
     {
-        Builder::new().try_create(f)
+        create_with(DEFAULT_STACK_SIZE, None, f)
     }
 
     /// Enters the coroutine: it runs on its own stack until it yields or returns.

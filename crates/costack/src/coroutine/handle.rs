@@ -262,12 +262,31 @@ impl fmt::Debug for CoHandle {
 }
 
 impl Drop for CoHandle {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         if self.header().decref() == 0 {
             // SAFETY: that was the last reference.
-            unsafe { release(self.header_ptr()) };
+            unsafe { drop_last(self.header_ptr()) };
         }
+    }
+}
+
+/// The drop of a coroutine's last handle: frees it at once if it is settled (finished or never
+/// entered, the common case), else [`release`] unwinds or leaks it first. Out of line, so that
+/// dropping one of several handles stays a decrement and a test wherever it is inlined.
+///
+/// # Safety
+/// `h` is live and has no references left.
+#[inline(never)]
+unsafe fn drop_last(h: NonNull<Header>) {
+    // SAFETY: per the contract, the header is live.
+    let state = unsafe { h.as_ref() }.state();
+    if state == FINISHED || state == READY {
+        // SAFETY: no references left, and the coroutine is settled.
+        unsafe { free(h) };
+    } else {
+        // SAFETY: forwarded contract.
+        unsafe { release(h) };
     }
 }
 
@@ -276,7 +295,7 @@ impl Drop for CoHandle {
 ///
 /// # Safety
 /// `h` is live and has no references left.
-#[inline]
+#[inline(never)]
 unsafe fn release(h: NonNull<Header>) {
     // SAFETY: per the contract, the header is live.
     let hr = unsafe { h.as_ref() };
@@ -306,6 +325,24 @@ unsafe fn release(h: NonNull<Header>) {
         }
         _ => abort_with("a running coroutine lost its last handle"),
     }
+    // SAFETY: settled (finished or never entered), no references left.
+    unsafe { free(h) };
+    if let Some(p) = panic {
+        resume_unwind(p);
+    }
+}
+
+/// Frees a settled coroutine whose last reference is gone: drops its closure or unclaimed
+/// result and gives its stack back to the pool. Inlined into [`drop_last`], where a finished
+/// or never-entered coroutine, the common case, goes straight here; [`release`] (out of line)
+/// first unwinds a suspended one.
+///
+/// # Safety
+/// `h` is live, finished or never entered, and has no references left.
+#[inline(always)]
+unsafe fn free(h: NonNull<Header>) {
+    // SAFETY: per the contract, the header is live.
+    let hr = unsafe { h.as_ref() };
     hr.unlink_live();
     #[cfg(costack_stack_usage)]
     pool::note_stack_used(hr.stack_ref().used());
@@ -317,6 +354,7 @@ unsafe fn release(h: NonNull<Header>) {
     /// Hands the stack to the pool when dropped, also if a destructor below panics.
     struct ToPool(NonNull<Header>);
     impl Drop for ToPool {
+        #[inline]
         fn drop(&mut self) {
             // SAFETY: the coroutine is freed: nothing refers to its control block any more.
             unsafe { pool::put(self.0) }
@@ -328,9 +366,6 @@ unsafe fn release(h: NonNull<Header>) {
     unsafe { hr.drop_contents() };
     drop(_to_pool);
     drop(driver);
-    if let Some(p) = panic {
-        resume_unwind(p);
-    }
 }
 
 /// Gives up a suspended coroutine whose thread is exiting: it is neither resumed nor unwound,

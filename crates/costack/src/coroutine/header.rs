@@ -323,6 +323,7 @@ impl Header {
     /// # Safety
     /// Nothing refers to the header any more, and this is called once, before the stack (on
     /// which the slot lives) goes back to the pool.
+    #[inline]
     pub(crate) unsafe fn drop_contents(&self) {
         // SAFETY: per the contract; the name is read once and the slot holds a valid closure
         // (READY) or result (`has_result`), dropped once.
@@ -399,6 +400,14 @@ impl Header {
         // SAFETY: single-threaded; the slot is only replaced by `replace_driver` and
         // `take_driver`, and no reference into it outlives this clone.
         unsafe { (*self.driver.get()).clone() }
+    }
+
+    /// Whether the coroutine has a driver: a load, no clone.
+    #[inline(always)]
+    pub(crate) fn has_driver(&self) -> bool {
+        // SAFETY: single-threaded, and no reference into the slot outlives this read (see
+        // `driver`).
+        unsafe { (*self.driver.get()).is_some() }
     }
 
     /// Puts `driver` in the slot and returns the old one, for the caller to drop.

@@ -35,22 +35,38 @@ pub(crate) unsafe fn wake_routed(h: NonNull<Header>) -> Option<CoHandle> {
     if s & NOT_ENTERABLE != 0 {
         return None;
     }
-    // SAFETY: live (above). The driver is cloned out of its slot at once, so that its `wake`
-    // may replace it (`set_driver`) without invalidating a reference of ours.
-    if let Some(d) = unsafe { t.as_ref() }.driver() {
-        // SAFETY: live; the handle takes its own reference.
-        d.wake(&unsafe { CoHandle::from_header(t) });
-        return None;
-    }
     let cur = current_header();
-    if cur.is_null() {
-        // SAFETY: live; the handle takes its own reference.
-        return Some(unsafe { CoHandle::from_header(t) });
+    // SAFETY: live (above).
+    if cur.is_null() || unsafe { t.as_ref() }.has_driver() {
+        // SAFETY: live (above).
+        return unsafe { wake_driven_or_outside(t) };
     }
     // SAFETY: `cur` is the running coroutine; `t` is live and idle (checked above), and nothing
     // ran since.
     unsafe { enqueue_wakeup(&*cur, t) };
     None
+}
+
+/// [`wake_routed`] of an idle root `t` that has a driver, or is woken outside any coroutine:
+/// out of line, so that the common case, a deferred wake-up queued behind the running
+/// coroutine, keeps few registers (a lock's hand-off inlines it).
+///
+/// # Safety
+/// `t` is a live, idle coroutine of this thread (the root of its chain).
+#[cold]
+#[inline(never)]
+unsafe fn wake_driven_or_outside(t: NonNull<Header>) -> Option<CoHandle> {
+    // SAFETY: live per the contract. The driver is cloned out of its slot at once, so that
+    // its `wake` may replace it (`set_driver`) without invalidating a reference of ours.
+    if let Some(d) = unsafe { t.as_ref() }.driver() {
+        // SAFETY: live; the handle takes its own reference.
+        d.wake(&unsafe { CoHandle::from_header(t) });
+        return None;
+    }
+    // No driver, so we run outside any coroutine: the caller enters it now.
+    debug_assert!(current_header().is_null());
+    // SAFETY: live; the handle takes its own reference.
+    Some(unsafe { CoHandle::from_header(t) })
 }
 
 /// Appends the idle coroutine `h` to `cur`'s deferred wake-up queue, which takes a strong

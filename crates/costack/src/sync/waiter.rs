@@ -53,7 +53,7 @@
 //! May import: `coroutine::{header, wake}` and `park`. Every lock of `sync` imports it; it imports
 //! none of them.
 
-use crate::coroutine::header::Header;
+use crate::coroutine::header::{CoHandle, Header};
 use crate::coroutine::wake::wake_routed;
 use crate::park::Park;
 use std::any::Any;
@@ -339,11 +339,17 @@ impl Wakeups {
     #[inline]
     unsafe fn wake(&mut self, co: NonNull<Header>) {
         // SAFETY: live per the contract.
-        let Some(co) = (unsafe { wake_routed(co) }) else {
-            return;
-        };
-        // Outside any coroutine, with no driver: entered now. Dropping `co` inside may free
-        // the coroutine (unwinding it), which can panic too.
+        if let Some(co) = unsafe { wake_routed(co) } {
+            self.enter_now(co);
+        }
+    }
+
+    /// Outside any coroutine, with no driver: enters `co` now. Out of line, so that the common
+    /// case (a deferred wake-up inside a coroutine) saves no registers for it.
+    #[cold]
+    #[inline(never)]
+    fn enter_now(&mut self, co: CoHandle) {
+        // Dropping `co` inside may free the coroutine (unwinding it), which can panic too.
         let r = catch_unwind(AssertUnwindSafe(move || {
             let _ = co.enter();
             drop(co);
