@@ -14,6 +14,7 @@ use crate::uring::Uring;
 use costack::DEFAULT_STACK_SIZE;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Loop ids: unique in the process, never reused, so a registration or a waker that outlives
 /// its loop can tell that it did.
@@ -38,6 +39,7 @@ impl EventLoop {
             blocking_threads: 64,
             events: 1024,
             io_uring: None,
+            poll_max: Duration::ZERO,
         }
     }
 }
@@ -55,6 +57,7 @@ pub struct LoopBuilder {
     blocking_threads: usize,
     events: usize,
     io_uring: Option<bool>,
+    poll_max: Duration,
 }
 
 impl LoopBuilder {
@@ -97,6 +100,31 @@ impl LoopBuilder {
         self
     }
 
+    /// Adaptive polling: before the loop sleeps in the kernel, it polls for new events for up
+    /// to a self-tuning window of at most `max` (default zero: off), as QEMU's `AioContext`
+    /// does with its iothreads' `poll-max-ns`. Changed later with
+    /// [`EventLoop::set_poll_max`], where the rules are explained.
+    ///
+    /// **Cost**: while it polls, the loop's thread keeps its CPU busy (up to `max` per wait,
+    /// as long as events keep arriving within `max`) instead of sleeping. That buys latency —
+    /// an event found by polling skips the sleep and the wake-up in the kernel, several
+    /// microseconds each — only when the loop has a CPU to itself; on a CPU shared with the
+    /// threads that produce its events (a client on the same machine, other loops), polling
+    /// takes their time. Leave it off unless there are more CPUs than busy threads.
+    ///
+    /// ```
+    /// use costack_aio::EventLoop;
+    /// use std::time::Duration;
+    ///
+    /// let lp = EventLoop::builder().poll_max(Duration::from_micros(32)).build().unwrap();
+    /// assert_eq!(lp.poll_max(), Duration::from_micros(32));
+    /// assert_eq!(lp.poll_window(), Duration::ZERO); // it grows with short waits
+    /// ```
+    pub fn poll_max(mut self, max: Duration) -> LoopBuilder {
+        self.poll_max = max;
+        self
+    }
+
     /// Creates the loop and makes it this thread's loop.
     ///
     /// # Errors
@@ -128,6 +156,7 @@ impl LoopBuilder {
             blocking_threads: self.blocking_threads,
             io_uring_error,
             uring,
+            poll_max: self.poll_max,
         });
         set_current(&inner);
         Ok(EventLoop::from_inner(inner))

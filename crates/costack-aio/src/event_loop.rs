@@ -12,6 +12,7 @@ use crate::task::{spawn_on, JoinHandle, TaskBuilder};
 use std::fmt;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::rc::Rc;
+use std::time::Duration;
 
 /// An event loop: runs coroutines (tasks) and resumes them when what they wait for is ready.
 ///
@@ -141,6 +142,68 @@ impl EventLoop {
             panic!("costack-aio: EventLoop::poll cannot be called from inside a coroutine");
         }
         self.inner.poll(blocking)
+    }
+
+    /// Sets the limit of adaptive polling (zero turns it off; the default, unless
+    /// [`LoopBuilder::poll_max`](crate::LoopBuilder::poll_max) said otherwise). It can be
+    /// changed at any time, also from a task of the loop; the window is clamped to the new
+    /// limit at once.
+    ///
+    /// When the loop has nothing to run and would sleep in the kernel until an event or its
+    /// next timer, it first polls — looks at the io_uring completion queue (no system call)
+    /// and the epoll set (an `epoll_wait` with a zero timeout, one system call) again and
+    /// again — for the current window, never past the next timer. If that finds an event, the
+    /// loop goes on without sleeping. The window tunes itself after each such wait, as QEMU's
+    /// does (`poll-max-ns` with the default `poll-grow` and `poll-shrink`):
+    ///
+    /// * the event came within the window: the window stays;
+    /// * it came later, but within `max`: the window doubles (starting at 4 µs), up to `max`;
+    /// * it came later than `max` (or the timer fired after more than `max`): polling could not
+    ///   have helped, and the window drops to zero until short waits make it grow again.
+    ///
+    /// So an idle loop stops polling after its first long wait, and a loop whose events come
+    /// in quick succession (a client waiting for each reply) polls for about the gap between
+    /// them. The cost is CPU time: see [`LoopBuilder::poll_max`](crate::LoopBuilder::poll_max)
+    /// for when it pays.
+    ///
+    /// ```
+    /// use costack_aio::EventLoop;
+    /// use std::time::Duration;
+    ///
+    /// let lp = EventLoop::new();
+    /// assert_eq!(lp.poll_max(), Duration::ZERO); // off by default
+    /// lp.set_poll_max(Duration::from_secs(1));
+    /// lp.block_on(|| {
+    ///     // Waits of 1 ms (shorter than the limit) each double the window.
+    ///     for _ in 0..3 {
+    ///         costack_aio::sleep(Duration::from_millis(1));
+    ///     }
+    /// });
+    /// assert_eq!(lp.poll_window(), Duration::from_micros(16));
+    /// lp.set_poll_max(Duration::ZERO);
+    /// assert_eq!(lp.poll_window(), Duration::ZERO);
+    /// ```
+    pub fn set_poll_max(&self, max: Duration) {
+        self.inner.set_poll_max(max);
+    }
+
+    /// The limit of adaptive polling (zero: off). See [`set_poll_max`](EventLoop::set_poll_max).
+    pub fn poll_max(&self) -> Duration {
+        self.inner.poll_max()
+    }
+
+    /// How long the loop will poll before its next sleep: the self-tuned window, at most
+    /// [`poll_max`](EventLoop::poll_max). See [`set_poll_max`](EventLoop::set_poll_max).
+    pub fn poll_window(&self) -> Duration {
+        self.inner.poll_window()
+    }
+
+    /// How many times the loop has looked for events while polling since it was built: each
+    /// look is one `epoll_wait` with a zero timeout (a system call) and a look at the io_uring
+    /// completion queue. Zero while polling is off. Divide by the operations done to see what
+    /// polling costs.
+    pub fn poll_count(&self) -> u64 {
+        self.inner.poll_spins()
     }
 
     /// A handle other threads can use to run closures and spawn tasks on this loop.

@@ -152,6 +152,7 @@ mod key;
 mod mailbox;
 pub mod net;
 mod op;
+mod poll_window;
 mod pool;
 pub mod process;
 mod reactor;

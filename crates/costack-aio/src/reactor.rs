@@ -270,19 +270,26 @@ impl Reactor {
     }
 
     /// Waits for events (at most `timeout`; `None`: no limit) and wakes the tasks waiting on
-    /// the fds that became ready. Returns whether the cross-thread waker fired.
-    pub(crate) fn poll(&self, timeout: Option<Duration>, wake: &mut dyn FnMut(TaskKey)) -> bool {
+    /// the fds that became ready. Says how many events came and whether the cross-thread waker
+    /// fired.
+    pub(crate) fn poll(&self, timeout: Option<Duration>, wake: &mut dyn FnMut(TaskKey)) -> Polled {
         let mut poll = self.poll.borrow_mut();
         let mut events = self.events.borrow_mut();
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
-                return false;
+                // A signal ended the wait: an event of sorts (the wait is over).
+                return Polled {
+                    events: 1,
+                    remote: false,
+                };
             }
             panic!("costack-aio: epoll_wait failed: {e}");
         }
         let mut remote = false;
+        let mut n = 0;
         let mut entries = self.entries.borrow_mut();
         for ev in events.iter() {
+            n += 1;
             if ev.token() == WAKER_TOKEN {
                 remote = true;
                 continue;
@@ -313,6 +320,15 @@ impl Reactor {
                 e.writers.wake_all(wake);
             }
         }
-        remote
+        Polled { events: n, remote }
     }
+}
+
+/// What one look at the epoll set found.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Polled {
+    /// How many events came (readiness, the cross-thread waker, the io_uring eventfd).
+    pub(crate) events: usize,
+    /// The cross-thread waker fired: messages wait in the mailbox.
+    pub(crate) remote: bool,
 }

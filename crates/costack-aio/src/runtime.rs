@@ -3,7 +3,8 @@
 //!
 //! First floor: imports the ground floor only — [`key`](crate::key), and the drivers' machinery
 //! it composes: the reactor (`reactor`), the timer map (`timers`), the io_uring ring (`uring`),
-//! the worker pool (`pool`) and the cross-thread mailbox (`mailbox`). It never imports the wait
+//! the worker pool (`pool`), the cross-thread mailbox (`mailbox`) and the adaptive polling
+//! window (`poll_window`). It never imports the wait
 //! protocol (`wait`), the operations built on it (`io`, `fs`, `time`, ...), the tasks (`task`)
 //! or the public loop (`event_loop`): they all sit above and call [`Inner`]'s methods. Its fields
 //! are private.
@@ -29,6 +30,7 @@
 use crate::key::{IdMap, TaskKey};
 use crate::mailbox::{Msg, Remote};
 use crate::op::IoBackend;
+use crate::poll_window::PollWindow;
 use crate::pool::Pool;
 use crate::reactor::Reactor;
 use crate::timers::{TimerAction, Timers};
@@ -164,6 +166,8 @@ pub(crate) struct Parts {
     pub(crate) blocking_threads: usize,
     pub(crate) io_uring_error: Option<String>,
     pub(crate) uring: Option<Uring>,
+    /// The limit of the adaptive polling window (zero: off).
+    pub(crate) poll_max: Duration,
 }
 
 /// The event loop proper, shared (`Rc`) by the `EventLoop`, the thread-local pointer and the
@@ -191,6 +195,11 @@ pub(crate) struct Inner {
     io_uring_error: Option<String>,
     /// The io_uring driver, when file I/O goes through the ring.
     uring: Option<Uring>,
+    /// How long the loop polls before it sleeps (see `poll_window`).
+    poll_window: Cell<PollWindow>,
+    /// How many looks at the events the loop took while polling (each one an `epoll_wait` with
+    /// a zero timeout, after a look at the io_uring completion queue).
+    poll_spins: Cell<u64>,
 }
 
 impl Inner {
@@ -215,6 +224,8 @@ impl Inner {
             remote_buf: RefCell::new(Vec::new()),
             io_uring_error: p.io_uring_error,
             uring: p.uring,
+            poll_window: Cell::new(PollWindow::new(p.poll_max)),
+            poll_spins: Cell::new(0),
         })
     }
 
@@ -259,6 +270,28 @@ impl Inner {
     /// Why io_uring is not used although it was allowed.
     pub(crate) fn io_uring_error(&self) -> Option<&str> {
         self.io_uring_error.as_deref()
+    }
+
+    /// The limit of the adaptive polling window (zero: polling off).
+    pub(crate) fn poll_max(&self) -> Duration {
+        self.poll_window.get().max()
+    }
+
+    /// Changes the limit of the adaptive polling window (zero turns polling off).
+    pub(crate) fn set_poll_max(&self, max: Duration) {
+        let mut w = self.poll_window.get();
+        w.set_max(max);
+        self.poll_window.set(w);
+    }
+
+    /// How long the loop will poll before its next sleep.
+    pub(crate) fn poll_window(&self) -> Duration {
+        self.poll_window.get().current()
+    }
+
+    /// How many looks at the events the loop took while polling, since it was built.
+    pub(crate) fn poll_spins(&self) -> u64 {
+        self.poll_spins.get()
     }
 
     /// The default stack size of tasks.
@@ -618,6 +651,11 @@ impl Inner {
     /// first, in one submit, and the completions already there (page-cached reads complete
     /// during the submit) are taken before the wait, which then does not sleep. Why epoll
     /// remains the waiting point is explained in the `uring` module.
+    ///
+    /// With adaptive polling on (see `poll_window`), a wait that would sleep first polls for
+    /// the current window — the io_uring completion queue (no system call) and the epoll set
+    /// (an `epoll_wait` with a zero timeout) in turn — and sleeps only if that found nothing;
+    /// how long the whole wait lasted then adapts the window.
     fn wait_for_events(&self, timeout: Option<Duration>) {
         let mut timeout = timeout;
         if let Some(u) = &self.uring {
@@ -626,13 +664,48 @@ impl Inner {
                 timeout = Some(Duration::ZERO);
             }
         }
-        let remote = self.reactor.poll(timeout, &mut |key| self.wake(key));
-        if let Some(u) = &self.uring {
-            u.reap(&mut |key| self.wake(key));
+        let window = self.poll_window.get();
+        if window.max().is_zero() || timeout == Some(Duration::ZERO) {
+            self.look(timeout);
+            return;
         }
-        if remote {
+        let start = Instant::now();
+        let limit = timeout.map_or(window.current(), |t| t.min(window.current()));
+        let mut found = false;
+        if !limit.is_zero() {
+            loop {
+                self.poll_spins.set(self.poll_spins.get() + 1);
+                if self.look(Some(Duration::ZERO)) {
+                    found = true;
+                    break;
+                }
+                if start.elapsed() >= limit {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        if !found {
+            let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
+            self.look(left);
+        }
+        let mut window = self.poll_window.get();
+        window.adjust(start.elapsed());
+        self.poll_window.set(window);
+    }
+
+    /// Looks at the epoll set (waiting at most `timeout`) and the io_uring completion queue,
+    /// wakes what is due and takes the messages of other threads; whether anything came.
+    fn look(&self, timeout: Option<Duration>) -> bool {
+        let polled = self.reactor.poll(timeout, &mut |key| self.wake(key));
+        let mut reaped = 0;
+        if let Some(u) = &self.uring {
+            reaped = u.reap(&mut |key| self.wake(key));
+        }
+        if polled.remote {
             self.drain_remote();
         }
+        polled.events > 0 || reaped > 0
     }
 
     /// Runs the messages other threads sent: wake-ups now, calls in FIFO order.
@@ -645,7 +718,12 @@ impl Inner {
         *self.remote_buf.borrow_mut() = buf;
     }
 
+    /// Runs what is due among the timers. Without timers (an echo server's turns) it does not
+    /// even read the clock.
     fn fire_timers(&self) {
+        if self.timers.borrow().is_empty() {
+            return;
+        }
         let now = Instant::now();
         loop {
             let action = self.timers.borrow_mut().pop_expired(now);

@@ -72,6 +72,15 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
 
+    /// Adaptive polling (QEMU's iothread `poll-max-ns`): before a loop thread sleeps in the
+    /// kernel it polls for new requests for a self-tuning window of at most NS nanoseconds,
+    /// which saves the sleep and wake-up on each request at queue depth 1 but keeps a CPU busy
+    /// meanwhile. Worth it only when every loop thread has a CPU to itself, apart from the
+    /// clients'. 0: off.
+    #[arg(long = "poll-max-ns", value_name = "NS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    poll_max_ns: u64,
+
     /// Requests in flight per connection.
     #[arg(short = 'q', long = "in-flight", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -725,6 +734,7 @@ fn main() -> ExitCode {
             .map_or_else(costack_nbd::server::default_total_buffer, |t| {
                 usize::try_from(t).unwrap_or(usize::MAX)
             }),
+        poll_max: Duration::from_nanos(args.poll_max_ns),
         ..Config::default()
     };
     let size = export.size();

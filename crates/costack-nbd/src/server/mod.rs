@@ -193,6 +193,11 @@ pub struct Config {
     /// least [`MIN_BUDGET`]; by default an eighth of the machine's memory, between 256 MiB
     /// and 1 GiB ([`default_total_buffer`]).
     pub total_buffer: usize,
+    /// The limit of each loop thread's adaptive polling (see
+    /// [`EventLoop::set_poll_max`](costack_aio::EventLoop::set_poll_max)); zero, the default,
+    /// turns it off. Polling trades a busy CPU for the latency of a sleep and a wake-up per
+    /// request: it pays only when each loop thread has a CPU of its own.
+    pub poll_max: Duration,
 }
 
 /// The default [`Config::total_buffer`]: an eighth of the machine's physical memory, at least
@@ -233,6 +238,7 @@ impl Default for Config {
             tls: TlsMode::Off,
             conn_buffer: 2 * MIN_BUDGET,
             total_buffer: default_total_buffer(),
+            poll_max: Duration::ZERO,
         }
     }
 }
@@ -359,7 +365,11 @@ fn loop_thread(
     acceptor: Option<Acceptor>,
     started: mpsc::Sender<io::Result<LoopHandle>>,
 ) {
-    let lp = match EventLoop::builder().stack_size(cfg.stack_size).build() {
+    let lp = match EventLoop::builder()
+        .stack_size(cfg.stack_size)
+        .poll_max(cfg.poll_max)
+        .build()
+    {
         Ok(lp) => lp,
         Err(e) => {
             let _ = started.send(Err(e));
