@@ -1,23 +1,37 @@
-//! 4 KiB random reads of a page-cached 1 GiB file: io_uring, the worker pool, and a plain
-//! `pread` loop on one thread, in one run.
+//! 4 KiB random reads of a page-cached 1 GiB file through `costack_aio::File`, each
+//! configuration beside a plain `pread` loop on one thread measured just before it in the same
+//! process (A B A B), so that the ratio to `pread` holds on a noisy machine.
 //!
 //! ```sh
-//! cargo run --release -p costack-aio --example file_bench            # about a minute
+//! cargo run --release -p costack-aio --example file_bench            # about two minutes
 //! cargo run --release -p costack-aio --example file_bench -- --secs 1 --keep
+//! cargo run --release -p costack-aio --example file_bench -- --secs 0.5 --keep --default-only
+//! valgrind --tool=callgrind target/release/examples/file_bench --keep --count file 100000
 //! ```
 //!
-//! The backend rows turn `File`'s page-cache fast path off (`File::set_fast_path(false)`), so
-//! that they measure io_uring and the worker pool; the "fast path" rows leave it on: every read
-//! is then one `preadv2(RWF_NOWAIT)` on the loop's thread.
+//! `--count pread|file N` does N cached reads through `pread` or `File::read_at` (one task) and
+//! nothing else: under callgrind, for N and 2N, it gives the user-space instructions per read.
 //!
-//! For the loop's backends, *depth* is the number of tasks, each reading one block at a time
-//! at random (4 KiB-aligned) offsets, so that many requests are in flight. The file is created
-//! in the temp dir (`/tmp/costack-file-bench.dat`), filled with random data, synced and read
-//! once so that it is in the page cache; it is removed at the end unless `--keep`.
+//! Two kinds of rows:
 //!
-//! Reported per configuration: reads per second, and CPU time per read — user + system time
-//! of the whole process (the loop's thread, the worker threads, io_uring's own workers) over
-//! the measured interval, divided by the reads done.
+//! * **default**: `File` as it comes, page-cache fast path on: a cached read is one
+//!   `preadv2(RWF_NOWAIT)` on the loop's thread, whatever the backend (io_uring or the worker
+//!   pool) and however many tasks read at once. These are the rows to hold against `pread`.
+//! * **fast path off** (`File::set_fast_path(false)`): every read goes through io_uring or the
+//!   worker pool, to measure the backends themselves (`read_at` through a bounce buffer,
+//!   `read_at_owned` with the caller's `Vec`). `--default-only` leaves these out.
+//!
+//! *Depth* is the number of tasks, each reading one block at a time at random (4 KiB-aligned)
+//! offsets. A task on the fast path never waits for cached data, so it yields every 64 reads to
+//! let the others in. The file is created in the temp dir (`/tmp/costack-file-bench.dat`),
+//! filled with random data, synced and read once so that it is in the page cache; it is removed
+//! at the end unless `--keep`.
+//!
+//! Reported per configuration: reads per second; CPU time per read (user + system time of the
+//! whole process — the loop's thread, the worker threads, io_uring's own workers — over the
+//! measured interval, divided by the reads done); and **× pread**, its reads per second over
+//! those of the `pread` loop measured right before it. The table is Markdown, so that the rows
+//! of several separate runs can be gathered with `awk -F'|'`.
 
 use costack_aio::{EventLoop, File, IoBackend};
 use std::cell::Cell;
@@ -93,6 +107,41 @@ impl Row {
     }
 }
 
+/// `n` random cached 4 KiB reads, for counting instructions per read under callgrind (run it
+/// for N and 2N: the difference over N cancels start-up). `which` is `pread` (std's `read_at`
+/// on a plain thread) or `file` (`File::read_at` in one task, fast path on, on the default
+/// backend). Prints the sum of the first byte of every block, so the reads cannot be left out.
+fn count_reads(path: &Path, which: &str, n: u64) {
+    let mut x = 0x1234_5678_9abc_def1_u64;
+    let mut sum = 0u64;
+    match which {
+        "pread" => {
+            let f = std::fs::File::open(path).unwrap();
+            let mut buf = vec![0u8; BLOCK];
+            for _ in 0..n {
+                let off = xorshift(&mut x) % BLOCKS * BLOCK as u64;
+                assert_eq!(f.read_at(&mut buf, off).unwrap(), BLOCK);
+                sum += u64::from(buf[0]);
+            }
+        }
+        "file" => {
+            let path = path.to_owned();
+            sum = EventLoop::new().block_on(move || {
+                let f = File::open(&path).unwrap();
+                let mut buf = vec![0u8; BLOCK];
+                for _ in 0..n {
+                    let off = xorshift(&mut x) % BLOCKS * BLOCK as u64;
+                    assert_eq!(f.read_at(&mut buf, off).unwrap(), BLOCK);
+                    sum += u64::from(buf[0]);
+                }
+                sum
+            });
+        }
+        _ => panic!("--count pread|file N"),
+    }
+    println!("{which} {n} reads, byte sum {sum}");
+}
+
 fn bench_pread(path: &Path, secs: Duration) -> Row {
     let f = std::fs::File::open(path).unwrap();
     let mut buf = vec![0u8; BLOCK];
@@ -103,7 +152,7 @@ fn bench_pread(path: &Path, secs: Duration) -> Row {
             assert_eq!(f.read_at(&mut buf, off).unwrap(), BLOCK);
         }
     };
-    read_some(10_000); // warm up
+    read_some(1000); // warm up
     let (t0, c0) = (Instant::now(), cpu_time());
     let mut reads = 0;
     while t0.elapsed() < secs {
@@ -181,12 +230,15 @@ fn bench_loop(
         }
         (reads, wall, cpu)
     });
-    let name = match (backend, owned) {
-        _ if fast => "fast path (RWF_NOWAIT), read_at",
-        (IoBackend::IoUring, false) => "io_uring, read_at",
-        (IoBackend::IoUring, true) => "io_uring, read_at_owned",
-        (IoBackend::ThreadPool, false) => "worker pool, read_at",
-        (IoBackend::ThreadPool, true) => "worker pool, read_at_owned",
+    let name = match (backend, owned, fast) {
+        (IoBackend::IoUring, false, true) => "default (io_uring), read_at",
+        (IoBackend::IoUring, true, true) => "default (io_uring), read_at_owned",
+        (IoBackend::ThreadPool, false, true) => "default (worker pool), read_at",
+        (IoBackend::ThreadPool, true, true) => "default (worker pool), read_at_owned",
+        (IoBackend::IoUring, false, false) => "io_uring, fast path off, read_at",
+        (IoBackend::IoUring, true, false) => "io_uring, fast path off, read_at_owned",
+        (IoBackend::ThreadPool, false, false) => "worker pool, fast path off, read_at",
+        (IoBackend::ThreadPool, true, false) => "worker pool, fast path off, read_at_owned",
     };
     Some(Row {
         name: name.into(),
@@ -197,28 +249,88 @@ fn bench_loop(
     })
 }
 
+/// One configuration of the loop's rows.
+#[derive(Clone, Copy)]
+struct Config {
+    uring: bool,
+    owned: bool,
+    fast: bool,
+}
+
 fn main() {
     let mut secs = Duration::from_secs(3);
     let mut keep = false;
+    let mut default_only = false;
+    let mut depths = vec![1, 16, 64];
+    let mut count = None;
     let mut args = std::env::args().skip(1);
+    let usage = "usage: file_bench [--secs S] [--keep] [--default-only] [--depths 1,16,64] \
+                 [--count pread|file N]";
     while let Some(a) = args.next() {
         match a.as_str() {
             "--secs" => {
-                secs = Duration::from_secs_f64(args.next().and_then(|s| s.parse().ok()).unwrap())
+                let s = args.next().and_then(|s| s.parse().ok());
+                secs = Duration::from_secs_f64(s.expect(usage));
             }
             "--keep" => keep = true,
-            _ => panic!("usage: file_bench [--secs S] [--keep]"),
+            "--default-only" => default_only = true,
+            "--count" => {
+                let which = args.next().expect(usage);
+                let n = args.next().and_then(|n| n.parse().ok()).expect(usage);
+                count = Some((which, n));
+            }
+            "--depths" => {
+                let list = args.next().expect(usage);
+                depths = list.split(',').map(|d| d.parse().expect(usage)).collect();
+            }
+            _ => panic!("{usage}"),
         }
     }
     let path = std::env::temp_dir().join("costack-file-bench.dat");
     prepare(&path);
-    let mut rows = vec![bench_pread(&path, secs)];
-    for depth in [1, 16, 64] {
-        for (uring, owned) in [(true, false), (true, true), (false, false)] {
-            rows.extend(bench_loop(&path, uring, owned, false, depth, secs));
-        }
-        if depth <= 16 {
-            rows.extend(bench_loop(&path, true, false, true, depth, secs));
+    if let Some((which, n)) = count {
+        count_reads(&path, &which, n);
+        return;
+    }
+    let mut configs = vec![
+        Config {
+            uring: true,
+            owned: false,
+            fast: true,
+        },
+        Config {
+            uring: false,
+            owned: false,
+            fast: true,
+        },
+    ];
+    if !default_only {
+        configs.extend([
+            Config {
+                uring: true,
+                owned: false,
+                fast: false,
+            },
+            Config {
+                uring: true,
+                owned: true,
+                fast: false,
+            },
+            Config {
+                uring: false,
+                owned: false,
+                fast: false,
+            },
+        ]);
+    }
+    // Each loop row with the pread row measured just before it.
+    let mut rows: Vec<(Row, Row)> = Vec::new();
+    for &depth in &depths {
+        for c in &configs {
+            let pread = bench_pread(&path, secs);
+            if let Some(row) = bench_loop(&path, c.uring, c.owned, c.fast, depth, secs) {
+                rows.push((row, pread));
+            }
         }
     }
     println!();
@@ -227,29 +339,47 @@ fn main() {
         secs.as_secs_f64(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    println!();
     println!(
-        "{:<28} {:>5} {:>12} {:>16}",
-        "path", "depth", "reads/s", "CPU µs per read"
+        "| path | depth | reads/s | CPU µs per read | × pread | pread reads/s | pread CPU µs |"
     );
-    for r in &rows {
+    println!("|---|--:|--:|--:|--:|--:|--:|");
+    for (r, p) in &rows {
         println!(
-            "{:<28} {:>5} {:>12.0} {:>16.2}",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} |",
             r.name,
             r.depth,
             r.iops(),
-            r.cpu_per_read_us()
+            r.cpu_per_read_us(),
+            r.iops() / p.iops(),
+            p.iops(),
+            p.cpu_per_read_us()
         );
     }
-    let find = |name: &str, depth| rows.iter().find(|r| r.name == name && r.depth == depth);
-    if let (Some(u), Some(p)) = (
-        find("io_uring, read_at", 16),
-        find("worker pool, read_at", 16),
-    ) {
-        println!(
-            "\ndepth 16, read_at: io_uring / worker pool = {:.2}x reads/s, {:.2}x CPU per read",
-            u.iops() / p.iops(),
-            u.cpu_per_read_us() / p.cpu_per_read_us()
-        );
+    let worst = rows
+        .iter()
+        .filter(|(r, _)| r.name.starts_with("default"))
+        .map(|(r, p)| r.iops() / p.iops())
+        .fold(f64::INFINITY, f64::min);
+    if worst.is_finite() {
+        println!("\ndefault rows: lowest × pread = {worst:.2}");
+    }
+    let find = |name: &str, depth| {
+        rows.iter()
+            .find(|(r, _)| r.name == name && r.depth == depth)
+    };
+    for &depth in &depths {
+        if let (Some((u, _)), Some((p, _))) = (
+            find("io_uring, fast path off, read_at", depth),
+            find("worker pool, fast path off, read_at", depth),
+        ) {
+            println!(
+                "depth {depth}, fast path off, read_at: io_uring / worker pool = {:.2}x reads/s, \
+                 {:.2}x CPU per read",
+                u.iops() / p.iops(),
+                u.cpu_per_read_us() / p.cpu_per_read_us()
+            );
+        }
     }
     if !keep {
         let _ = std::fs::remove_file(&path);

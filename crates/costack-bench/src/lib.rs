@@ -11,7 +11,8 @@
 //!
 //! This library is what those three share: the list of benchmark groups and
 //! implementation labels ([`catalog`]), the parsers for criterion's and
-//! callgrind's files ([`parse`]), and a hand-written `swapcontext` coroutine
+//! callgrind's files ([`parse`]), the goal figures over separate process runs
+//! ([`runs`]), and a hand-written `swapcontext` coroutine
 //! ([`ucx`]) that serves as the libc baseline.
 //!
 //! It is also where the workspace README's Rust examples run as doctests: this crate is never
@@ -19,6 +20,7 @@
 
 pub mod catalog;
 pub mod parse;
+pub mod runs;
 // The `libc` crate binds the ucontext functions for glibc on x86_64 and aarch64 but not on
 // riscv64, where only the core's own backend declares them; the bench runs on x86_64.
 #[cfg(all(

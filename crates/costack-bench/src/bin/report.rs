@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! report --criterion DIR --callgrind DIR --callgrind-n N --commands FILE
-//!        --mode MODE --out BENCHMARKS.md --svg docs/bench.svg
+//!        --mode MODE --out BENCHMARKS.md --svg docs/bench.svg [--runs DIR]
 //! ```
+//!
+//! `--runs` names the directory of the separate process runs of the core groups (one
+//! criterion directory per run, see `costack_bench::runs`): the goal table gives each goal's
+//! median, minimum and maximum over them.
 //!
 //! The "Goals" section of an existing `BENCHMARKS.md` is carried over
 //! unchanged; everything else is regenerated.
@@ -21,6 +25,7 @@ use costack_bench::catalog::{
     self, COROSENSEI, COSTACK_ASM, COSTACK_UCONTEXT, GROUPS, NESTING_DEPTH,
 };
 use costack_bench::parse;
+use costack_bench::runs::{self, Run, GOALS};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -39,6 +44,7 @@ struct Args {
     mode: String,
     out: PathBuf,
     svg: PathBuf,
+    runs: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -60,6 +66,7 @@ fn parse_args() -> Result<Args> {
         mode: take("mode")?,
         out: take("out")?.into(),
         svg: take("svg")?.into(),
+        runs: map.remove("runs").map(PathBuf::from),
     };
     if let Some(extra) = map.keys().next() {
         return Err(format!("unknown option --{extra}").into());
@@ -224,6 +231,23 @@ fn previous_goals(out: &Path) -> String {
     }
 }
 
+/// The shapes `switch_count` counts, as `bench.sh` names their callgrind files: the round trip
+/// on each backend and corosensei, then costack's other shapes.
+const CALLGRIND_LABELS: &[&str] = &[
+    COSTACK_ASM,
+    COSTACK_UCONTEXT,
+    COROSENSEI,
+    "costack-create",
+    "costack-handoff",
+    "costack-cost",
+];
+
+/// The most instructions a costack round trip may take (issue 16's goal).
+const ROUNDTRIP_INSTRUCTIONS_GOAL: f64 = 40.0;
+
+/// The most round trips' worth of instructions a `CoMutex` hand-off may take (issue 16's goal).
+const HANDOFF_ROUND_TRIPS_GOAL: f64 = 3.0;
+
 struct Callgrind {
     label: &'static str,
     total_n: u64,
@@ -232,7 +256,7 @@ struct Callgrind {
 
 fn read_callgrind(dir: &Path, n: u64) -> Vec<Callgrind> {
     let mut found = Vec::new();
-    for label in [COSTACK_ASM, COSTACK_UCONTEXT, COROSENSEI] {
+    for &label in CALLGRIND_LABELS {
         let read = |count: u64| {
             fs::read_to_string(dir.join(format!("{label}-{count}.out")))
                 .ok()
@@ -258,6 +282,7 @@ fn render_markdown(
     rows: &[Row],
     missing: &[String],
     callgrind: &[Callgrind],
+    runs: &[(PathBuf, Run)],
 ) -> Result<String> {
     let mut md = String::new();
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
@@ -386,14 +411,18 @@ fn render_markdown(
         let n = args.callgrind_n;
         writeln!(
             md,
-            "`switch_count IMPLEMENTATION N` does N round trips of the `roundtrip` coroutine; it ran \
-             under `valgrind --tool=callgrind` with N = {n} and N = {}. Instructions per round trip \
-             = (Ir(2N) − Ir(N)) / N, which cancels start-up and set-up.\n",
+            "`switch_count SHAPE N` does N operations of one shape: for `costack`, \
+             `costack-ucontext` and `corosensei`, N round trips of the `roundtrip` coroutine; \
+             `costack-create` creates a coroutine on a pooled stack, runs it to its end and drops \
+             it; `costack-handoff` passes a `CoMutex` from one coroutine to another (the \
+             `comutex` hand-off). It ran under `valgrind --tool=callgrind` with N = {n} and \
+             N = {}. Instructions per operation = (Ir(2N) − Ir(N)) / N, which cancels start-up \
+             and set-up.\n",
             2 * n
         )?;
         writeln!(
             md,
-            "| implementation | Ir(N) | Ir(2N) | instructions per round trip |\n|---|--:|--:|--:|"
+            "| shape | Ir(N) | Ir(2N) | instructions per operation |\n|---|--:|--:|--:|"
         )?;
         for c in callgrind {
             writeln!(
@@ -409,6 +438,7 @@ fn render_markdown(
     }
 
     writeln!(md, "## Ratios for the goals\n")?;
+    render_goal_runs(&mut md, runs, callgrind, args.callgrind_n)?;
     let roundtrip = ratio_of(rows, ("roundtrip", COSTACK_ASM), ("roundtrip", COROSENSEI));
     let pooled = ratio_of(
         rows,
@@ -422,6 +452,7 @@ fn render_markdown(
     );
     let qemu = find(rows, "create_pooled", COSTACK_ASM, None)
         .map(|r| (QEMU_LIFECYCLE_NS.0 / r.ns, QEMU_LIFECYCLE_NS.1 / r.ns));
+    writeln!(md, "From the full run above alone:\n")?;
     writeln!(md, "| ratio | value |\n|---|--:|")?;
     writeln!(
         md,
@@ -452,6 +483,95 @@ fn render_markdown(
 
     md.push_str(&previous_goals(&args.out));
     Ok(md)
+}
+
+/// The goal table over the separate process runs: per goal, each run's figure, their median,
+/// minimum and maximum, the goal and whether it is met; then callgrind's exact counts against
+/// the instruction goals (the round trip, and a hand-off in round trips).
+fn render_goal_runs(
+    md: &mut String,
+    runs: &[(PathBuf, Run)],
+    callgrind: &[Callgrind],
+    n: u64,
+) -> Result<()> {
+    let measured: Vec<Run> = runs.iter().map(|(_, r)| r.clone()).collect();
+    writeln!(
+        md,
+        "Each figure is taken within one process run (`cargo bench` of the core groups, its own \
+         process and criterion directory), over {} separate runs; the median, minimum and \
+         maximum are over those runs. Ratios are times: below 1 is costack faster.\n",
+        runs.len()
+    )?;
+    writeln!(
+        md,
+        "| goal | median | min | max | runs | per run | target | met? |\n\
+         |---|--:|--:|--:|--:|---|---|---|"
+    )?;
+    for goal in GOALS {
+        let (values, stats) = runs::summarize(goal, &measured);
+        let unit = match goal.measure {
+            runs::Measure::Ratio(..) => "×",
+            runs::Measure::Time(..) => " ns",
+        };
+        let Some(stats) = stats else {
+            writeln!(
+                md,
+                "| {} | — | — | — | 0 | not measured | {} | — |",
+                goal.name,
+                goal.describe()
+            )?;
+            continue;
+        };
+        let per_run: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+        writeln!(
+            md,
+            "| {} | {:.2}{unit} | {:.2}{unit} | {:.2}{unit} | {} | {} | {} | {} |",
+            goal.name,
+            stats.median,
+            stats.min,
+            stats.max,
+            stats.runs,
+            per_run.join(", "),
+            goal.describe(),
+            if goal.met(&stats) { "met" } else { "**no**" }
+        )?;
+    }
+    let ir = |label: &str| {
+        callgrind
+            .iter()
+            .find(|c| c.label == label)
+            .map(|c| parse::per_op(c.total_n, c.total_2n, n))
+    };
+    let roundtrip = ir(COSTACK_ASM);
+    let exact_rows = [
+        (
+            "round trip, costack instructions (callgrind)",
+            roundtrip,
+            ROUNDTRIP_INSTRUCTIONS_GOAL,
+            format!("≤ {ROUNDTRIP_INSTRUCTIONS_GOAL}"),
+        ),
+        (
+            "hand-off / round trip, instructions (callgrind)",
+            ir("costack-handoff").zip(roundtrip).map(|(h, r)| h / r),
+            HANDOFF_ROUND_TRIPS_GOAL,
+            format!("≤ {HANDOFF_ROUND_TRIPS_GOAL}×"),
+        ),
+    ];
+    for (name, value, at_most, target) in exact_rows {
+        match value {
+            Some(v) => writeln!(
+                md,
+                "| {name} | {v:.1} | | | 1 | exact | {target} | {} |",
+                if v <= at_most { "met" } else { "**no**" }
+            )?,
+            None => writeln!(
+                md,
+                "| {name} | — | — | — | 0 | not measured | {target} | — |"
+            )?,
+        }
+    }
+    writeln!(md)?;
+    Ok(())
 }
 
 /// Path of the chart relative to the report's directory, for the image link.
@@ -617,7 +737,11 @@ fn main() -> Result<()> {
         return Err(format!("no criterion results under {}", args.criterion.display()).into());
     }
     let callgrind = read_callgrind(&args.callgrind, args.callgrind_n);
-    let md = render_markdown(&args, &rows, &missing, &callgrind)?;
+    let runs = match &args.runs {
+        Some(dir) => runs::read_runs(dir, GOALS)?,
+        None => Vec::new(),
+    };
+    let md = render_markdown(&args, &rows, &missing, &callgrind, &runs)?;
     render_svg(&args.svg, &rows)?;
     fs::write(&args.out, md)?;
     println!("wrote {} and {}", args.out.display(), args.svg.display());
