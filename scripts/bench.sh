@@ -8,15 +8,14 @@
 # Steps:
 #   1. `cargo bench` of every group and implementation (costack on its assembly backend);
 #   2. BENCH_RUNS more `cargo bench` processes of the core groups only (costack and corosensei
-#      in roundtrip, create_pooled, nesting_1000, the comutex hand-off, and a `cost` group if
-#      the bench has one), each with its own criterion directory (target/criterion-runs/<i>):
+#      in roundtrip, create_pooled, cost, nesting_1000 and the comutex hand-off), each with its own criterion directory (target/criterion-runs/<i>):
 #      the goal table gives each ratio's median, min and max over these separate processes
 #      (about 45 s each in full mode, 20 s in quick mode);
 #   3. `cargo bench --features ucontext`, only the costack functions, which then report as
 #      `costack-ucontext` (costack's libc swapcontext backend);
 #   4. if valgrind is installed: callgrind instruction counts of N and 2N operations
 #      (src/bin/switch_count.rs): round trips for costack, corosensei and costack-ucontext, and
-#      costack's create and hand-off shapes (and `cost`, where switch_count has it);
+#      costack's create, cost and hand-off shapes;
 #   5. the `report` binary merges criterion's estimates and callgrind's totals into
 #      BENCHMARKS.md (keeping its "Goals" section) and draws docs/bench.svg.
 #
@@ -87,10 +86,8 @@ if command -v valgrind >/dev/null; then
     count costack costack
     count corosensei corosensei
     count costack-create costack-create
+    count costack-cost costack-cost
     count costack-handoff costack-handoff
-    if "$target/release/switch_count" costack-cost 1 >/dev/null 2>&1; then
-        count costack-cost costack-cost
-    fi
 else
     echo "bench.sh: valgrind not found; skipping instruction counts" >&2
 fi

@@ -149,6 +149,24 @@ start_server() {
     return 1
 }
 
+# Appends one result of the running server (name, mode and round from the caller) and prints
+# it: record LABEL UNITS SECONDS CPU_TICKS UNIT_NAME, kept as UNITS per second and the server's
+# CPU µs per unit.
+record() {
+    awk -v m="$mode" -v n="$name" -v l="$1" -v r="$round" -v u="$2" -v s="$3" -v d="$4" \
+        -v hz="$tick" 'BEGIN { printf "%s|%s|%s|%d|%.0f|%.2f\n", m, n, l, r, u / s, d / hz * 1e6 / u }' \
+        >>"$results"
+    tail -n1 "$results" |
+        awk -F'|' -v unit="$5" '{ printf "   %-20s %-16s %10.0f %s/s  %6.2f us CPU/%s\n", $2, $3, $5, unit, $6, unit }'
+}
+
+# Whether the server of `run_server` still runs; says so if it exited.
+server_alive() {
+    kill -0 "$server_pid" 2>/dev/null && return 0
+    echo "nbd-bench: $name exited: $(cat "$dir/$name.log")" >&2
+    return 1
+}
+
 run_server() {
     local name=$1 round=$2 port pin=()
     [[ $mode == pinned ]] && pin=(taskset -c 0)
@@ -161,10 +179,7 @@ run_server() {
         [[ $write == 1 ]] && wargs=(-w --pattern=0xa5)
         sync
         local t0 t1 out secs
-        if ! kill -0 "$server_pid" 2>/dev/null; then
-            echo "nbd-bench: $name exited: $(cat "$dir/$name.log")" >&2
-            break
-        fi
+        server_alive || break
         t0=$(cpu_ticks "$server_pid")
         out=$("${pin[@]}" qemu-img bench --image-opts -t none -c "$count" -d "$qd" -s "$bs" "${wargs[@]}" "$opts" 2>&1) || {
             echo "nbd-bench: $name $label failed: $out" >&2
@@ -172,16 +187,13 @@ run_server() {
         }
         t1=$(cpu_ticks "$server_pid")
         secs=$(sed -nE 's/.*Run completed in ([0-9.]+) seconds.*/\1/p' <<<"$out")
-        awk -v m="$mode" -v n="$name" -v l="$label" -v r="$round" -v c="$count" -v s="$secs" \
-            -v d=$((t1 - t0)) -v hz="$tick" \
-            'BEGIN { printf "%s|%s|%s|%d|%.0f|%.2f\n", m, n, l, r, c / s, d / hz * 1e6 / c }' >>"$results"
-        tail -n1 "$results" | awk -F'|' '{ printf "   %-20s %-16s %8.1fk op/s  %6.2f us CPU/op\n", $2, $3, $5 / 1000, $6 }'
+        record "$label" "$count" "$secs" $((t1 - t0)) op
     done
     local c copts t0ns t1ns
     for c in ${copies[@]+"${copies[@]}"}; do
         IFS='|' read -r label copts <<<"$c"
         sync
-        kill -0 "$server_pid" 2>/dev/null || break
+        server_alive || break
         t0=$(cpu_ticks "$server_pid")
         t0ns=$(date +%s%N)
         # shellcheck disable=SC2086
@@ -191,10 +203,8 @@ run_server() {
         }
         t1ns=$(date +%s%N)
         t1=$(cpu_ticks "$server_pid")
-        awk -v m="$mode" -v n="$name" -v l="$label" -v r="$round" -v b=$((1 << 30)) \
-            -v ns=$((t1ns - t0ns)) -v d=$((t1 - t0)) -v hz="$tick" \
-            'BEGIN { printf "%s|%s|%s|%d|%.0f|%.2f\n", m, n, l, r, b / 1e6 / (ns / 1e9), d / hz * 1e6 / (b / 1e6) }' >>"$results"
-        tail -n1 "$results" | awk -F'|' '{ printf "   %-20s %-16s %8.0f MB/s    %6.2f us CPU/MB\n", $2, $3, $5, $6 }'
+        # The whole export (1 GiB) in MB, over the copy's wall time.
+        record "$label" "$((1 << 30))e-6" "$((t1ns - t0ns))e-9" $((t1 - t0)) MB
     done
     kill "$server_pid"
     wait "$server_pid" 2>/dev/null || true

@@ -230,18 +230,18 @@ fn bench_loop(
         }
         (reads, wall, cpu)
     });
-    let name = match (backend, owned, fast) {
-        (IoBackend::IoUring, false, true) => "default (io_uring), read_at",
-        (IoBackend::IoUring, true, true) => "default (io_uring), read_at_owned",
-        (IoBackend::ThreadPool, false, true) => "default (worker pool), read_at",
-        (IoBackend::ThreadPool, true, true) => "default (worker pool), read_at_owned",
-        (IoBackend::IoUring, false, false) => "io_uring, fast path off, read_at",
-        (IoBackend::IoUring, true, false) => "io_uring, fast path off, read_at_owned",
-        (IoBackend::ThreadPool, false, false) => "worker pool, fast path off, read_at",
-        (IoBackend::ThreadPool, true, false) => "worker pool, fast path off, read_at_owned",
+    let backend_name = match backend {
+        IoBackend::IoUring => "io_uring",
+        IoBackend::ThreadPool => "worker pool",
+    };
+    let call = if owned { "read_at_owned" } else { "read_at" };
+    let name = if fast {
+        format!("default ({backend_name}), {call}")
+    } else {
+        format!("{backend_name}, fast path off, {call}")
     };
     Some(Row {
-        name: name.into(),
+        name,
         depth,
         reads,
         wall,

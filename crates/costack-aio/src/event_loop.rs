@@ -203,7 +203,7 @@ impl EventLoop {
     /// completion queue. Zero while polling is off. Divide by the operations done to see what
     /// polling costs.
     pub fn poll_count(&self) -> u64 {
-        self.inner.poll_spins()
+        self.inner.poll_count()
     }
 
     /// A handle other threads can use to run closures and spawn tasks on this loop.

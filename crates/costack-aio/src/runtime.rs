@@ -199,7 +199,7 @@ pub(crate) struct Inner {
     poll_window: Cell<PollWindow>,
     /// How many looks at the events the loop took while polling (each one an `epoll_wait` with
     /// a zero timeout, after a look at the io_uring completion queue).
-    poll_spins: Cell<u64>,
+    poll_count: Cell<u64>,
 }
 
 impl Inner {
@@ -225,7 +225,7 @@ impl Inner {
             io_uring_error: p.io_uring_error,
             uring: p.uring,
             poll_window: Cell::new(PollWindow::new(p.poll_max)),
-            poll_spins: Cell::new(0),
+            poll_count: Cell::new(0),
         })
     }
 
@@ -290,8 +290,8 @@ impl Inner {
     }
 
     /// How many looks at the events the loop took while polling, since it was built.
-    pub(crate) fn poll_spins(&self) -> u64 {
-        self.poll_spins.get()
+    pub(crate) fn poll_count(&self) -> u64 {
+        self.poll_count.get()
     }
 
     /// The default stack size of tasks.
@@ -674,7 +674,7 @@ impl Inner {
         let mut found = false;
         if !limit.is_zero() {
             loop {
-                self.poll_spins.set(self.poll_spins.get() + 1);
+                self.poll_count.set(self.poll_count.get() + 1);
                 if self.look(Some(Duration::ZERO)) {
                     found = true;
                     break;

@@ -35,16 +35,21 @@ fn echo_rounds(lp: &EventLoop, rounds: usize) {
     });
 }
 
+/// `n` timer waits of `ms` milliseconds each, in one `block_on`.
+fn sleeps(lp: &EventLoop, n: usize, ms: u64) {
+    lp.block_on(move || {
+        for _ in 0..n {
+            sleep(Duration::from_millis(ms));
+        }
+    });
+}
+
 #[test]
 fn off_by_default_the_loop_never_polls() {
     let lp = EventLoop::new();
     assert_eq!(lp.poll_max(), Duration::ZERO);
     echo_rounds(&lp, 200);
-    lp.block_on(|| {
-        for _ in 0..3 {
-            sleep(Duration::from_millis(1));
-        }
-    });
+    sleeps(&lp, 3, 1);
     assert_eq!(lp.poll_count(), 0);
     assert_eq!(lp.poll_window(), Duration::ZERO);
 }
@@ -52,11 +57,7 @@ fn off_by_default_the_loop_never_polls() {
 #[test]
 fn waits_longer_than_the_limit_never_start_polling() {
     let lp = EventLoop::builder().poll_max(10 * US).build().unwrap();
-    lp.block_on(|| {
-        for _ in 0..5 {
-            sleep(Duration::from_millis(2));
-        }
-    });
+    sleeps(&lp, 5, 2);
     assert_eq!(lp.poll_count(), 0);
     assert_eq!(lp.poll_window(), Duration::ZERO);
 }
@@ -69,11 +70,7 @@ fn each_wait_within_the_limit_doubles_the_window_up_to_the_limit() {
         .unwrap();
     // Eight timer waits of 1 ms: each lasts longer than the window (at most 512 µs here) and
     // less than the limit, so each one doubles it; from the second on, each one polls first.
-    lp.block_on(|| {
-        for _ in 0..8 {
-            sleep(Duration::from_millis(1));
-        }
-    });
+    sleeps(&lp, 8, 1);
     assert_eq!(lp.poll_window(), 512 * US);
     assert!(lp.poll_count() >= 7, "{}", lp.poll_count());
     // A lower limit clamps the window at once; zero turns polling off.
@@ -81,11 +78,7 @@ fn each_wait_within_the_limit_doubles_the_window_up_to_the_limit() {
     assert_eq!(lp.poll_window(), 20 * US);
     lp.set_poll_max(Duration::ZERO);
     let before = lp.poll_count();
-    lp.block_on(|| {
-        for _ in 0..3 {
-            sleep(Duration::from_millis(1));
-        }
-    });
+    sleeps(&lp, 3, 1);
     assert_eq!(lp.poll_count(), before);
     assert_eq!(lp.poll_window(), Duration::ZERO);
 }
@@ -93,16 +86,14 @@ fn each_wait_within_the_limit_doubles_the_window_up_to_the_limit() {
 #[test]
 fn a_long_wait_resets_the_window() {
     let lp = EventLoop::builder()
-        .poll_max(Duration::from_millis(5))
+        .poll_max(Duration::from_millis(20))
         .build()
         .unwrap();
-    lp.block_on(|| {
-        for _ in 0..3 {
-            sleep(Duration::from_millis(1));
-        }
-    });
+    // Waits of 1 ms, well within the limit even on a loaded machine, grow the window ...
+    sleeps(&lp, 3, 1);
     assert_eq!(lp.poll_window(), 16 * US);
-    lp.block_on(|| sleep(Duration::from_millis(20)));
+    // ... and one three times the limit resets it.
+    sleeps(&lp, 1, 60);
     assert_eq!(lp.poll_window(), Duration::ZERO);
 }
 
@@ -113,11 +104,7 @@ fn events_found_while_polling_are_delivered() {
         .build()
         .unwrap();
     // Grow the window first, so that the echo's waits poll.
-    lp.block_on(|| {
-        for _ in 0..6 {
-            sleep(Duration::from_millis(1));
-        }
-    });
+    sleeps(&lp, 6, 1);
     let before = lp.poll_count();
     echo_rounds(&lp, 300);
     assert!(lp.poll_count() > before);

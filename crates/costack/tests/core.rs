@@ -418,8 +418,9 @@ fn a_coroutine_that_catches_the_forced_unwind_still_ends() {
 
 #[test]
 fn a_dropped_coroutine_that_catches_its_unwind_at_every_yield_ends_when_it_lets_go() {
-    panics::forced_unwind_type(); // measured before, not during, the unwind under test
-                                  // (catches, yields that returned normally after the drop began, destructor runs)
+    // Measured before, not during, the unwind under test.
+    panics::forced_unwind_type();
+    // (caught unwinds, yields that returned normally after the drop began, destructor runs)
     let seen = Rc::new(Cell::new((0u32, 0u32, 0u32)));
     struct D(Rc<Cell<(u32, u32, u32)>>);
     impl Drop for D {

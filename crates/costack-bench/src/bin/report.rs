@@ -414,7 +414,8 @@ fn render_markdown(
             "`switch_count SHAPE N` does N operations of one shape: for `costack`, \
              `costack-ucontext` and `corosensei`, N round trips of the `roundtrip` coroutine; \
              `costack-create` creates a coroutine on a pooled stack, runs it to its end and drops \
-             it; `costack-handoff` passes a `CoMutex` from one coroutine to another (the \
+             it; `costack-cost` is QEMU's /perf/cost shape (create, enter, yield, enter, end, \
+             drop); `costack-handoff` passes a `CoMutex` from one coroutine to another (the \
              `comutex` hand-off). It ran under `valgrind --tool=callgrind` with N = {n} and \
              N = {}. Instructions per operation = (Ir(2N) − Ir(N)) / N, which cancels start-up \
              and set-up.\n",
